@@ -1,0 +1,11 @@
+"""MSD Heart: SAT (see robust_med/presets.py for the variants after the colon).
+
+  python -m robust_med.main --config=configs/heart_sat.py --workdir=runs/heart_sat
+  python -m robust_med.main --config=configs/heart_sat.py:synthetic --workdir=/tmp/heart_sat
+"""
+
+from robust_med import presets
+
+
+def get_config(arg: str = ''):
+  return presets.msd_config('heart', 'sat', arg)

@@ -1,0 +1,11 @@
+"""MSD Hippocampus: STD (see robust_med/presets.py for the variants after the colon).
+
+  python -m robust_med.main --config=configs/hippocampus_std.py --workdir=runs/hippocampus_std
+  python -m robust_med.main --config=configs/hippocampus_std.py:synthetic --workdir=/tmp/hippocampus_std
+"""
+
+from robust_med import presets
+
+
+def get_config(arg: str = ''):
+  return presets.msd_config('hippocampus', 'std', arg)

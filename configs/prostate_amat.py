@@ -1,0 +1,11 @@
+"""MSD Prostate: AMAT (see robust_med/presets.py for the variants after the colon).
+
+  python -m robust_med.main --config=configs/prostate_amat.py --workdir=runs/prostate_amat
+  python -m robust_med.main --config=configs/prostate_amat.py:synthetic --workdir=/tmp/prostate_amat
+"""
+
+from robust_med import presets
+
+
+def get_config(arg: str = ''):
+  return presets.msd_config('prostate', 'amat', arg)

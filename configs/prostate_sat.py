@@ -1,0 +1,11 @@
+"""MSD Prostate: SAT (see robust_med/presets.py for the variants after the colon).
+
+  python -m robust_med.main --config=configs/prostate_sat.py --workdir=runs/prostate_sat
+  python -m robust_med.main --config=configs/prostate_sat.py:synthetic --workdir=/tmp/prostate_sat
+"""
+
+from robust_med import presets
+
+
+def get_config(arg: str = ''):
+  return presets.msd_config('prostate', 'sat', arg)

@@ -1,0 +1,205 @@
+"""Adversarial attacks on a batch, independent of any task or model.
+
+Every attack takes `loss_fn(x) -> (B,)`, the per-sample loss to *increase*, the clean batch `x`
+of shape (B, ...) and a per-sample budget `eps` (a scalar or a (B,) vector), and returns the
+perturbed batch. Guarantees, for every sample i:
+
+* ``‖x̃_i − x_i‖ ≤ eps_i`` in the attack's norm (up to float rounding), and
+* ``eps_i == 0`` leaves sample i unchanged.
+
+Samples are attacked independently because the gradient of ``sum(loss_fn(x))`` with respect to
+``x_i`` is the gradient of ``loss_fn(x)[i]`` alone, as long as the model treats samples
+independently (instance or layer norm, no batch norm in training mode).
+
+All functions are pure and jittable. The PGD loop is unrolled on CPU, where XLA runs convolutions
+inside `lax.fori_loop` several times slower than straight-line code, and a `fori_loop` elsewhere
+(see `experiments/benchmark_step.py`); pass `unroll` to choose yourself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+LossFn = Callable[[jax.Array], jax.Array]
+Norm = Literal['l2', 'linf']
+NORMS = ('l2', 'linf')
+_TINY = 1e-12
+
+
+def _check_norm(norm: str) -> None:
+  if norm not in NORMS:
+    raise ValueError(f'Unknown attack norm {norm!r}: use one of {NORMS}.')
+
+
+def per_sample_eps(eps, x: jax.Array) -> jax.Array:
+  """Broadcasts a scalar or (B,) budget to shape (B, 1, ..., 1) for a batch `x`."""
+  eps = jnp.asarray(eps, dtype=x.dtype)
+  if eps.ndim == x.ndim:
+    return eps
+  eps = jnp.broadcast_to(eps, x.shape[:1])
+  return eps.reshape(x.shape[:1] + (1,) * (x.ndim - 1))
+
+
+def _flat_norm(v: jax.Array) -> jax.Array:
+  """Per-sample L2 norm, shaped (B, 1, ..., 1)."""
+  sq = jnp.sum(jnp.square(v).reshape(v.shape[0], -1), axis=1)
+  return jnp.sqrt(sq).reshape(v.shape[:1] + (1,) * (v.ndim - 1))
+
+
+def perturbation_norm(delta: jax.Array, norm: Norm = 'l2') -> jax.Array:
+  """Per-sample norm of a perturbation, shape (B,)."""
+  _check_norm(norm)
+  flat = delta.reshape(delta.shape[0], -1)
+  if norm == 'l2':
+    return jnp.sqrt(jnp.sum(jnp.square(flat), axis=1))
+  return jnp.max(jnp.abs(flat), axis=1)
+
+
+def project(delta: jax.Array, eps: jax.Array, norm: Norm) -> jax.Array:
+  """Projects each sample's perturbation onto its ε-ball (eps shaped (B, 1, ..., 1))."""
+  if norm == 'linf':
+    return jnp.clip(delta, -eps, eps)
+  n = _flat_norm(delta)
+  return delta * jnp.minimum(1.0, eps / jnp.maximum(n, _TINY))
+
+
+def steepest_direction(grad: jax.Array, norm: Norm) -> jax.Array:
+  """The unit-norm ascent direction for the norm: sign(g) for L∞, g/‖g‖₂ for L2."""
+  if norm == 'linf':
+    return jnp.sign(grad)
+  return grad / jnp.maximum(_flat_norm(grad), _TINY)
+
+
+def random_in_ball(key: jax.Array, x: jax.Array, eps: jax.Array, norm: Norm) -> jax.Array:
+  """Uniform random perturbation inside each sample's ε-ball (eps shaped (B, 1, ..., 1))."""
+  if norm == 'linf':
+    return jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * eps
+  k_dir, k_rad = jax.random.split(key)
+  direction = jax.random.normal(k_dir, x.shape, x.dtype)
+  direction = direction / jnp.maximum(_flat_norm(direction), _TINY)
+  dim = x[0].size
+  radius = jax.random.uniform(k_rad, eps.shape, x.dtype) ** (1.0 / dim)
+  return direction * radius * eps
+
+
+def random_on_sphere(key: jax.Array, x: jax.Array, eps, norm: Norm = 'l2') -> jax.Array:
+  """`x` plus random noise of norm exactly ε per sample (the baseline a real attack must beat)."""
+  _check_norm(norm)
+  eps = per_sample_eps(eps, x)
+  if norm == 'linf':
+    return x + eps * jnp.sign(jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0))
+  noise = jax.random.normal(key, x.shape, x.dtype)
+  return x + eps * noise / jnp.maximum(_flat_norm(noise), _TINY)
+
+
+def _apply(x: jax.Array, delta: jax.Array, clip) -> jax.Array:
+  if clip is None:
+    return x + delta
+  lo, hi = clip
+  return jnp.clip(x + delta, lo, hi)
+
+
+def _input_grad(loss_fn: LossFn, x: jax.Array) -> jax.Array:
+  return jax.grad(lambda z: jnp.sum(loss_fn(z)))(x)
+
+
+def default_unroll() -> bool:
+  """Unroll attack loops on CPU (faster convolutions there), loop elsewhere (faster compiles)."""
+  return jax.default_backend() == 'cpu'
+
+
+def pgd(loss_fn: LossFn,
+        x: jax.Array,
+        eps,
+        *,
+        norm: Norm = 'l2',
+        steps: int = 20,
+        step_size=None,
+        key: jax.Array | None = None,
+        clip: tuple[float, float] | None = None,
+        unroll: bool | None = None) -> jax.Array:
+  """Projected gradient ascent on `loss_fn` inside per-sample ε-balls (Madry et al. 2018).
+
+  Args:
+    loss_fn: maps a batch (B, ...) to per-sample losses (B,).
+    x: the clean batch.
+    eps: budget, a scalar or a (B,) vector; must be ≥ 0.
+    norm: 'l2' or 'linf'.
+    steps: number of gradient steps.
+    step_size: scalar or (B,) vector; defaults to 2.5·ε/steps per sample, so the iterates can cross
+      the ball and come back (the Madry et al. rule of thumb).
+    key: when given, start from a uniform random point in the ball; else start at `x`.
+    clip: optional (lo, hi) data range the perturbed batch is clipped to.
+    unroll: Python-unrolled loop (True) or `lax.fori_loop` (False); default `default_unroll()`.
+
+  Returns:
+    The perturbed batch, same shape and dtype as `x`.
+  """
+  _check_norm(norm)
+  alpha = default_step_size(eps, x, steps) if step_size is None else step_size
+  delta = pgd_init(x, eps, norm=norm, key=key, clip=clip)
+
+  def body(_, delta):
+    return pgd_update(loss_fn, x, delta, eps, alpha, norm=norm, clip=clip)
+
+  if unroll is None:
+    unroll = default_unroll()
+  if unroll:
+    for i in range(steps):
+      delta = body(i, delta)
+  else:
+    delta = jax.lax.fori_loop(0, steps, body, delta)
+  return jax.lax.stop_gradient(x + delta)
+
+
+def default_step_size(eps, x: jax.Array, steps: int, factor: float = 2.5) -> jax.Array:
+  """factor·ε/steps per sample, shape (B,)."""
+  return factor * jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]) / max(steps, 1)
+
+
+def pgd_init(x: jax.Array, eps, *, norm: Norm = 'l2', key: jax.Array | None = None,
+             clip: tuple[float, float] | None = None) -> jax.Array:
+  """PGD's starting perturbation: zero, or uniform in the ball when `key` is given."""
+  if key is None:
+    return jnp.zeros_like(x)
+  delta = random_in_ball(key, x, per_sample_eps(eps, x), norm)
+  return _apply(x, delta, clip) - x
+
+
+def pgd_update(loss_fn: LossFn, x: jax.Array, delta: jax.Array, eps, step_size, *,
+               norm: Norm = 'l2', clip: tuple[float, float] | None = None) -> jax.Array:
+  """One PGD step on the perturbation `delta`: ascend, project onto the ε-ball, clip to the range.
+
+  Exposed so that long evaluation attacks can run as a host loop over jitted chunks of steps.
+  """
+  eps_b = per_sample_eps(eps, x)
+  alpha = per_sample_eps(step_size, x)
+  g = _input_grad(loss_fn, x + delta)
+  delta = project(delta + alpha * steepest_direction(g, norm), eps_b, norm)
+  return _apply(x, delta, clip) - x
+
+
+def _signed_step(loss_fn: LossFn, x, eps, norm: Norm, clip, sign: float) -> jax.Array:
+  _check_norm(norm)
+  eps_b = per_sample_eps(eps, x)
+  g = _input_grad(loss_fn, x)
+  delta = sign * eps_b * steepest_direction(g, norm)
+  return jax.lax.stop_gradient(_apply(x, delta, clip))
+
+
+def fgsm(loss_fn: LossFn, x: jax.Array, eps, *, norm: Norm = 'linf',
+         clip: tuple[float, float] | None = None) -> jax.Array:
+  """One step of size ε along the steepest ascent direction: x + ε·sign(∇L) for L∞ (Goodfellow 2015)."""
+  return _signed_step(loss_fn, x, eps, norm, clip, +1.0)
+
+
+def inverse_fgsm(loss_fn: LossFn, x: jax.Array, eps, *, norm: Norm = 'linf',
+                 clip: tuple[float, float] | None = None) -> jax.Array:
+  """"Helpful" noise: one step of size ε that *decreases* the loss, x − ε·sign(∇L) for L∞."""
+  return _signed_step(loss_fn, x, eps, norm, clip, -1.0)
+
+
+ATTACKS = {'pgd': pgd, 'fgsm': fgsm, 'inverse_fgsm': inverse_fgsm}

@@ -1,0 +1,151 @@
+"""Every config key robust_med knows, with its default, and the checks run before training.
+
+Config files in `configs/` start from `base_config()` and change what they need, so a key that is
+not here is a typo: `validate` rejects it (and `--config.x.y=...` overrides of unknown keys fail at
+flag parsing, because the config is locked).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from robust_med.errors import ConfigError
+
+DEFAULT_DATA_HOME = os.environ.get('ROBUST_MED_DATA', os.path.expanduser('~/robust_med_data'))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = 'segmentation'
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'            # 'synthetic' | 'msd'
+  c.data.root = ''                     # msd: folder with dataset.json, imagesTr/, labelsTr/
+  c.data.task_folder = ''              # msd: the MSD folder name, for messages (e.g. Task05_Prostate)
+  c.data.patch_size = (64, 64)
+  c.data.slice_axis = 2                # msd: spatial axis the 2-D slices are taken along
+  c.data.foreground_only = True        # msd: keep only slices with foreground
+  c.data.val_fraction = 0.2            # msd: volume-level split when there is no splits.json
+  c.data.max_volumes = 0               # msd: first k volumes of each split (0 = all), for CPU runs
+  c.data.resize = False                # msd: resize slices to patch_size instead of pad/crop
+  c.data.num_train = 256               # synthetic
+  c.data.num_val = 64                  # synthetic
+  c.data.num_classes = 3               # synthetic (background included)
+  c.data.channels = 1                  # synthetic
+  c.data.seed = 0                      # synthetic
+
+  c.model = ml_collections.ConfigDict()
+  c.model.base_width = 16
+  c.model.depth = 4
+  c.model.max_width = 320
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug | fgsm_both_aug
+  c.method.eps = 0.0                   # sat and the FGSM augmentations: the fixed budget ε
+  c.method.fgsm_norm = 'linf'          # FGSM augmentations: norm of the one-step noise
+  c.method.delta_eps = 1.0             # amat: Δε, margin growth step and initial margin
+  c.method.xi_stat = 'mean'            # amat: 'mean' | 'mean+2std' of the clean training losses
+  c.method.xi_source = 'warmup'        # amat: 'warmup' (STD epochs first) | 'checkpoint'
+  c.method.xi_warmup_epochs = 1        # amat, xi_source=warmup: STD epochs before ξ is measured
+  c.method.xi_checkpoint = ''          # amat, xi_source=checkpoint: workdir of a trained STD run
+
+  # The attack used while training (PGD for sat and amat); its budget comes from the method.
+  c.attack = ml_collections.ConfigDict()
+  c.attack.norm = 'l2'
+  c.attack.steps = 20
+  c.attack.step_size_factor = 2.5      # step = factor · ε / steps
+  c.attack.random_start = False
+  c.attack.clip = ()                   # () = no clipping, else (lo, hi)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 1e-5
+  c.optimizer.grad_clip_norm = 12.0    # nnU-Net's gradient clipping
+  c.optimizer.warmup_steps = 0
+
+  c.batch_size = 32
+  c.num_epochs = 10
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 2
+  c.progress_bar = True
+
+  # Robustness evaluation: PGD at each noise level of the grid, in the norm it reports.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.noise_levels = (0.0, 1.0, 2.0)
+  c.eval.norm = 'l2'
+  c.eval.steps = 100
+  c.eval.step_size_factor = 2.5
+  c.eval.random_start = False
+  c.eval.batch_size = 64
+  c.eval.max_samples = 0               # 0 = the whole validation split
+  c.eval.seed = 0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.num_devices = 0               # 0 = all local devices
+  return c
+
+
+def _flatten(c, prefix=''):
+  out = {}
+  for k, v in c.items():
+    path = f'{prefix}{k}'
+    if isinstance(v, ml_collections.ConfigDict):
+      out.update(_flatten(v, path + '.'))
+    else:
+      out[path] = v
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` (one line: problem and fix) for unknown keys and impossible values."""
+  from robust_med import attacks, methods  # Local import keeps this module light.
+  known = _flatten(base_config())
+  given = _flatten(config)
+  unknown = sorted(set(given) - set(known))
+  if unknown:
+    raise ConfigError(f'Unknown config key(s) {", ".join(unknown)}: check the spelling; the known '
+                      f'keys and their defaults are in robust_med/config_base.py.')
+
+  def need(ok: bool, message: str) -> None:
+    if not ok:
+      raise ConfigError(message)
+
+  need(config.method.name in methods.METHODS,
+       f'Unknown method {config.method.name!r}: set config.method.name to one of {methods.METHODS}.')
+  for key in ('method.eps', 'method.delta_eps'):
+    need(given[key] >= 0, f'config.{key} = {given[key]} is negative: noise budgets must be ≥ 0.')
+  need(all(e >= 0 for e in config.eval.noise_levels),
+       f'config.eval.noise_levels = {tuple(config.eval.noise_levels)} has a negative level: '
+       'noise budgets must be ≥ 0.')
+  if config.method.name == 'amat':
+    need(config.method.delta_eps > 0, 'config.method.delta_eps must be > 0 for amat: set it to the '
+         'margin growth step Δε (e.g. 10 for MSD Prostate).')
+    need(config.method.xi_stat in methods.XI_STATS,
+         f'Unknown config.method.xi_stat {config.method.xi_stat!r}: use one of {methods.XI_STATS}.')
+    need(config.method.xi_source in ('warmup', 'checkpoint'),
+         f'Unknown config.method.xi_source {config.method.xi_source!r}: use warmup or checkpoint.')
+    if config.method.xi_source == 'checkpoint':
+      need(bool(config.method.xi_checkpoint), 'config.method.xi_source is checkpoint but '
+           'config.method.xi_checkpoint is empty: set it to the workdir of a trained STD run.')
+    else:
+      need(config.method.xi_warmup_epochs >= 1, 'config.method.xi_warmup_epochs must be ≥ 1 '
+           'with xi_source=warmup: ξ needs a model trained on clean data.')
+  if config.method.name in ('sat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
+    need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
+         'fixed noise budget, e.g. --config.method.eps=10.')
+  for key in ('attack.norm', 'eval.norm', 'method.fgsm_norm'):
+    need(given[key] in attacks.NORMS, f'config.{key} = {given[key]!r}: use one of {attacks.NORMS}.')
+  for key in ('attack.steps', 'eval.steps', 'batch_size', 'eval.batch_size', 'num_epochs',
+              'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    need(given[key] >= 1, f'config.{key} = {given[key]} must be ≥ 1.')
+  need(config.optimizer.learning_rate > 0, 'config.optimizer.learning_rate must be > 0.')
+  need(len(config.data.patch_size) == 2 and min(config.data.patch_size) >= 2 ** (config.model.depth - 1),
+       f'config.data.patch_size = {tuple(config.data.patch_size)} is too small for a U-Net of depth '
+       f'{config.model.depth}: each side needs at least {2 ** (config.model.depth - 1)} pixels.')
+  need(all(s % 2 ** (config.model.depth - 1) == 0 for s in config.data.patch_size),
+       f'config.data.patch_size = {tuple(config.data.patch_size)} must be divisible by '
+       f'2^(depth-1) = {2 ** (config.model.depth - 1)} for the U-Net to restore its size.')

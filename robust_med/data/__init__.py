@@ -1,0 +1,80 @@
+"""Data layer: dataset splits as dicts of numpy arrays, plus deterministic batching.
+
+`load_split(config.data, split)` returns ``(arrays, info)`` where `arrays` holds 'image'
+(N, H, W, C) float32, 'label' (N, H, W) int32, 'id' (int32 arange(N)), 'case_index' and
+'slice_index' (int32), and `info` is a `SegmentationInfo`. Wrap `arrays` in `ArraySource` and
+iterate it with `batches`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from robust_med.data.msd import SegmentationInfo, load_msd_slices, read_msd_info, split_cases
+from robust_med.data.source import ArraySource, batches, epoch_order, num_batches
+from robust_med.data.synthetic import make_phantoms
+from robust_med.errors import ConfigError, DataError
+
+__all__ = [
+    'ArraySource', 'SegmentationInfo', 'batches', 'epoch_order', 'load_msd_slices',
+    'load_split', 'make_phantoms', 'num_batches', 'read_msd_info', 'split_cases', 'DATASETS',
+]
+
+DATASETS = ('synthetic', 'msd')
+_SPLITS = ('train', 'val')
+_SYNTHETIC_CLASSES = {2: ('background', 'organ'), 3: ('background', 'zone1', 'zone2')}
+
+
+def _required(data_config: Any, key: str) -> Any:
+  """A required data-config field; ConfigError naming it if absent."""
+  value = data_config.get(key, None)
+  if value is None:
+    raise ConfigError(f'data config has no {key!r} (data.name={data_config.get("name")!r}): '
+                      f'set --config.data.{key}=...')
+  return value
+
+
+def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+  """Synthetic phantoms: train uses data.seed, val uses data.seed + 1."""
+  num = int(_required(data_config, 'num_train' if split == 'train' else 'num_val'))
+  patch_size = tuple(int(s) for s in data_config.get('patch_size', (64, 64)))
+  num_classes = int(data_config.get('num_classes', 3))
+  channels = int(data_config.get('channels', 1))
+  seed = int(data_config.get('seed', 0)) + (0 if split == 'train' else 1)
+  arrays = make_phantoms(num, patch_size=patch_size, num_classes=num_classes,
+                         channels=channels, seed=seed)
+  arrays['case_index'] = arrays['id'].copy()
+  arrays['slice_index'] = np.zeros(num, np.int32)
+  class_names = _SYNTHETIC_CLASSES.get(num_classes, ())
+  info = SegmentationInfo(name='synthetic', num_classes=num_classes, class_names=class_names,
+                          channels=channels, patch_size=patch_size, num_volumes=num,
+                          cases=tuple(f'phantom_{split}_{i:05d}' for i in range(num)))
+  return arrays, info
+
+
+def _load_msd(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+  """MSD 2-D slices from data.root."""
+  max_volumes = int(data_config.get('max_volumes', 0) or 0)
+  return load_msd_slices(
+      data_config.get('root', None), split,
+      patch_size=tuple(data_config.get('patch_size', (64, 64))),
+      slice_axis=int(data_config.get('slice_axis', 2)),
+      foreground_only=bool(data_config.get('foreground_only', True)),
+      val_fraction=float(data_config.get('val_fraction', 0.2)),
+      max_volumes=max_volumes or None,
+      resize=bool(data_config.get('resize', False)))
+
+
+def load_split(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+  """Loads `split` ('train' or 'val') of the dataset named by ``data_config.name``."""
+  name = data_config.get('name', None)
+  if name not in DATASETS:
+    raise DataError(f'unknown dataset data.name={name!r}: use one of {list(DATASETS)} '
+                    '(e.g. --config.data.name=synthetic)')
+  if split not in _SPLITS:
+    raise DataError(f'unknown split {split!r}: use one of {list(_SPLITS)}')
+  if name == 'synthetic':
+    return _load_synthetic(data_config, split)
+  return _load_msd(data_config, split)

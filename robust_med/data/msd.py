@@ -1,0 +1,320 @@
+"""Medical Segmentation Decathlon (MSD) loader: volumes -> normalised 2-D slices.
+
+Layout: ``root/dataset.json``, ``root/imagesTr/``, ``root/labelsTr/`` and optionally
+``root/splits.json`` ({"train": [case, ...], "val": [case, ...]}; a case is a file name without
+``.nii.gz``). Without splits.json, cases are sorted by the sha1 hex digest of their file name and
+the first round(val_fraction * n) form the validation split. Splits are at the volume level.
+Records are ordered by (case name, slice index) and ``id = arange(N)`` in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from robust_med.errors import ConfigError, DataError
+
+SPLITS = ('train', 'val')
+_LAYOUT = 'the Medical Segmentation Decathlon layout (dataset.json, imagesTr/, labelsTr/)'
+_FETCH = ('download TaskXX from http://medicaldecathlon.com and extract it there, '
+          'or pass --config.data.root=PATH')
+_DEMO = 'or run the offline demo with --config=configs/prostate_amat.py:synthetic'
+_REQUIRED_KEYS = ('name', 'modality', 'labels', 'training')
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationInfo:
+  """Describes one loaded segmentation split."""
+  name: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  channels: int
+  patch_size: tuple[int, int]
+  num_volumes: int  # In this split.
+  cases: tuple[str, ...]  # Case names in this split, in id order.
+
+
+def _root_dir(root: str | os.PathLike) -> Path:
+  """The dataset folder as a Path; DataError if it does not exist."""
+  if root is None or not str(root).strip():
+    raise DataError('MSD data root is not set: pass --config.data.root=PATH to a folder with '
+                    f'{_LAYOUT}, {_DEMO}')
+  path = Path(root).expanduser()
+  if not path.is_dir():
+    raise DataError(f'MSD folder {path} does not exist: put {_LAYOUT} there '
+                    f'(download TaskXX from http://medicaldecathlon.com) '
+                    f'or pass --config.data.root=PATH, {_DEMO}')
+  return path
+
+
+def _load_json(path: Path) -> Any:
+  """Parses a JSON file; DataError naming the file and the parse problem otherwise."""
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    problem = str(e).splitlines()[0]
+    raise DataError(f'{path} is not valid JSON ({problem}): fix or re-download the file') from e
+
+
+def _index_keys(mapping: Any, path: Path, key: str) -> list[str]:
+  """Values of a {"0": ..., "1": ...} dict in index order; DataError unless keys are 0..K-1."""
+  if not isinstance(mapping, dict) or not mapping:
+    raise DataError(f'{path} key "{key}" must be a non-empty dict like {{"0": "...", "1": "..."}}, '
+                    f'got {type(mapping).__name__}: fix the file')
+  expected = [str(i) for i in range(len(mapping))]
+  if sorted(mapping, key=lambda k: (len(k), k)) != expected:
+    raise DataError(f'{path} key "{key}" has keys {sorted(mapping)}: they must be the '
+                    f'consecutive indices {expected}; fix the file')
+  return [str(mapping[k]) for k in expected]
+
+
+def _check_training(training: Any, path: Path) -> None:
+  """DataError unless `training` is a non-empty list of {"image": str, "label": str}."""
+  if not isinstance(training, list) or not training:
+    raise DataError(f'{path} key "training" must be a non-empty list of '
+                    '{"image": ..., "label": ...} entries: fix or re-download the file')
+  for i, entry in enumerate(training):
+    if not (isinstance(entry, dict) and isinstance(entry.get('image'), str)
+            and isinstance(entry.get('label'), str)):
+      raise DataError(f'{path} "training" entry {i} is {entry!r}: each entry needs string '
+                      '"image" and "label" paths like "./imagesTr/x.nii.gz"; fix the file')
+
+
+def read_msd_info(root: str | os.PathLike) -> dict[str, Any]:
+  """Parses and validates ``root/dataset.json`` (and checks imagesTr/, labelsTr/ exist)."""
+  path = _root_dir(root)
+  json_path = path / 'dataset.json'
+  if not json_path.is_file():
+    raise DataError(f'MSD folder {path} has no dataset.json: expected {_LAYOUT}; {_FETCH}')
+  info = _load_json(json_path)
+  if not isinstance(info, dict):
+    raise DataError(f'{json_path} must hold a JSON object, got {type(info).__name__}: '
+                    'fix or re-download the file')
+  missing = [key for key in _REQUIRED_KEYS if key not in info]
+  if missing:
+    raise DataError(f'{json_path} lacks the keys {missing}: an MSD dataset.json needs '
+                    f'{list(_REQUIRED_KEYS)}; fix or re-download the file')
+  _index_keys(info['modality'], json_path, 'modality')
+  if len(_index_keys(info['labels'], json_path, 'labels')) < 2:
+    raise DataError(f'{json_path} "labels" lists one class: a segmentation dataset needs '
+                    'background and at least one foreground class; fix the file')
+  _check_training(info['training'], json_path)
+  for sub in ('imagesTr', 'labelsTr'):
+    if not (path / sub).is_dir():
+      raise DataError(f'MSD folder {path} has no {sub}/ folder: expected {_LAYOUT}; {_FETCH}')
+  _case_files(info, path)  # Validates case names.
+  return info
+
+
+def _case_name(file_path: str) -> str:
+  """Case name of an MSD file path: the file name without .nii.gz (or .nii)."""
+  name = Path(file_path).name
+  for suffix in ('.nii.gz', '.nii'):
+    if name.endswith(suffix):
+      return name[:-len(suffix)]
+  return name
+
+
+def _case_files(info: dict[str, Any], root: Path) -> dict[str, tuple[Path, Path]]:
+  """Maps case name -> (image path, label path) for every "training" entry."""
+  files: dict[str, tuple[Path, Path]] = {}
+  for entry in info['training']:
+    case = _case_name(entry['image'])
+    if case in files:
+      raise DataError(f'{root / "dataset.json"} lists case {case} twice in "training": '
+                      'remove the duplicate entry')
+    files[case] = (root / entry['image'], root / entry['label'])
+  return files
+
+
+def hash_split(cases: Sequence[str], val_fraction: float) -> dict[str, list[str]]:
+  """Deterministic volume-level split: sha1(case + '.nii.gz') order, first part is val."""
+  if not 0 <= val_fraction < 1:
+    raise ConfigError(f'val_fraction={val_fraction} is outside [0, 1): set '
+                      '--config.data.val_fraction to e.g. 0.2')
+  ordered = sorted(cases, key=lambda c: hashlib.sha1((c + '.nii.gz').encode()).hexdigest())
+  num_val = round(val_fraction * len(ordered))
+  return {'train': sorted(ordered[num_val:]), 'val': sorted(ordered[:num_val])}
+
+
+def _read_splits(path: Path, cases: Sequence[str]) -> dict[str, list[str]]:
+  """Validated splits.json: train/val lists of known, disjoint cases."""
+  splits = _load_json(path)
+  if not (isinstance(splits, dict) and all(isinstance(splits.get(s), list) for s in SPLITS)):
+    raise DataError(f'{path} must be {{"train": [case, ...], "val": [case, ...]}}: '
+                    'fix it, or delete it to use the deterministic hash split')
+  known = set(cases)
+  for split in SPLITS:
+    unknown = sorted(set(map(str, splits[split])) - known)
+    if unknown:
+      raise DataError(f'{path} "{split}" names {len(unknown)} cases not in dataset.json '
+                      f'(e.g. {unknown[0]}): use case names = file names without .nii.gz')
+  overlap = sorted(set(splits['train']) & set(splits['val']))
+  if overlap:
+    raise DataError(f'{path} puts {len(overlap)} cases in both train and val (e.g. {overlap[0]}): '
+                    'each case must be in one split only')
+  return {split: sorted(map(str, splits[split])) for split in SPLITS}
+
+
+def split_cases(root: str | os.PathLike, split: str, val_fraction: float = 0.2) -> list[str]:
+  """Case names (sorted) of `split`, from splits.json if present, else the hash rule."""
+  if split not in SPLITS:
+    raise DataError(f'unknown split {split!r}: use one of {list(SPLITS)}')
+  path = _root_dir(root)
+  cases = list(_case_files(read_msd_info(path), path))
+  splits_path = path / 'splits.json'
+  if splits_path.is_file():
+    splits = _read_splits(splits_path, cases)
+  else:
+    splits = hash_split(cases, val_fraction)
+  if not splits[split]:
+    source = splits_path if splits_path.is_file() else f'val_fraction={val_fraction}'
+    raise DataError(f'the {split!r} split of {path} is empty (from {source}): '
+                    'list cases for it in splits.json or use a val_fraction in (0, 1)')
+  return splits[split]
+
+
+def _read_nifti(path: Path, case: str) -> np.ndarray:
+  """Voxel array of a NIfTI file; DataError if it is missing or unreadable."""
+  if not path.is_file():
+    raise DataError(f'case {case}: file {path} listed in dataset.json is missing: '
+                    're-download or re-extract the dataset')
+  try:
+    return np.asarray(nib.load(path).dataobj)
+  except Exception as e:  # nibabel raises many types for corrupt files.
+    raise DataError(f'case {case}: cannot read {path} ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else "no detail"}): '
+                    're-download the file') from e
+
+
+def _as_channels_last(image: np.ndarray, case: str) -> np.ndarray:
+  """(X, Y, Z) -> (X, Y, Z, 1); (X, Y, Z, C) and (X, Y, Z, 1, C) -> (X, Y, Z, C)."""
+  if image.ndim == 5 and image.shape[3] == 1:
+    image = image[:, :, :, 0]
+  if image.ndim == 3:
+    return image[..., None]
+  if image.ndim == 4:
+    return image
+  raise DataError(f'case {case}: image has shape {image.shape}: expected a 3-D volume '
+                  '(X, Y, Z) or 4-D (X, Y, Z, modalities); check the file')
+
+
+def _zscore(image: np.ndarray) -> np.ndarray:
+  """Per-channel z-score over the whole volume (X, Y, Z, C); constant channels become 0."""
+  flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
+  mean, std = flat.mean(axis=0), flat.std(axis=0)
+  std = np.where(std > 0, std, 1.0)
+  return ((image - mean) / std).astype(np.float32)
+
+
+def _check_label(label: np.ndarray, case: str, class_names: Sequence[str]) -> np.ndarray:
+  """Integer label volume with values in [0, num_classes); DataError otherwise."""
+  num_classes = len(class_names)
+  non_integer = not np.issubdtype(label.dtype, np.integer) and not np.array_equal(
+      label, np.round(label))
+  if label.size and (non_integer or label.min() < 0 or label.max() >= num_classes):
+    values = np.unique(label)
+    raise DataError(f'case {case}: label values {values[:10].tolist()} are not all among the '
+                    f'{num_classes} classes 0..{num_classes - 1} of dataset.json '
+                    f'({", ".join(class_names)}): fix the label file or the "labels" key')
+  return label.astype(np.int32)
+
+
+def _load_case(case: str, files: tuple[Path, Path], class_names: Sequence[str],
+               channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """Normalised image (X, Y, Z, C) float32 and label (X, Y, Z) int32 of one case."""
+  image = _as_channels_last(_read_nifti(files[0], case), case)
+  label = _read_nifti(files[1], case)
+  if label.ndim == 4 and label.shape[3] == 1:
+    label = label[..., 0]
+  if image.shape[:3] != label.shape:
+    raise DataError(f'case {case}: image spatial shape {image.shape[:3]} does not match label '
+                    f'shape {label.shape}: re-export the pair with matching grids')
+  if image.shape[3] != channels:
+    raise DataError(f'case {case}: image has {image.shape[3]} channels but dataset.json lists '
+                    f'{channels} modalities: fix "modality" in dataset.json or the image')
+  if not np.issubdtype(image.dtype, np.integer) and not np.isfinite(image).all():
+    raise DataError(f'case {case}: image has {np.size(image) - np.isfinite(image).sum()} '
+                    'NaN/inf voxels: fix or re-export the file, or drop the case from dataset.json')
+  return _zscore(image), _check_label(label, case, class_names)
+
+
+def _fit(slices: np.ndarray, patch_size: tuple[int, int], *, resize: bool,
+         order: int) -> np.ndarray:
+  """Resizes (or centre pads with 0 / centre crops) (S, A, B, ...) slices to patch_size."""
+  if resize and slices.shape[1:3] != patch_size:
+    factors = [1.0, patch_size[0] / slices.shape[1], patch_size[1] / slices.shape[2]]
+    factors += [1.0] * (slices.ndim - 3)
+    slices = ndimage.zoom(slices, factors, order=order)
+  for axis, size in ((1, patch_size[0]), (2, patch_size[1])):
+    extra = slices.shape[axis] - size
+    if extra > 0:
+      slices = np.take(slices, np.arange(extra // 2, extra // 2 + size), axis=axis)
+    elif extra < 0:
+      pad = [(0, 0)] * slices.ndim
+      pad[axis] = (-extra // 2, -extra - (-extra // 2))
+      slices = np.pad(slices, pad)
+  return slices
+
+
+def _check_settings(patch_size: tuple[int, ...], slice_axis: int,
+                    max_volumes: int | None) -> None:
+  """ConfigError for impossible slicing settings."""
+  if len(patch_size) != 2 or min(patch_size) < 1:
+    raise ConfigError(f'patch_size {patch_size} is invalid: use two positive sizes, e.g. (64, 64)')
+  if slice_axis not in (0, 1, 2):
+    raise ConfigError(f'slice_axis={slice_axis} is invalid: use 0, 1 or 2 (a spatial axis)')
+  if max_volumes is not None and max_volumes < 0:
+    raise ConfigError(f'max_volumes={max_volumes} is negative: use 0 or None for all volumes')
+
+
+def load_msd_slices(root: str | os.PathLike, split: str, *,
+                    patch_size: Sequence[int] = (64, 64), slice_axis: int = 2,
+                    foreground_only: bool = True, val_fraction: float = 0.2,
+                    max_volumes: int | None = None,
+                    resize: bool = False) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+  """Loads one split as 2-D slices.
+
+  Returns ({'image': float32 (N, H, W, C), 'label': int32 (N, H, W), 'id': int32 arange(N),
+  'case_index': int32, 'slice_index': int32}, info). Records are ordered by (case name, slice
+  index); `max_volumes` (None or 0 = all) keeps the first k cases by name.
+  """
+  patch_size = tuple(int(s) for s in patch_size)
+  _check_settings(patch_size, slice_axis, max_volumes)
+  path = _root_dir(root)
+  info = read_msd_info(path)
+  files = _case_files(info, path)
+  class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
+  channels = len(info['modality'])
+  cases = split_cases(path, split, val_fraction)[:max_volumes or None]
+  images, labels, case_index, slice_index = [], [], [], []
+  for index, case in enumerate(cases):
+    image, label = _load_case(case, files[case], class_names, channels)
+    image = _fit(np.moveaxis(image, slice_axis, 0), patch_size, resize=resize, order=1)
+    label = _fit(np.moveaxis(label, slice_axis, 0), patch_size, resize=resize, order=0)
+    keep = label.reshape(len(label), -1).any(axis=1) if foreground_only else slice(None)
+    keep = np.arange(len(label))[keep]
+    images.append(image[keep])
+    labels.append(label[keep])
+    case_index.append(np.full(len(keep), index, np.int32))
+    slice_index.append(keep.astype(np.int32))
+  num = sum(len(k) for k in slice_index)
+  if num == 0:
+    raise DataError(f'the {split!r} split of {path} has no slices with foreground along '
+                    f'slice_axis={slice_axis}: check the labels or set foreground_only=False')
+  arrays = {'image': np.concatenate(images), 'label': np.concatenate(labels),
+            'id': np.arange(num, dtype=np.int32), 'case_index': np.concatenate(case_index),
+            'slice_index': np.concatenate(slice_index)}
+  seg_info = SegmentationInfo(name=str(info['name']), num_classes=len(class_names),
+                              class_names=tuple(class_names), channels=channels,
+                              patch_size=patch_size, num_volumes=len(cases), cases=tuple(cases))
+  return arrays, seg_info

@@ -1,0 +1,204 @@
+"""Training methods, independent of the task: each turns per-term, per-sample losses into a loss.
+
+A method is called inside the jitted train step as
+
+    loss, new_margins, metrics = method(objective, x, margins, xi, key)
+
+where `objective.terms(x)` gives the per-term per-sample losses `{name: (B,)}` of the model being
+trained (differentiable in its parameters), `objective.attack_loss(x)` gives the summed per-sample
+loss with the parameters held constant (what the attacks ascend), `margins` are the per-sample
+budgets of the batch (B,), `xi` the per-term thresholds (K,) in sorted term order and `key` a PRNG
+key. Methods without margins return them unchanged.
+
+* `std`: L(f(x), y).
+* `sat`: (L(f(x), y) + L(f(x̃), y)) / 2, x̃ = PGD(x, y, ε) with a fixed ε.
+* `amat`: the same with x̃ = PGD(x, y, E(i)) for per-sample margins E; afterwards
+  E(i) += Δε when every term of L(f(x̃_i), y_i) is below its threshold ξ (enlarge), else
+  E(i) = (‖x̃_i − x_i‖ + E(i)) / 2 (refine).  Ma & Liang, "Adaptive adversarial training to improve
+  adversarial robustness of DNNs for medical image segmentation and detection".
+* `fgsm_aug`: (L(x) + L(x + ε·sign∇L)) / 2; `inverse_fgsm_aug`: (L(x) + L(x − ε·sign∇L)) / 2; and
+  `fgsm_both_aug`: (L(x) + L(x + ε·sign∇L) + L(x − ε·sign∇L)) / 3 ("adversarial attack driven data
+  augmentation for accurate and robust medical image segmentation").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_med import attacks
+from robust_med.errors import ConfigError
+
+Terms = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """The losses a method combines: `terms` trains the model, `attack_loss` drives attacks."""
+  terms: Callable[[jax.Array], Terms]
+  attack_loss: Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+  """How the training attack runs (the budget comes from the method)."""
+  norm: str = 'l2'
+  steps: int = 20
+  step_size_factor: float = 2.5
+  random_start: bool = False
+  clip: tuple[float, float] | None = None
+
+  def pgd(self, loss_fn, x, eps, key):
+    step_size = attacks.default_step_size(eps, x, self.steps, self.step_size_factor)
+    return attacks.pgd(loss_fn, x, eps, norm=self.norm, steps=self.steps, step_size=step_size,
+                       key=key if self.random_start else None, clip=self.clip)
+
+
+def total(terms: Terms) -> jax.Array:
+  """Per-sample sum of the loss terms, (B,)."""
+  return sum(terms[k] for k in sorted(terms))
+
+
+def stack_terms(terms: Terms) -> jax.Array:
+  """Per-sample terms as a (B, K) array in sorted name order (the order of ξ)."""
+  return jnp.stack([terms[k] for k in sorted(terms)], axis=-1)
+
+
+def _term_metrics(prefix: str, terms: Terms) -> dict[str, jax.Array]:
+  return {f'{prefix}/{k}': jnp.mean(v) for k, v in terms.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Std:
+  uses_margins = False
+  needs_xi = False
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi, key
+    clean = objective.terms(x)
+    loss = jnp.mean(total(clean))
+    return loss, margins, {'loss': loss, **_term_metrics('clean', clean)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sat:
+  eps: float
+  attack: AttackSettings
+  uses_margins = False
+  needs_xi = False
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi
+    x_adv = self.attack.pgd(objective.attack_loss, x, self.eps, key)
+    clean, noisy = objective.terms(x), objective.terms(x_adv)
+    loss = jnp.mean(total(clean) + total(noisy)) / 2
+    metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy)}
+    return loss, margins, metrics
+
+
+def amat_margin_update(margins, noisy_terms, xi, perturbation_norms, delta_eps):
+  """AMAT's rule: enlarge by Δε where every noisy term is below ξ, else refine.
+
+  Args:
+    margins: (B,) current margins E(i).
+    noisy_terms: (B, K) per-term losses on the perturbed samples.
+    xi: (K,) thresholds.
+    perturbation_norms: (B,) ‖x̃_i − x_i‖ in the attack's norm.
+    delta_eps: the growth step Δε.
+  """
+  grow = jnp.all(noisy_terms < xi, axis=-1)
+  return jnp.where(grow, margins + delta_eps, (perturbation_norms + margins) / 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Amat:
+  delta_eps: float
+  attack: AttackSettings
+  uses_margins = True
+  needs_xi = True
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    x_adv = self.attack.pgd(objective.attack_loss, x, margins, key)
+    clean, noisy = objective.terms(x), objective.terms(x_adv)
+    loss = jnp.mean(total(clean) + total(noisy)) / 2
+    noisy_k = jax.lax.stop_gradient(stack_terms(noisy))
+    norms = attacks.perturbation_norm(x_adv - x, self.attack.norm)
+    new_margins = amat_margin_update(margins, noisy_k, xi, norms, self.delta_eps)
+    metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy),
+               'margin_mean': jnp.mean(margins),
+               'grow_fraction': jnp.mean(jnp.all(noisy_k < xi, axis=-1).astype(jnp.float32))}
+    return loss, new_margins, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackAugmentation:
+  """Clean loss averaged with the losses on one-step (inverse) FGSM copies of the batch."""
+  eps: float
+  attack_names: tuple[str, ...]
+  norm: str = 'linf'
+  clip: tuple[float, float] | None = None
+  uses_margins = False
+  needs_xi = False
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi, key
+    clean = objective.terms(x)
+    losses = [total(clean)]
+    metrics = _term_metrics('clean', clean)
+    for name in self.attack_names:
+      x_aug = attacks.ATTACKS[name](objective.attack_loss, x, self.eps, norm=self.norm,
+                                    clip=self.clip)
+      terms = objective.terms(x_aug)
+      losses.append(total(terms))
+      metrics.update(_term_metrics(name, terms))
+    loss = jnp.mean(sum(losses)) / len(losses)
+    return loss, margins, {'loss': loss, **metrics}
+
+
+METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug')
+XI_STATS = ('mean', 'mean+2std')
+
+
+def attack_settings(attack_config) -> AttackSettings:
+  return AttackSettings(norm=attack_config.norm, steps=attack_config.steps,
+                        step_size_factor=attack_config.step_size_factor,
+                        random_start=attack_config.random_start,
+                        clip=tuple(attack_config.clip) if attack_config.clip else None)
+
+
+def build_method(method_config, attack_config):
+  """The method named by `method_config.name`, configured from the config."""
+  name = method_config.name
+  settings = attack_settings(attack_config)
+  if name == 'std':
+    return Std()
+  if name == 'sat':
+    return Sat(eps=method_config.eps, attack=settings)
+  if name == 'amat':
+    return Amat(delta_eps=method_config.delta_eps, attack=settings)
+  augment = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
+             'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
+  if name in augment:
+    return AttackAugmentation(eps=method_config.eps, attack_names=augment[name],
+                              norm=method_config.fgsm_norm, clip=settings.clip)
+  raise ConfigError(f'Unknown method {name!r}: set config.method.name to one of {METHODS}.')
+
+
+def estimate_xi(clean_terms: Mapping[str, np.ndarray], stat: str = 'mean') -> np.ndarray:
+  """AMAT's thresholds from per-sample clean losses V of a model trained on clean data.
+
+  Returns a (K,) vector in sorted term order: mean(V_k), or mean(V_k) + 2·std(V_k).
+  Call it on training data only.
+  """
+  if stat not in XI_STATS:
+    raise ConfigError(f'Unknown xi statistic {stat!r}: set config.method.xi_stat to one of '
+                      f'{XI_STATS}.')
+  v = np.stack([np.asarray(clean_terms[k], np.float64) for k in sorted(clean_terms)], axis=-1)
+  xi = v.mean(axis=0)
+  if stat == 'mean+2std':
+    xi = xi + 2 * v.std(axis=0)
+  return xi.astype(np.float32)

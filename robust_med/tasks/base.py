@@ -1,0 +1,55 @@
+"""What a task head provides to the trainer, the methods and the evaluator."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+Batch = Mapping[str, jax.Array]
+
+
+class Task(abc.ABC):
+  """A task head: its model, per-sample per-term losses, metrics and data adapter.
+
+  Every batch is a dict with at least `'image'` (B, H, W, C) float32 and `'id'` (B,) int32; the rest
+  (labels, boxes, landmarks) is the head's business. Everything the trainer jits (`loss_terms`,
+  `eval_stats`) is pure.
+  """
+
+  #: Registry name, stored in checkpoints so another head cannot resume them.
+  name: str = ''
+  #: Metric the robustness curves plot and sweeps rank by.
+  primary_metric: str = ''
+  #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
+  loss_term_names: tuple[str, ...] = ()
+
+  def __init__(self, config):
+    self.config = config
+
+  @abc.abstractmethod
+  def load_split(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
+    """Records of `split` ('train' or 'val') as equal-length arrays with ids 0..N-1, and data info."""
+
+  @abc.abstractmethod
+  def build_model(self, info: Any) -> nn.Module:
+    """The Flax model for data described by `info`."""
+
+  @abc.abstractmethod
+  def loss_terms(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Per-sample loss of each term, each of shape (B,), keyed by `loss_term_names`."""
+
+  @abc.abstractmethod
+  def eval_stats(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Per-sample sufficient statistics of the metrics, each with leading dimension B."""
+
+  @abc.abstractmethod
+  def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Metrics of a whole evaluation set from its concatenated per-sample statistics."""
+
+  def metric_floor(self) -> float:
+    """The value of the primary metric for a useless model (used by sanity checks)."""
+    return 0.0

@@ -1,0 +1,101 @@
+"""2-D segmentation head: nnU-Net-style U-Net, Dice + cross-entropy, ADI and TVDI.
+
+Metrics (as in Ma & Liang, AMAT):
+* ADI, average Dice index: for each foreground class, the mean over samples of
+  2TP / (2TP + FP + FN); then the mean over classes. A sample where the class is absent from both
+  the prediction and the ground truth (0/0) is left out of that class's mean.
+* TVDI, total-volume Dice index: the same ratio from TP, FP and FN summed over the whole set.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from robust_med import data as data_lib
+from robust_med.models.unet import UNet, unet_features
+from robust_med.tasks import base
+
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, smooth: float = 1e-5) -> jax.Array:
+  """Per-sample 1 − mean soft Dice over foreground classes; logits (B,H,W,K), labels (B,H,W)."""
+  probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)[..., 1:]
+  inter = jnp.sum(probs * onehot, axis=(1, 2))
+  denom = jnp.sum(probs, axis=(1, 2)) + jnp.sum(onehot, axis=(1, 2))
+  dice = (2.0 * inter + smooth) / (denom + smooth)
+  return 1.0 - jnp.mean(dice, axis=-1)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-sample mean pixel cross-entropy."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.mean(ce, axis=tuple(range(1, ce.ndim)))
+
+
+def confusion_counts(pred: jax.Array, labels: jax.Array, num_classes: int) -> dict[str, jax.Array]:
+  """Per-sample TP, FP, FN of each foreground class, each (B, num_classes − 1)."""
+  p = jax.nn.one_hot(pred, num_classes, dtype=jnp.int32)[..., 1:]
+  g = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)[..., 1:]
+  axes = tuple(range(1, p.ndim - 1))
+  return {
+      'tp': jnp.sum(p * g, axis=axes),
+      'fp': jnp.sum(p * (1 - g), axis=axes),
+      'fn': jnp.sum((1 - p) * g, axis=axes),
+  }
+
+
+def dice_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+                 class_names: tuple[str, ...] = ()) -> dict[str, float]:
+  """ADI and TVDI (and per-class values) from per-sample counts of shape (N, K)."""
+  tp, fp, fn = (np.asarray(a, np.float64) for a in (tp, fp, fn))
+  denom = 2 * tp + fp + fn
+  with np.errstate(invalid='ignore', divide='ignore'):
+    per_sample = np.where(denom > 0, 2 * tp / denom, np.nan)
+  defined = np.any(denom > 0, axis=0)
+  adi_per_class = np.array([np.nanmean(per_sample[:, k]) if defined[k] else np.nan
+                            for k in range(tp.shape[1])])
+  tot = 2 * tp.sum(0) + fp.sum(0) + fn.sum(0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    tvdi_per_class = np.where(tot > 0, 2 * tp.sum(0) / tot, np.nan)
+  out = {'adi': float(np.nanmean(adi_per_class)), 'tvdi': float(np.nanmean(tvdi_per_class))}
+  for k in range(tp.shape[1]):
+    name = class_names[k] if k < len(class_names) else f'class{k + 1}'
+    out[f'adi/{name}'] = float(adi_per_class[k])
+    out[f'tvdi/{name}'] = float(tvdi_per_class[k])
+  return out
+
+
+class Task(base.Task):
+  """Semantic segmentation of 2-D slices (MSD volumes or the synthetic phantoms)."""
+
+  name = 'segmentation'
+  primary_metric = 'adi'
+  loss_term_names = ('ce', 'dice')
+
+  def load_split(self, split: str):
+    arrays, info = data_lib.load_split(self.config.data, split)
+    self.info = info
+    return {k: arrays[k] for k in ('image', 'label', 'id')}, info
+
+  def build_model(self, info) -> UNet:
+    m = self.config.model
+    self.num_classes = info.num_classes
+    self.class_names = tuple(info.class_names[1:])
+    return UNet(num_classes=info.num_classes,
+                features=unet_features(m.base_width, m.depth, m.max_width))
+
+  def loss_terms(self, outputs, batch):
+    labels = batch['label']
+    return {'ce': cross_entropy_loss(outputs, labels), 'dice': soft_dice_loss(outputs, labels)}
+
+  def eval_stats(self, outputs, batch):
+    pred = jnp.argmax(outputs, axis=-1)
+    return confusion_counts(pred, batch['label'], outputs.shape[-1])
+
+  def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return dice_metrics(stats['tp'], stats['fp'], stats['fn'], getattr(self, 'class_names', ()))

@@ -1,0 +1,286 @@
+"""Train state, the jitted data-parallel train step, and the training loop.
+
+The state is one pytree (params, optimizer state, step, RNG, per-sample `margins` and the AMAT
+thresholds `xi`). One jitted step runs over the device mesh: the batch and the margins are split
+along the data axis, the rest is replicated, and the step gathers `margins[batch['id']]`, attacks
+with them and scatters the updated margins back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from robust_med import checkpointing, methods, sharding
+from robust_med import data as data_lib
+from robust_med import evaluate as evaluate_lib
+from robust_med.errors import ConfigError, UserError
+from robust_med.tasks import get_task_class
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  margins: jax.Array   # (N_train rounded up to the device count,): AMAT's E(i), by example id
+  xi: jax.Array        # (K,): AMAT's per-term thresholds, NaN until measured
+
+
+def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0 if opt_config.warmup_steps else opt_config.learning_rate, opt_config.learning_rate,
+      opt_config.warmup_steps, max(total_steps, opt_config.warmup_steps + 1))
+  return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm),
+                     optax.adamw(schedule, weight_decay=opt_config.weight_decay))
+
+
+def state_shardings(state: TrainState, mesh) -> TrainState:
+  rep = sharding.replicated(mesh)
+  shardings = jax.tree.map(lambda _: rep, state)
+  return shardings.replace(margins=sharding.data_sharding(mesh))
+
+
+def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_terms: int,
+               initial_margin: float, seed: int, mesh) -> TrainState:
+  """A fresh state placed on the mesh; margins padded to a multiple of the device count."""
+  init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(init_key, jnp.asarray(sample_image[:1]))['params']
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     rng=rng,
+                     margins=jnp.full((sharding.round_up(num_train, mesh.devices.size),),
+                                      initial_margin, jnp.float32),
+                     xi=jnp.full((num_terms,), jnp.nan, jnp.float32))
+  return jax.device_put(state, state_shardings(state, mesh))
+
+
+def make_train_step(task, model, method, tx):
+  """The pure train step `(state, batch) -> (state, metrics)` of `method` on `task`."""
+
+  def step(state: TrainState, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    ids = batch['id']
+    margins = state.margins[ids]
+
+    def attack_loss(x):  # Parameters held constant: attacks only move the input.
+      return methods.total(task.loss_terms(model.apply({'params': state.params}, x), batch))
+
+    def loss_fn(params):
+      terms = lambda x: task.loss_terms(model.apply({'params': params}, x), batch)
+      loss, new_margins, metrics = method(methods.Objective(terms, attack_loss), batch['image'],
+                                          margins, state.xi, key)
+      return loss, (new_margins, metrics)
+
+    (_, (new_margins, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if method.uses_margins:
+      state = state.replace(margins=state.margins.at[ids].set(new_margins))
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def jit_train_step(step_fn, state: TrainState, mesh):
+  shardings = state_shardings(state, mesh)
+  return jax.jit(step_fn, in_shardings=(shardings, sharding.data_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int) -> dict:
+  """Per-sample clean loss terms {name: (N,)} of `params` on `arrays` (for ξ)."""
+  fn = jax.jit(lambda p, b: task.loss_terms(model.apply({'params': p}, b['image']), b))
+  batch_size = sharding.round_up(batch_size, mesh.devices.size)
+  out: dict[str, list] = {}
+  source = data_lib.ArraySource(arrays)
+  for batch in data_lib.batches(source, batch_size, shuffle=False, drop_remainder=False):
+    batch, valid = sharding.pad_batch(batch, batch_size)
+    for k, v in jax.device_get(fn(params, sharding.put_batch(batch, mesh))).items():
+      out.setdefault(k, []).append(np.asarray(v)[:valid])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+class MetricsLog:
+  """Appends one JSON object per line to `workdir/metrics.jsonl`."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+
+  def write(self, record: dict) -> None:
+    record = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
+              for k, v in record.items()}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def _check_finite(metrics: dict, step: int, method: str) -> None:
+  loss = float(metrics['loss'])
+  if not np.isfinite(loss):
+    raise UserError(f'The training loss became {loss} at step {step} (method {method}): lower '
+                    'config.optimizer.learning_rate or check the data normalisation; the last '
+                    'checkpoint written before this step is intact.')
+
+
+class Trainer:
+  """Everything a training run needs, built from a config; `run()` trains and evaluates."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.task = get_task_class(config.task)(config)
+    self.train_data, self.info = self.task.load_split('train')
+    self.val_data, _ = self.task.load_split('val')
+    self.model = self.task.build_model(self.info)
+    self.mesh = sharding.make_mesh(config.mesh.num_devices)
+    n_dev = self.mesh.devices.size
+    if config.batch_size % n_dev:
+      raise ConfigError(f'config.batch_size = {config.batch_size} is not divisible by the '
+                        f'{n_dev} devices of the mesh: use a multiple of {n_dev}.')
+    self.num_train = len(self.train_data['id'])
+    if self.num_train < config.batch_size:
+      raise ConfigError(f'The training split has {self.num_train} examples, fewer than '
+                        f'config.batch_size = {config.batch_size}: lower the batch size.')
+    self.steps_per_epoch = self.num_train // config.batch_size
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.tx = make_optimizer(config.optimizer, self.total_steps)
+    self.method = methods.build_method(config.method, config.attack)
+    self.std_method = methods.Std()
+    self.warmup_steps = 0
+    if self.method.needs_xi and config.method.xi_source == 'warmup':
+      self.warmup_steps = self.steps_per_epoch * config.method.xi_warmup_epochs
+      if self.warmup_steps >= self.total_steps:
+        raise ConfigError(f'config.method.xi_warmup_epochs = {config.method.xi_warmup_epochs} '
+                          f'leaves no AMAT epochs out of num_epochs = {config.num_epochs}: raise '
+                          'num_epochs or lower xi_warmup_epochs.')
+    self.meta = {'task': self.task.name, 'method': config.method.name,
+                 'num_train': self.num_train, 'loss_terms': list(self.task.loss_term_names)}
+    os.makedirs(workdir, exist_ok=True)
+    self.log = MetricsLog(workdir)
+
+  def fresh_state(self) -> TrainState:
+    return init_state(self.model, self.tx, self.train_data['image'], num_train=self.num_train,
+                      num_terms=len(self.task.loss_term_names),
+                      initial_margin=self.config.method.delta_eps, seed=self.config.seed,
+                      mesh=self.mesh)
+
+  def restore_or_init(self, mngr) -> TrainState:
+    state = self.fresh_state()
+    step = mngr.latest_step()
+    if step is None:
+      return state
+    checkpointing.check_compatible(checkpointing.read_meta(mngr, step), self.meta,
+                                   checkpointing.checkpoint_dir(self.workdir))
+    return checkpointing.restore(mngr, step, state)
+
+  def measure_xi(self, params) -> np.ndarray:
+    """ξ from per-sample clean training losses of a model trained on clean data."""
+    mc = self.config.method
+    if mc.xi_source == 'checkpoint':
+      params, meta = checkpointing.restore_params(mc.xi_checkpoint)
+      checkpointing.check_compatible(meta, {'task': self.task.name, 'method': 'std'},
+                                     mc.xi_checkpoint)
+    terms = per_sample_clean_terms(self.task, self.model, params, self.train_data, self.mesh,
+                                   self.config.eval.batch_size)
+    return methods.estimate_xi(terms, mc.xi_stat)
+
+  def train(self) -> TrainState:
+    config = self.config
+    mngr = checkpointing.manager(self.workdir, max_to_keep=config.keep_checkpoints)
+    state = self.restore_or_init(mngr)
+    main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx),
+                               state, self.mesh)
+    std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx),
+                               state, self.mesh) if self.warmup_steps else None)
+    step = int(state.step)
+    xi_ready = not (self.method.needs_xi and np.isnan(jax.device_get(state.xi)).any())
+    source = data_lib.ArraySource(self.train_data)
+    bar = tqdm(total=self.total_steps, initial=step, desc=f'train {config.method.name}',
+               disable=not config.progress_bar, file=sys.stderr, dynamic_ncols=True)
+    pending: list[dict] = []
+    t_log = time.time()
+    while step < self.total_steps:
+      epoch, skip = divmod(step, self.steps_per_epoch)
+      t_epoch = time.time()
+      for i, batch in enumerate(data_lib.batches(source, config.batch_size, shuffle=True,
+                                                 seed=config.seed, epoch=epoch)):
+        if i < skip:
+          continue
+        if not xi_ready and step >= self.warmup_steps:
+          xi, xi_ready = self.measure_xi(state.params), True
+          state = state.replace(xi=jax.device_put(jnp.asarray(xi), sharding.replicated(self.mesh)))
+          self.log.write({'type': 'xi', 'step': step, 'source': config.method.xi_source,
+                          'stat': config.method.xi_stat,
+                          **{f'xi/{k}': float(v) for k, v in zip(self.task.loss_term_names, xi)}})
+        fn = std_step if step < self.warmup_steps else main_step
+        state, metrics = fn(state, sharding.put_batch(batch, self.mesh))
+        step += 1
+        pending.append(metrics)
+        bar.update(1)
+        if step % config.log_every_steps == 0 or step == self.total_steps:
+          self._log_train(pending, step, epoch, time.time() - t_log)
+          bar.set_postfix(loss=f'{self.last_loss:.4f}')
+          pending, t_log = [], time.time()
+        if step % config.checkpoint_every_steps == 0 or step == self.total_steps:
+          if pending:
+            self._log_train(pending, step, epoch, time.time() - t_log)
+            pending, t_log = [], time.time()
+          checkpointing.save(mngr, step, state, self.meta)
+      if skip == 0:
+        self.log.write({'type': 'epoch', 'epoch': epoch, 'step': step,
+                        'seconds': time.time() - t_epoch})
+    bar.close()
+    mngr.close()
+    return state
+
+  def _log_train(self, pending: list[dict], step: int, epoch: int, seconds: float) -> None:
+    host = jax.device_get(pending)
+    means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    self.last_loss = means['loss']
+    _check_finite(means, step, self.config.method.name)
+    for m in host:
+      _check_finite(m, step, self.config.method.name)
+    self.log.write({'type': 'train', 'step': step, 'epoch': epoch,
+                    'steps_per_second': len(pending) / max(seconds, 1e-9), **means})
+
+  def evaluate(self, params) -> dict:
+    """Clean metrics and the robustness curve on the validation split; writes the report."""
+    cfg = self.config
+    attack = evaluate_lib.EvalAttack.from_config(cfg.eval, clip=tuple(cfg.attack.clip) or None)
+    evaluator = evaluate_lib.Evaluator(self.task, self.model, self.mesh, attack,
+                                       batch_size=cfg.eval.batch_size,
+                                       progress=cfg.progress_bar)
+    data = self.val_data
+    if cfg.eval.max_samples:
+      data = {k: v[:cfg.eval.max_samples] for k, v in data.items()}
+    levels = sorted(set([0.0, *map(float, cfg.eval.noise_levels)]))
+    results = evaluator.run(params, data, levels, desc='robustness')
+    report = evaluate_lib.robustness_report(
+        self.task, attack, results, num_samples=len(data['id']),
+        extra={'method': cfg.method.name, 'split': 'val'})
+    evaluate_lib.write_report(self.workdir, report)
+    for row in results:
+      self.log.write({'type': 'eval', 'norm': attack.norm, 'attack': attack.describe()['name'],
+                      **row})
+    return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it has checkpoints), then evaluates robustness."""
+  trainer = Trainer(config, workdir)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  state = trainer.train()
+  return trainer.evaluate(state.params)

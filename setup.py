@@ -1,0 +1,29 @@
+"""robust_med: adversarially robust medical-image networks in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='robust_med',
+    version='0.1.0',
+    description='Adversarial robustness for medical-imaging networks (JAX/Flax): attacks, '
+                'STD/SAT/AMAT training, robustness evaluation.',
+    packages=find_packages(include=['robust_med', 'robust_med.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'jax>=0.7',
+        'flax>=0.11',
+        'optax>=0.2.5',
+        'orbax-checkpoint>=0.11',
+        'ml-collections>=1.0',
+        'chex>=0.1.89',
+        'absl-py',
+        'numpy',
+        'scipy',
+        'nibabel>=5',
+        'matplotlib',
+        'tqdm',
+    ],
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist'],
+    },
+)
