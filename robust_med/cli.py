@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
 
@@ -21,6 +21,7 @@ def fail(message: str) -> None:
 
 def _guard(fn):
   def wrapped(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     try:
       fn(argv)
     except UserError as e:
@@ -55,8 +56,19 @@ def _parse_flags(argv):
   except flags.Error as e:
     fail(f'{e}. Check the flag or config key against robust_med/config_base.py.')
   except Exception as e:  # config_flags raises plain KeyError/AttributeError for unknown keys.
-    fail(f'Bad --config or override: {type(e).__name__}: {e}. Check the key against '
-         'robust_med/config_base.py.')
+    unknown = _unknown_override_keys(argv)
+    if unknown:
+      fail(f'Unknown config key(s) {", ".join(unknown)}: check the spelling; the known keys and '
+           'their defaults are in robust_med/config_base.py.')
+    fail(f'Bad --config or override ({type(e).__name__}: {e}): check the config file path and '
+         'the --config.<key>=<value> overrides.')
+
+
+def _unknown_override_keys(argv) -> list[str]:
+  from robust_med import config_base
+  known = config_base.flat_keys(config_base.base_config())
+  keys = [a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')]
+  return [k for k in keys if k not in known]
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:

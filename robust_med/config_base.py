@@ -89,12 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _flatten(c, prefix=''):
+def flat_keys(c, prefix='') -> dict:
+  """{'a.b.c': value} for every leaf of a ConfigDict."""
   out = {}
   for k, v in c.items():
     path = f'{prefix}{k}'
     if isinstance(v, ml_collections.ConfigDict):
-      out.update(_flatten(v, path + '.'))
+      out.update(flat_keys(v, path + '.'))
     else:
       out[path] = v
   return out
@@ -103,8 +104,8 @@ def _flatten(c, prefix=''):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` (one line: problem and fix) for unknown keys and impossible values."""
   from robust_med import attacks, methods  # Local import keeps this module light.
-  known = _flatten(base_config())
-  given = _flatten(config)
+  known = flat_keys(base_config())
+  given = flat_keys(config)
   unknown = sorted(set(given) - set(known))
   if unknown:
     raise ConfigError(f'Unknown config key(s) {", ".join(unknown)}: check the spelling; the known '

@@ -51,9 +51,11 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
 
   if arg == 'cpu':
     c.model.base_width, c.model.depth = 8, 3
-    c.batch_size, c.num_epochs = 32, 6
+    c.batch_size, c.num_epochs = 32, 8
+    c.optimizer.learning_rate = 2e-3
+    c.method.xi_warmup_epochs = 2
     c.attack.steps = 10
-    c.data.max_volumes = 0
+    c.eval.max_samples = 256
   elif arg == 'synthetic':
     # Offline demo sized for ~5 minutes on 2 CPU cores. Phantom intensities are z-scored per
     # image like the MSD slices; the noise grid is scaled to the 64×64 image size.

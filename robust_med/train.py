@@ -230,12 +230,12 @@ class Trainer:
         pending.append(metrics)
         bar.update(1)
         if step % config.log_every_steps == 0 or step == self.total_steps:
-          self._log_train(pending, step, epoch, time.time() - t_log)
+          self._log_train(pending, step, epoch, t_log)
           bar.set_postfix(loss=f'{self.last_loss:.4f}')
           pending, t_log = [], time.time()
         if step % config.checkpoint_every_steps == 0 or step == self.total_steps:
           if pending:
-            self._log_train(pending, step, epoch, time.time() - t_log)
+            self._log_train(pending, step, epoch, t_log)
             pending, t_log = [], time.time()
           checkpointing.save(mngr, step, state, self.meta)
       if skip == 0:
@@ -245,8 +245,9 @@ class Trainer:
     mngr.close()
     return state
 
-  def _log_train(self, pending: list[dict], step: int, epoch: int, seconds: float) -> None:
-    host = jax.device_get(pending)
+  def _log_train(self, pending: list[dict], step: int, epoch: int, since: float) -> None:
+    host = jax.device_get(pending)  # Waits for the steps to finish, so the timing is honest.
+    seconds = time.time() - since
     means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
     self.last_loss = means['loss']
     _check_finite(means, step, self.config.method.name)

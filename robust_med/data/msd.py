@@ -51,7 +51,7 @@ def _root_dir(root: str | os.PathLike) -> Path:
   path = Path(root).expanduser()
   if not path.is_dir():
     raise DataError(f'MSD folder {path} does not exist: put {_LAYOUT} there '
-                    f'(download TaskXX from http://medicaldecathlon.com) '
+                    f'(download {path.name} from http://medicaldecathlon.com) '
                     f'or pass --config.data.root=PATH, {_DEMO}')
   return path
 

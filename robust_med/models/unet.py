@@ -21,7 +21,10 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding='SAME')(x)
+    # No conv bias: the instance norm right after removes it (and Adam would amplify its
+    # zero gradient's rounding noise into updates).
+    x = nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding='SAME',
+                use_bias=False)(x)
     x = nn.InstanceNorm(epsilon=1e-5)(x)
     return nn.leaky_relu(x, negative_slope=0.01)
 

@@ -21,8 +21,12 @@ from robust_med.models.unet import UNet, unet_features
 from robust_med.tasks import base
 
 
-def soft_dice_loss(logits: jax.Array, labels: jax.Array, smooth: float = 1e-5) -> jax.Array:
-  """Per-sample 1 − mean soft Dice over foreground classes; logits (B,H,W,K), labels (B,H,W)."""
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, smooth: float = 1.0) -> jax.Array:
+  """Per-sample 1 − mean soft Dice over foreground classes; logits (B,H,W,K), labels (B,H,W).
+
+  `smooth` = 1 (one pixel) keeps a slice where a class is absent from scoring 0 when the model
+  rightly predicts almost nothing of it; with a tiny smooth such slices dominate the loss.
+  """
   probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)[..., 1:]
   inter = jnp.sum(probs * onehot, axis=(1, 2))

@@ -1,0 +1,107 @@
+"""Step time of STD, SAT and AMAT at equal PGD iterations, and the AMAT/SAT ratio (target ≤ 1.05).
+
+Also times the attack loop unrolled vs `lax.fori_loop` on this backend, which is how
+`robust_med.attacks.default_unroll` was chosen.
+
+  python experiments/benchmark_step.py                      # synthetic 64×64, U-Net 16×4
+  python experiments/benchmark_step.py --pgd_steps=20 --batch_size=32 --patch=128 --width=32 --depth=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_med import attacks, config_base, methods, sharding, train
+from robust_med.tasks import get_task_class
+
+
+def _config(args, method: str):
+  c = config_base.base_config()
+  c.data.name = 'synthetic'
+  c.data.patch_size = (args.patch, args.patch)
+  c.data.num_train, c.data.num_val = args.batch_size * 2, args.batch_size
+  c.model.base_width, c.model.depth = args.width, args.depth
+  c.method.name = method
+  c.method.eps = c.method.delta_eps = 1.0
+  c.attack.steps = args.pgd_steps
+  c.batch_size = args.batch_size
+  c.mesh.num_devices = args.devices
+  return c
+
+
+def time_method(args, method: str) -> float:
+  """Median seconds per train step (after compilation) of `method`."""
+  config = _config(args, method)
+  task = get_task_class(config.task)(config)
+  data, info = task.load_split('train')
+  model = task.build_model(info)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  tx = train.make_optimizer(config.optimizer, 1000)
+  state = train.init_state(model, tx, data['image'], num_train=len(data['id']), num_terms=2,
+                           initial_margin=1.0, seed=0, mesh=mesh)
+  state = state.replace(xi=jax.device_put(jnp.asarray([0.5, 0.5]), sharding.replicated(mesh)))
+  step = train.jit_train_step(
+      train.make_train_step(task, model, methods.build_method(config.method, config.attack), tx),
+      state, mesh)
+  batch = sharding.put_batch({k: v[:args.batch_size] for k, v in data.items()}, mesh)
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(args.repeats):
+    t = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready((state, m))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def time_attack_loop(args, unroll: bool) -> tuple[float, float]:
+  """(compile seconds, run seconds) of PGD on the U-Net, unrolled or as a fori_loop."""
+  config = _config(args, 'std')
+  task = get_task_class(config.task)(config)
+  data, info = task.load_split('train')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  batch = {k: jnp.asarray(v[:args.batch_size]) for k, v in data.items()}
+  loss = lambda x: methods.total(task.loss_terms(model.apply({'params': params}, x), batch))
+  fn = jax.jit(lambda x: attacks.pgd(loss, x, 1.0, steps=args.pgd_steps, unroll=unroll))
+  t = time.perf_counter()
+  jax.block_until_ready(fn(batch['image']))
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  for _ in range(args.repeats):
+    jax.block_until_ready(fn(batch['image']))
+  return compile_s, (time.perf_counter() - t) / args.repeats
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--pgd_steps', type=int, default=10)
+  p.add_argument('--batch_size', type=int, default=16)
+  p.add_argument('--patch', type=int, default=64)
+  p.add_argument('--width', type=int, default=16)
+  p.add_argument('--depth', type=int, default=4)
+  p.add_argument('--devices', type=int, default=0)
+  p.add_argument('--repeats', type=int, default=5)
+  args = p.parse_args()
+  print(f'backend={jax.default_backend()} devices={len(jax.devices())} '
+        f'batch={args.batch_size} patch={args.patch} unet={args.width}x{args.depth} '
+        f'pgd_steps={args.pgd_steps}')
+  times = {m: time_method(args, m) for m in ('std', 'sat', 'amat')}
+  for m, t in times.items():
+    print(f'{m:5s} step {t * 1000:9.1f} ms')
+  print(f'AMAT/SAT step-time ratio: {times["amat"] / times["sat"]:.3f} (target <= 1.05)')
+  for unroll in (True, False):
+    c, r = time_attack_loop(args, unroll)
+    print(f'PGD-{args.pgd_steps} {"unrolled " if unroll else "fori_loop"}: compile {c:6.1f} s, '
+          f'run {r * 1000:8.1f} ms')
+  print(f'default on this backend: unroll={attacks.default_unroll()}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,139 @@
+"""The command lines as a user runs them: outputs, one-line errors, kill -9 and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robust_med import config_base
+from robust_med.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / 'configs' / 'prostate_amat.py')
+# A few-second variant of the synthetic demo.
+TINY = ['--config.data.patch_size=(16,16)', '--config.data.num_train=32',
+        '--config.data.num_val=16', '--config.model.base_width=4', '--config.model.depth=2',
+        '--config.batch_size=8', '--config.num_epochs=3', '--config.attack.steps=2',
+        '--config.eval.steps=3', '--config.eval.noise_levels=(0.5,1.0)',
+        '--config.log_every_steps=2', '--config.checkpoint_every_steps=2',
+        '--config.progress_bar=False', '--config.mesh.num_devices=1']
+
+
+def _run(module, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='')
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _error_line(proc) -> str:
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith('error: ')
+  return lines[0]
+
+
+@pytest.mark.slow
+def test_main_writes_outputs_and_evaluate_recomputes_them(tmp_path):
+  work = tmp_path / 'run'
+  proc = _run('robust_med.main', f'--config={CONFIG}:synthetic', f'--workdir={work}', *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((work / 'robustness.json').read_text())
+  assert report['attack']['norm'] == 'l2' and report['attack']['steps'] == 3
+  assert [r['eps'] for r in report['results']] == [0.0, 0.5, 1.0]
+  assert all(0.0 <= r['adi'] <= 1.0 and 0.0 <= r['tvdi'] <= 1.0 for r in report['results'])
+  assert (work / 'robustness.png').stat().st_size > 1000
+  records = [json.loads(l) for l in (work / 'metrics.jsonl').read_text().splitlines()]
+  assert {'train', 'epoch', 'xi', 'eval'} <= {r['type'] for r in records}
+  assert (work / 'checkpoints').is_dir()
+
+  (work / 'robustness.json').unlink()
+  proc = _run('robust_med.evaluate', f'--workdir={work}', '--noise_levels=0,2', '--steps=4')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  again = json.loads((work / 'robustness.json').read_text())
+  assert [r['eps'] for r in again['results']] == [0.0, 2.0]
+  assert again['attack']['steps'] == 4
+  assert again['results'][0]['adi'] == pytest.approx(report['results'][0]['adi'])
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_from_last_complete_checkpoint(tmp_path):
+  work = tmp_path / 'run'
+  args = [f'--config={CONFIG}:synthetic', f'--workdir={work}', *TINY,
+          '--config.num_epochs=30', '--config.eval.noise_levels=(0.5,)']
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='')
+  proc = subprocess.Popen([sys.executable, '-m', 'robust_med.main', *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = work / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    done = [d for d in os.listdir(ckpt) if d.isdigit()] if ckpt.is_dir() else []
+    if len(done) >= 2:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (work / 'robustness.json').exists(), 'the run finished before it was killed'
+  proc = _run('robust_med.main', *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  steps = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+  assert steps[-1] == 30 * 4
+  records = [json.loads(l) for l in (work / 'metrics.jsonl').read_text().splitlines()]
+  train_steps = [r['step'] for r in records if r['type'] == 'train']
+  assert train_steps[-1] == 120 and min(train_steps) >= 2
+
+
+@pytest.mark.parametrize('args, words', [
+    ([f'--config={CONFIG}'], ['Task05_Prostate', 'does not exist', ':synthetic']),
+    ([f'--config={CONFIG}:synthetic', '--config.method.foo=1'], ['foo']),
+    ([f'--config={CONFIG}:synthetic', '--config.method.eps=-1'], ['negative', '≥ 0']),
+    ([f'--config={CONFIG}:synthetic', '--config.method.name=bogus'], ['bogus', 'amat']),
+    ([f'--config={CONFIG}:synthetic', '--config.task=bogus'], ['bogus', 'segmentation']),
+    ([f'--config={CONFIG}:bogus'], ['bogus', 'synthetic']),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, words):
+  line = _error_line(_run('robust_med.main', *args, f'--workdir={tmp_path}', timeout=120))
+  for w in words:
+    assert w in line, line
+
+
+def test_evaluate_without_run_is_one_clear_line(tmp_path):
+  line = _error_line(_run('robust_med.evaluate', f'--workdir={tmp_path}', timeout=120))
+  assert 'config.json' in line
+
+
+def test_validate_rejects_unknown_keys_in_a_config_file():
+  c = config_base.base_config()
+  c.metod = 'amat'  # A typo in a config file (unlocked there).
+  with pytest.raises(ConfigError, match='metod'):
+    config_base.validate(c)
+
+
+@pytest.mark.parametrize('key, value, words', [
+    ('eval.noise_levels', (0.0, -1.0), 'negative'),
+    ('method.delta_eps', 0.0, 'delta_eps'),
+    ('method.xi_stat', 'median', 'median'),
+    ('eval.norm', 'l1', 'l1'),
+    ('data.patch_size', (20, 20), 'divisible'),
+])
+def test_validate_rejects_impossible_values(key, value, words):
+  c = config_base.base_config()
+  section, name = key.split('.')
+  c[section][name] = value
+  with pytest.raises(ConfigError, match=words):
+    config_base.validate(c)
+
+
+def test_every_config_file_is_valid():
+  import importlib.util
+  for path in sorted((REPO / 'configs').glob('*.py')):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg in ('', 'cpu', 'synthetic'):
+      config_base.validate(module.get_config(arg))

@@ -1,0 +1,95 @@
+"""The sharded train step, AMAT's margins in the state, checkpoints and resume."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from robust_med import checkpointing, train
+from robust_med.errors import UserError
+from tiny import tiny_config
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _train(config, workdir):
+  trainer = train.Trainer(config, str(workdir))
+  return trainer, trainer.train()
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  assert len(jax.devices()) == 8, 'conftest should simulate 8 CPU devices'
+  _, one = _train(tiny_config('amat', **{'mesh.num_devices': 1}), tmp_path / 'one')
+  trainer, eight = _train(tiny_config('amat', **{'mesh.num_devices': 8}), tmp_path / 'eight')
+  assert eight.margins.sharding.spec == P('data')
+  assert len(eight.margins.sharding.device_set) == 8
+  assert int(eight.step) == int(one.step) == trainer.total_steps
+  np.testing.assert_allclose(_host(eight.margins), _host(one.margins), rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4),
+               _host(eight.params), _host(one.params))
+  # The margins moved: some grew by Δε or were refined, so the check above is not trivial.
+  margins = _host(eight.margins)[:trainer.num_train]
+  assert not np.allclose(margins, 0.5)
+
+
+def test_margins_and_xi_are_updated_only_by_amat(tmp_path):
+  trainer, state = _train(tiny_config('sat'), tmp_path / 'sat')
+  np.testing.assert_array_equal(_host(state.margins), 0.5)
+  assert np.isnan(_host(state.xi)).all()
+  trainer, state = _train(tiny_config('amat'), tmp_path / 'amat')
+  xi = _host(state.xi)
+  assert np.isfinite(xi).all() and xi.shape == (2,)
+  lines = open(tmp_path / 'amat' / 'metrics.jsonl').read().splitlines()
+  assert any('"type": "xi"' in line for line in lines)
+
+
+def test_resume_restores_everything(tmp_path):
+  """A run resumed from a mid-run checkpoint ends exactly where an uninterrupted run ends."""
+  config = tiny_config('amat')
+  full = tmp_path / 'full'
+  trainer, final = _train(config, full)
+  steps = sorted(int(d) for d in os.listdir(full / 'checkpoints') if d.isdigit())
+  mid = [s for s in steps if trainer.warmup_steps < s < trainer.total_steps][0]
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(full / 'checkpoints' / str(mid), resumed / 'checkpoints' / str(mid))
+  restored = checkpointing.restore(checkpointing.manager(str(resumed)), mid,
+                                   train.Trainer(config, str(resumed)).fresh_state())
+  assert int(restored.step) == mid
+  assert np.isfinite(_host(restored.xi)).all()
+  assert restored.margins.sharding.spec == P('data')
+  _, again = _train(config, resumed)
+  jax.tree.map(np.testing.assert_array_equal, _host(again), _host(final))
+
+
+def test_checkpoint_from_another_head_is_refused(tmp_path):
+  config = tiny_config('std')
+  trainer = train.Trainer(config, str(tmp_path))
+  state = trainer.fresh_state()
+  mngr = checkpointing.manager(str(tmp_path))
+  checkpointing.save(mngr, 1, state, dict(trainer.meta, task='classification'))
+  with pytest.raises(UserError, match="task='classification'.*fresh --workdir"):
+    train.Trainer(config, str(tmp_path)).train()
+
+
+def test_nan_loss_stops_with_one_clear_line(tmp_path, monkeypatch):
+  config = tiny_config('std')
+  from robust_med.tasks import segmentation
+  original = segmentation.Task.load_split
+
+  def poisoned(self, split):
+    arrays, info = original(self, split)
+    arrays['image'] = arrays['image'].copy()
+    arrays['image'][:, 0, 0, 0] = np.nan
+    return arrays, info
+
+  monkeypatch.setattr(segmentation.Task, 'load_split', poisoned)
+  with pytest.raises(UserError) as e:
+    _train(config, tmp_path)
+  assert 'nan' in str(e.value).lower() and 'learning_rate' in str(e.value)
+  assert '\n' not in str(e.value)
+  assert not os.path.exists(tmp_path / 'checkpoints' / '4'), 'a NaN state was checkpointed'
