@@ -18,7 +18,8 @@ inside `lax.fori_loop` several times slower than straight-line code, and a `fori
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+import dataclasses
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -203,3 +204,36 @@ def inverse_fgsm(loss_fn: LossFn, x: jax.Array, eps, *, norm: Norm = 'linf',
 
 
 ATTACKS = {'pgd': pgd, 'fgsm': fgsm, 'inverse_fgsm': inverse_fgsm}
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDSettings:
+  """A configured PGD (the budget is given per call), shared by training and evaluation."""
+  norm: str = 'l2'
+  steps: int = 20
+  step_size_factor: float = 2.5   # step = factor · ε / steps
+  random_start: bool = False
+  clip: tuple[float, float] | None = None
+
+  @classmethod
+  def from_config(cls, c, clip=None) -> 'PGDSettings':
+    """From a config section with norm, steps, step_size_factor and random_start."""
+    clip = tuple(clip) if clip else None
+    return cls(norm=c.norm, steps=c.steps, step_size_factor=c.step_size_factor,
+               random_start=c.random_start, clip=clip)
+
+  def step_size(self, eps, x: jax.Array) -> jax.Array:
+    return default_step_size(eps, x, self.steps, self.step_size_factor)
+
+  def __call__(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None = None,
+               unroll: bool | None = None) -> jax.Array:
+    return pgd(loss_fn, x, eps, norm=self.norm, steps=self.steps,
+               step_size=self.step_size(eps, x), key=key if self.random_start else None,
+               clip=self.clip, unroll=unroll)
+
+  def describe(self) -> dict[str, Any]:
+    """What a report records so a number never travels without the attack that produced it."""
+    return {'name': f'pgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
+            'step_size': f'{self.step_size_factor}*eps/{self.steps}', 'restarts': 1,
+            'random_start': self.random_start,
+            'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}

@@ -9,12 +9,9 @@ Standalone: `python -m robust_med.evaluate --workdir=DIR` recomputes `robustness
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,35 +21,13 @@ from robust_med import attacks, methods, sharding
 from robust_med import data as data_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalAttack:
-  """The evaluation attack: PGD with `steps` iterations in `norm`, budget per noise level."""
-  norm: str = 'l2'
-  steps: int = 100
-  step_size_factor: float = 2.5
-  random_start: bool = False
-  clip: tuple[float, float] | None = None
-  seed: int = 0
-
-  @classmethod
-  def from_config(cls, eval_config, clip=None) -> 'EvalAttack':
-    return cls(norm=eval_config.norm, steps=eval_config.steps,
-               step_size_factor=eval_config.step_size_factor,
-               random_start=eval_config.random_start, clip=clip, seed=eval_config.seed)
-
-  def describe(self) -> dict[str, Any]:
-    return {'name': f'pgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
-            'step_size': f'{self.step_size_factor}*eps/{self.steps}', 'restarts': 1,
-            'random_start': self.random_start,
-            'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}
-
-
 class Evaluator:
   """Runs a task's model over a dataset, clean or under attack, on a device mesh."""
 
-  def __init__(self, task, model, mesh, attack: EvalAttack, *, batch_size: int = 64,
-               progress: bool = True):
+  def __init__(self, task, model, mesh, attack: attacks.PGDSettings, *, batch_size: int = 64,
+               seed: int = 0, progress: bool = True):
     self.task, self.model, self.mesh, self.attack = task, model, mesh, attack
+    self.seed = seed
     n = mesh.devices.size
     self.batch_size = sharding.round_up(batch_size, n)
     self.progress = progress
@@ -75,7 +50,7 @@ class Evaluator:
 
   def _chunk_impl(self, params, batch, delta, eps, *, steps):
     a = self.attack
-    alpha = attacks.default_step_size(eps, delta, a.steps, a.step_size_factor)
+    alpha = a.step_size(eps, delta)
     loss_fn = self._loss_fn(params, batch)
 
     def body(_, d):
@@ -106,7 +81,7 @@ class Evaluator:
     """Metrics at each noise level: [{'eps': e, <metric>: value, ..., 'loss': mean loss}]."""
     source = data_lib.ArraySource(arrays)
     n_batches = data_lib.num_batches(len(source), self.batch_size, False)
-    key = jax.random.key(self.attack.seed)
+    key = jax.random.key(self.seed)
     bar = tqdm(total=n_batches * len(noise_levels), desc=desc, disable=not self.progress,
                leave=False, file=sys.stderr)
     results = []
@@ -127,7 +102,7 @@ class Evaluator:
     return results
 
 
-def robustness_report(task, attack: EvalAttack, results, *, num_samples: int,
+def robustness_report(task, attack: attacks.PGDSettings, results, *, num_samples: int,
                       extra: dict | None = None) -> dict:
   return {'task': task.name, 'metric': task.primary_metric, 'attack': attack.describe(),
           'num_samples': num_samples, 'results': results, **(extra or {})}

@@ -43,19 +43,7 @@ class Objective:
   attack_loss: Callable[[jax.Array], jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
-class AttackSettings:
-  """How the training attack runs (the budget comes from the method)."""
-  norm: str = 'l2'
-  steps: int = 20
-  step_size_factor: float = 2.5
-  random_start: bool = False
-  clip: tuple[float, float] | None = None
-
-  def pgd(self, loss_fn, x, eps, key):
-    step_size = attacks.default_step_size(eps, x, self.steps, self.step_size_factor)
-    return attacks.pgd(loss_fn, x, eps, norm=self.norm, steps=self.steps, step_size=step_size,
-                       key=key if self.random_start else None, clip=self.clip)
+AttackSettings = attacks.PGDSettings  # The training attack; its budget comes from the method.
 
 
 def total(terms: Terms) -> jax.Array:
@@ -84,6 +72,14 @@ class Std:
     return loss, margins, {'loss': loss, **_term_metrics('clean', clean)}
 
 
+def clean_and_noisy_loss(objective: Objective, x, x_adv):
+  """(L(f(x), y) + L(f(x̃), y)) / 2, the per-term clean and noisy losses, and metrics."""
+  clean, noisy = objective.terms(x), objective.terms(x_adv)
+  loss = jnp.mean(total(clean) + total(noisy)) / 2
+  metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy)}
+  return loss, clean, noisy, metrics
+
+
 @dataclasses.dataclass(frozen=True)
 class Sat:
   eps: float
@@ -93,10 +89,8 @@ class Sat:
 
   def __call__(self, objective: Objective, x, margins, xi, key):
     del xi
-    x_adv = self.attack.pgd(objective.attack_loss, x, self.eps, key)
-    clean, noisy = objective.terms(x), objective.terms(x_adv)
-    loss = jnp.mean(total(clean) + total(noisy)) / 2
-    metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy)}
+    loss, _, _, metrics = clean_and_noisy_loss(objective, x, self.attack(
+        objective.attack_loss, x, self.eps, key))
     return loss, margins, metrics
 
 
@@ -122,15 +116,13 @@ class Amat:
   needs_xi = True
 
   def __call__(self, objective: Objective, x, margins, xi, key):
-    x_adv = self.attack.pgd(objective.attack_loss, x, margins, key)
-    clean, noisy = objective.terms(x), objective.terms(x_adv)
-    loss = jnp.mean(total(clean) + total(noisy)) / 2
+    x_adv = self.attack(objective.attack_loss, x, margins, key)
+    loss, clean, noisy, metrics = clean_and_noisy_loss(objective, x, x_adv)
     noisy_k = jax.lax.stop_gradient(stack_terms(noisy))
     norms = attacks.perturbation_norm(x_adv - x, self.attack.norm)
     new_margins = amat_margin_update(margins, noisy_k, xi, norms, self.delta_eps)
-    metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy),
-               'margin_mean': jnp.mean(margins),
-               'grow_fraction': jnp.mean(jnp.all(noisy_k < xi, axis=-1).astype(jnp.float32))}
+    metrics.update(margin_mean=jnp.mean(margins),
+                   grow_fraction=jnp.mean(jnp.all(noisy_k < xi, axis=-1).astype(jnp.float32)))
     return loss, new_margins, metrics
 
 
@@ -163,17 +155,10 @@ METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'
 XI_STATS = ('mean', 'mean+2std')
 
 
-def attack_settings(attack_config) -> AttackSettings:
-  return AttackSettings(norm=attack_config.norm, steps=attack_config.steps,
-                        step_size_factor=attack_config.step_size_factor,
-                        random_start=attack_config.random_start,
-                        clip=tuple(attack_config.clip) if attack_config.clip else None)
-
-
 def build_method(method_config, attack_config):
   """The method named by `method_config.name`, configured from the config."""
   name = method_config.name
-  settings = attack_settings(attack_config)
+  settings = AttackSettings.from_config(attack_config, attack_config.clip)
   if name == 'std':
     return Std()
   if name == 'sat':

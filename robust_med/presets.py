@@ -64,16 +64,17 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
     c.data.patch_size = (48, 48)
     c.data.channels = d['channels']
     c.data.num_classes = d['num_classes']
-    c.data.num_train, c.data.num_val = 256, 64
+    c.data.num_train, c.data.num_val = 512, 64
     c.model.base_width, c.model.depth = 8, 3
-    c.batch_size, c.num_epochs = 32, 6
+    c.batch_size, c.num_epochs = 32, 12
+    c.optimizer.learning_rate = 3e-3
+    c.method.xi_warmup_epochs = 2
     c.attack.steps = 5
-    c.method.delta_eps = 1.0
+    c.method.delta_eps = 0.5
     c.method.eps = 2.0 if method == 'sat' else 0.0
-    c.eval.noise_levels = (0., 1., 2., 4.)
-    c.eval.steps = 20
-    c.log_every_steps = 8
-    c.checkpoint_every_steps = 24
+    c.eval.noise_levels = (0., 0.5, 1., 2., 4.)
+    c.log_every_steps = 16
+    c.checkpoint_every_steps = 64
   if method in ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
     c.method.eps = 0.05 if arg == 'synthetic' else 0.1  # L∞ budget in z-score units.
   return c

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from robust_med import checkpointing, methods, sharding
+from robust_med import attacks, checkpointing, methods, sharding
 from robust_med import data as data_lib
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
@@ -259,9 +259,9 @@ class Trainer:
   def evaluate(self, params) -> dict:
     """Clean metrics and the robustness curve on the validation split; writes the report."""
     cfg = self.config
-    attack = evaluate_lib.EvalAttack.from_config(cfg.eval, clip=tuple(cfg.attack.clip) or None)
+    attack = attacks.PGDSettings.from_config(cfg.eval, clip=cfg.attack.clip)
     evaluator = evaluate_lib.Evaluator(self.task, self.model, self.mesh, attack,
-                                       batch_size=cfg.eval.batch_size,
+                                       batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
                                        progress=cfg.progress_bar)
     data = self.val_data
     if cfg.eval.max_samples:

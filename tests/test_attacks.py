@@ -21,7 +21,8 @@ TOL = 1e-5
 
 
 def _batch(seed=0, shape=SHAPE, lo=-1.0, hi=1.0):
-  return jax.random.uniform(jax.random.PRNGKey(seed), shape, jnp.float32, lo, hi)
+  """A random batch, drawn with NumPy (jax.random would compile threefry for every shape)."""
+  return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, shape), jnp.float32)
 
 
 def _key(seed):
@@ -30,10 +31,10 @@ def _key(seed):
 
 
 def _mlp_params(seed=1, dim=18, hidden=8):
-  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return (jax.random.normal(k1, (dim, hidden)) / np.sqrt(dim),
-          jax.random.normal(k2, (hidden,)) * 0.1,
-          jax.random.normal(k3, (hidden,)))
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=(dim, hidden)) / np.sqrt(dim), jnp.float32),
+          jnp.asarray(rng.normal(size=hidden) * 0.1, jnp.float32),
+          jnp.asarray(rng.normal(size=hidden), jnp.float32))
 
 
 _PARAMS = _mlp_params()
@@ -48,8 +49,8 @@ def mlp_loss(x, params=_PARAMS):
 
 def _linear_weights(seed=2, shape=SHAPE):
   """Per-sample weights with no zero entries (so sign(∇) never vanishes)."""
-  w = jax.random.normal(jax.random.PRNGKey(seed), shape)
-  return jnp.where(jnp.abs(w) < 0.1, 0.5, w)
+  w = np.random.default_rng(seed).normal(size=shape)
+  return jnp.asarray(np.where(np.abs(w) < 0.1, 0.5, w), jnp.float32)
 
 
 _W = _linear_weights()
@@ -139,15 +140,38 @@ def test_scalar_eps_matches_vector_eps():
   np.testing.assert_allclose(scalar, vector, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize('norm', NORMS)
+def test_pgd_init_random_start_inside_ball(norm):
+  """The random start lies inside each ball (spread over it), is zero for eps_i = 0 and respects
+  the clip range; without a key it is zero."""
+  x = _batch(seed=4, lo=0.0, hi=1.0)
+  init = jax.jit(lambda x, e, k: attacks.pgd_init(x, e, norm=norm, key=k))
+  init_clip = jax.jit(lambda x, e, k: attacks.pgd_init(x, e, norm=norm, key=k, clip=(0.0, 1.0)))
+  delta = np.asarray(init(x, jnp.asarray(EPS), _key(0)))
+  n = np.asarray(attacks.perturbation_norm(delta, norm))
+  assert np.all(n <= EPS + TOL), (n, EPS)
+  np.testing.assert_array_equal(delta[0], 0.0)
+  if norm == 'l2':  # Uniform in an 18-dimensional ball: the radius is mostly close to eps.
+    assert np.all(n[1:] >= 0.7 * EPS[1:]), n
+  else:  # Uniform in the cube: mean |δ| is about eps / 2.
+    ratio = np.abs(delta[1:]).reshape(3, -1).mean(axis=1) / EPS[1:]
+    assert np.all((ratio > 0.25) & (ratio < 0.75)), ratio
+  clipped = np.asarray(init_clip(x, jnp.asarray(EPS), _key(0)))
+  x_start = np.asarray(x) + clipped
+  assert x_start.min() >= -1e-6 and x_start.max() <= 1.0 + 1e-6
+  assert np.all(np.asarray(attacks.perturbation_norm(clipped, norm)) <= EPS + TOL)
+  np.testing.assert_array_equal(attacks.pgd_init(x, EPS, norm=norm), np.zeros(x.shape))
+
+
 # ----------------------------------------------------------------------------- strength
 
 
 @pytest.mark.parametrize('norm', NORMS)
 def test_pgd_beats_random_noise_of_same_norm(norm):
   """PGD finds a higher loss than random noise on the ε-sphere, which beats nothing much."""
-  x = _batch(seed=5, shape=(8, 3, 3, 2))
+  x = _batch(seed=5)
   eps = 0.5 if norm == 'l2' else 0.15
-  x_pgd = _jitted('pgd', 'mlp', norm, 10)(x, jnp.full((8,), eps), None)
+  x_pgd = _jitted('pgd', 'mlp', norm, 10)(x, jnp.full((4,), eps), _key(0))
   pgd_loss = float(jnp.mean(mlp_loss(x_pgd)))
   clean_loss = float(jnp.mean(mlp_loss(x)))
   # Five random draws at once: the batch tiled five times, one draw per copy.
@@ -196,7 +220,7 @@ def test_unrolled_matches_fori_loop(norm, random_start):
   key = _key(3)
   out = {}
   for unroll in (True, False):
-    fn = _jitted('pgd', 'mlp', norm, 3, random_start, None, unroll)
+    fn = _jitted('pgd', 'mlp', norm, 2, random_start, None, unroll)
     out[unroll] = np.asarray(fn(x, jnp.asarray(EPS), key))
   np.testing.assert_allclose(out[True], out[False], rtol=1e-5, atol=1e-6)
   assert not np.allclose(out[True][1:], np.asarray(x)[1:])
