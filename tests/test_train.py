@@ -93,3 +93,24 @@ def test_nan_loss_stops_with_one_clear_line(tmp_path, monkeypatch):
   assert 'nan' in str(e.value).lower() and 'learning_rate' in str(e.value)
   assert '\n' not in str(e.value)
   assert not os.path.exists(tmp_path / 'checkpoints' / '4'), 'a NaN state was checkpointed'
+
+
+def test_xi_from_a_std_checkpoint(tmp_path):
+  """ξ measured with a finished STD run's parameters on this run's training split."""
+  _, std_state = _train(tiny_config('std'), tmp_path / 'std')
+  config = tiny_config('amat', **{'method.xi_source': 'checkpoint',
+                                  'method.xi_checkpoint': str(tmp_path / 'std'),
+                                  'method.xi_stat': 'mean+2std', 'num_epochs': 1})
+  trainer, state = _train(config, tmp_path / 'amat')
+  terms = train.per_sample_clean_terms(trainer.task, trainer.model, std_state.params,
+                                       trainer.train_data, trainer.mesh, 8)
+  expected = [terms[k].mean() + 2 * terms[k].std() for k in ('ce', 'dice')]
+  np.testing.assert_allclose(_host(state.xi), expected, rtol=1e-5)
+
+
+def test_xi_checkpoint_must_be_a_std_run(tmp_path):
+  _train(tiny_config('sat'), tmp_path / 'sat')
+  config = tiny_config('amat', **{'method.xi_source': 'checkpoint',
+                                  'method.xi_checkpoint': str(tmp_path / 'sat')})
+  with pytest.raises(UserError, match="method='sat'"):
+    _train(config, tmp_path / 'amat')

@@ -1,0 +1,86 @@
+"""Segmentation metrics and the evaluator's chunked PGD."""
+
+import jax
+import numpy as np
+import pytest
+
+from robust_med import attacks, methods, sharding
+from robust_med.evaluate import Evaluator
+from robust_med.tasks import segmentation
+from tiny import tiny_config
+
+
+def test_adi_and_tvdi_by_hand():
+  # Two samples, one foreground class. Sample 0: TP 1, FP 1, FN 0 → 2/3. Sample 1: TP 3, FN 1 → 6/7.
+  tp, fp, fn = np.array([[1], [3]]), np.array([[1], [0]]), np.array([[0], [1]])
+  m = segmentation.dice_metrics(tp, fp, fn, ('organ',))
+  assert m['adi'] == pytest.approx((2 / 3 + 6 / 7) / 2)
+  assert m['tvdi'] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+  assert m['adi/organ'] == m['adi']
+
+
+def test_absent_class_is_left_out_of_adi():
+  # Class 2 is absent from sample 0 (0/0) and perfect in sample 1.
+  tp = np.array([[2, 0], [1, 5]])
+  fp = np.array([[0, 0], [1, 0]])
+  fn = np.array([[0, 0], [0, 0]])
+  m = segmentation.dice_metrics(tp, fp, fn)
+  assert m['adi/class2'] == 1.0
+  assert m['adi/class1'] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_confusion_counts_match_numpy():
+  rng = np.random.default_rng(0)
+  pred, labels = rng.integers(0, 3, (4, 8, 8)), rng.integers(0, 3, (4, 8, 8))
+  c = jax.device_get(segmentation.confusion_counts(pred, labels, 3))
+  for k in (1, 2):
+    assert (c['tp'][:, k - 1] == ((pred == k) & (labels == k)).sum((1, 2))).all()
+    assert (c['fp'][:, k - 1] == ((pred == k) & (labels != k)).sum((1, 2))).all()
+    assert (c['fn'][:, k - 1] == ((pred != k) & (labels == k)).sum((1, 2))).all()
+
+
+def test_losses_are_per_sample_and_low_for_a_perfect_prediction():
+  labels = np.zeros((2, 8, 8), np.int32)
+  labels[0, 2:5, 2:5] = 1
+  perfect = 20.0 * jax.nn.one_hot(labels, 2)
+  wrong = 20.0 * jax.nn.one_hot(1 - labels, 2)
+  assert segmentation.soft_dice_loss(perfect, labels).shape == (2,)
+  assert float(segmentation.soft_dice_loss(perfect, labels)[0]) < 1e-3
+  assert float(segmentation.soft_dice_loss(wrong, labels)[0]) > 0.95
+  assert float(segmentation.cross_entropy_loss(perfect, labels)[0]) < 1e-6
+
+
+@pytest.mark.parametrize('norm', ['l2', 'linf'])
+def test_chunked_evaluation_pgd_equals_one_call(norm):
+  """The evaluator's host loop over jitted chunks is the same PGD as `attacks.pgd`."""
+  config = tiny_config('std')
+  task = segmentation.Task(config)
+  data, info = task.load_split('val')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  mesh = sharding.make_mesh(2)
+  settings = attacks.PGDSettings(norm=norm, steps=13)
+  evaluator = Evaluator(task, model, mesh, settings, batch_size=8, progress=False)
+  evaluator.chunk = 5  # 5 + 5 + 3 steps.
+  batch = {k: v[:8] for k, v in data.items()}
+  got = evaluator.perturb(params, sharding.put_batch(batch, mesh), 0.7, None)
+  loss = lambda x: methods.total(task.loss_terms(model.apply({'params': params}, x), batch))
+  want = settings(loss, batch['image'], 0.7, unroll=False)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
+  norms = attacks.perturbation_norm(got - batch['image'], norm)
+  assert float(norms.max()) <= 0.7 + 1e-5 and float(norms.min()) > 0.5
+
+
+def test_evaluator_metrics_fall_under_attack_and_ignore_padding():
+  config = tiny_config('std')
+  task = segmentation.Task(config)
+  data, info = task.load_split('val')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  evaluator = Evaluator(task, model, sharding.make_mesh(8), attacks.PGDSettings(steps=5),
+                        batch_size=24, progress=False)  # 16 samples padded to one batch of 24.
+  rows = evaluator.run(params, data, (0.0, 3.0))
+  assert [r['eps'] for r in rows] == [0.0, 3.0]
+  assert rows[1]['loss'] > rows[0]['loss']
+  clean = evaluator.run(params, {k: v[:16] for k, v in data.items()}, (0.0,))
+  assert clean[0]['adi'] == pytest.approx(rows[0]['adi'])
