@@ -114,6 +114,16 @@ def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int) -
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def evaluation_subset(arrays: dict, max_samples: int) -> dict:
+  """At most `max_samples` records spread evenly over the split (all when 0), so a capped
+  evaluation still covers every volume rather than the first few."""
+  n = len(arrays['id'])
+  if not max_samples or max_samples >= n:
+    return arrays
+  index = np.linspace(0, n - 1, max_samples).round().astype(int)
+  return {k: v[index] for k, v in arrays.items()}
+
+
 class MetricsLog:
   """Appends one JSON object per line to `workdir/metrics.jsonl`."""
 
@@ -263,9 +273,7 @@ class Trainer:
     evaluator = evaluate_lib.Evaluator(self.task, self.model, self.mesh, attack,
                                        batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
                                        progress=cfg.progress_bar)
-    data = self.val_data
-    if cfg.eval.max_samples:
-      data = {k: v[:cfg.eval.max_samples] for k, v in data.items()}
+    data = evaluation_subset(self.val_data, cfg.eval.max_samples)
     levels = sorted(set([0.0, *map(float, cfg.eval.noise_levels)]))
     results = evaluator.run(params, data, levels, desc='robustness')
     report = evaluate_lib.robustness_report(

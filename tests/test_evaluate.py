@@ -84,3 +84,12 @@ def test_evaluator_metrics_fall_under_attack_and_ignore_padding():
   assert rows[1]['loss'] > rows[0]['loss']
   clean = evaluator.run(params, {k: v[:16] for k, v in data.items()}, (0.0,))
   assert clean[0]['adi'] == pytest.approx(rows[0]['adi'])
+
+
+def test_capped_evaluation_spreads_over_the_split():
+  from robust_med.train import evaluation_subset
+  arrays = {'id': np.arange(100), 'image': np.arange(100) * 2}
+  sub = evaluation_subset(arrays, 10)
+  assert len(sub['id']) == 10 and sub['id'][0] == 0 and sub['id'][-1] == 99
+  assert len(set(sub['id'])) == 10 and (sub['image'] == sub['id'] * 2).all()
+  assert evaluation_subset(arrays, 0) is arrays
