@@ -17,9 +17,9 @@ def load(workdir: str) -> dict:
     return json.load(f)
 
 
-def table(workdirs: list[str]) -> str:
+def table(workdirs: list[str], metric: str | None = None) -> str:
   reports = [load(w) for w in workdirs]
-  metric = reports[0]['metric']
+  metric = metric or reports[0]['metric']
   eps = [r['eps'] for r in reports[0]['results']]
   for w, r in zip(workdirs, reports):
     if [x['eps'] for x in r['results']] != eps or r['attack'] != reports[0]['attack']:
@@ -40,3 +40,6 @@ def table(workdirs: list[str]) -> str:
 
 if __name__ == '__main__':
   print(table(sys.argv[1:]))
+  if 'tvdi' in load(sys.argv[1])['results'][0]:
+    print()
+    print(table(sys.argv[1:], 'tvdi'))

@@ -231,9 +231,10 @@ class Trainer:
         if not xi_ready and step >= self.warmup_steps:
           xi, xi_ready = self.measure_xi(state.params), True
           state = state.replace(xi=jax.device_put(jnp.asarray(xi), sharding.replicated(self.mesh)))
+          names = sorted(self.task.loss_term_names)  # ξ's order.
           self.log.write({'type': 'xi', 'step': step, 'source': config.method.xi_source,
                           'stat': config.method.xi_stat,
-                          **{f'xi/{k}': float(v) for k, v in zip(self.task.loss_term_names, xi)}})
+                          **{f'xi/{k}': float(v) for k, v in zip(names, xi)}})
         fn = std_step if step < self.warmup_steps else main_step
         state, metrics = fn(state, sharding.put_batch(batch, self.mesh))
         step += 1
