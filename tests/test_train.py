@@ -114,3 +114,13 @@ def test_xi_checkpoint_must_be_a_std_run(tmp_path):
                                   'method.xi_checkpoint': str(tmp_path / 'sat')})
   with pytest.raises(UserError, match="method='sat'"):
     _train(config, tmp_path / 'amat')
+
+
+@pytest.mark.parametrize('method', ['fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'])
+def test_augmentation_methods_train(tmp_path, method):
+  config = tiny_config(method, **{'method.eps': 0.05, 'num_epochs': 1, 'mesh.num_devices': 2})
+  trainer, state = _train(config, tmp_path)
+  assert int(state.step) == trainer.total_steps
+  lines = (tmp_path / 'metrics.jsonl').read_text()
+  attack = 'inverse_fgsm' if method == 'inverse_fgsm_aug' else 'fgsm'
+  assert f'"{attack}/ce"' in lines
