@@ -79,27 +79,37 @@ class Evaluator:
   def run(self, params, arrays: dict[str, np.ndarray], noise_levels=(0.0,),
           desc: str = 'eval') -> list[dict[str, float]]:
     """Metrics at each noise level: [{'eps': e, <metric>: value, ..., 'loss': mean loss}]."""
-    source = data_lib.ArraySource(arrays)
-    n_batches = data_lib.num_batches(len(source), self.batch_size, False)
+    n_batches = data_lib.num_batches(len(arrays['id']), self.batch_size, False)
     key = jax.random.key(self.seed)
     bar = tqdm(total=n_batches * len(noise_levels), desc=desc, disable=not self.progress,
                leave=False, file=sys.stderr)
     results = []
     for eps in noise_levels:
-      collected: dict[str, list[np.ndarray]] = {}
-      for b, batch in enumerate(data_lib.batches(source, self.batch_size, shuffle=False,
-                                                  drop_remainder=False)):
-        batch, valid = sharding.pad_batch(batch, self.batch_size)
-        dev = sharding.put_batch(batch, self.mesh)
-        x = self.perturb(params, dev, float(eps), jax.random.fold_in(key, b))
-        for k, v in jax.device_get(self._stats(params, dev, x)).items():
-          collected.setdefault(k, []).append(np.asarray(v)[:valid])
+
+      def attacked_stats(b, batch):
         bar.update(1)
-      stats = {k: np.concatenate(v) for k, v in collected.items()}
+        x = self.perturb(params, batch, float(eps), jax.random.fold_in(key, b))
+        return self._stats(params, batch, x)
+
+      stats = per_sample_outputs(attacked_stats, arrays, self.mesh, self.batch_size)
       row = {'eps': float(eps), **self.task.summarize(stats), 'loss': float(stats['loss'].mean())}
       results.append(row)
     bar.close()
     return results
+
+
+def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int) -> dict:
+  """Runs `fn(batch_index, device_batch) -> {name: (B, ...)}` over `arrays` in order, on the
+  mesh, and returns the outputs concatenated over the whole set, padding dropped."""
+  batch_size = sharding.round_up(batch_size, mesh.devices.size)
+  source = data_lib.ArraySource(arrays)
+  out: dict[str, list[np.ndarray]] = {}
+  for b, batch in enumerate(data_lib.batches(source, batch_size, shuffle=False,
+                                              drop_remainder=False)):
+    batch, valid = sharding.pad_batch(batch, batch_size)
+    for k, v in jax.device_get(fn(b, sharding.put_batch(batch, mesh))).items():
+      out.setdefault(k, []).append(np.asarray(v)[:valid])
+  return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def robustness_report(task, attack: attacks.PGDSettings, results, *, num_samples: int,

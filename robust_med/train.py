@@ -104,14 +104,7 @@ def jit_train_step(step_fn, state: TrainState, mesh):
 def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int) -> dict:
   """Per-sample clean loss terms {name: (N,)} of `params` on `arrays` (for ξ)."""
   fn = jax.jit(lambda p, b: task.loss_terms(model.apply({'params': p}, b['image']), b))
-  batch_size = sharding.round_up(batch_size, mesh.devices.size)
-  out: dict[str, list] = {}
-  source = data_lib.ArraySource(arrays)
-  for batch in data_lib.batches(source, batch_size, shuffle=False, drop_remainder=False):
-    batch, valid = sharding.pad_batch(batch, batch_size)
-    for k, v in jax.device_get(fn(params, sharding.put_batch(batch, mesh))).items():
-      out.setdefault(k, []).append(np.asarray(v)[:valid])
-  return {k: np.concatenate(v) for k, v in out.items()}
+  return evaluate_lib.per_sample_outputs(lambda _, b: fn(params, b), arrays, mesh, batch_size)
 
 
 def evaluation_subset(arrays: dict, max_samples: int) -> dict:

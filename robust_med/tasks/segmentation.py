@@ -88,7 +88,6 @@ class Task(base.Task):
 
   def build_model(self, info) -> UNet:
     m = self.config.model
-    self.num_classes = info.num_classes
     self.class_names = tuple(info.class_names[1:])
     return UNet(num_classes=info.num_classes,
                 features=unet_features(m.base_width, m.depth, m.max_width))
