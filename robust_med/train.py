@@ -8,7 +8,6 @@ with them and scatters the updated margins back.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
