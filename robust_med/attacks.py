@@ -206,6 +206,28 @@ def inverse_fgsm(loss_fn: LossFn, x: jax.Array, eps, *, norm: Norm = 'linf',
 ATTACKS = {'pgd': pgd, 'fgsm': fgsm, 'inverse_fgsm': inverse_fgsm}
 
 
+def run_iterative(attack, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None = None,
+                  unroll: bool | None = None) -> jax.Array:
+  """Runs an iterative attack given as settings with `init`, `step` and `result` (see
+  `PGDSettings`): `init(loss_fn, x, eps, key) -> state`, `step(loss_fn, x, state, eps, i) -> state`
+  for i = 0..steps-1 (i may be traced), `result(x, state) -> x_adv`.
+
+  The evaluator runs the same three functions as a host loop over jitted chunks of steps, so an
+  attack written this way is usable in training, in scripts and in long evaluations alike.
+  """
+  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
+  state = attack.init(loss_fn, x, eps, key)
+  if unroll is None:
+    unroll = default_unroll()
+  if unroll:
+    for i in range(attack.steps):
+      state = attack.step(loss_fn, x, state, eps, jnp.int32(i))
+  else:
+    state = jax.lax.fori_loop(0, attack.steps,
+                              lambda i, s: attack.step(loss_fn, x, s, eps, i), state)
+  return jax.lax.stop_gradient(attack.result(x, state))
+
+
 @dataclasses.dataclass(frozen=True)
 class PGDSettings:
   """A configured PGD (the budget is given per call), shared by training and evaluation."""
@@ -225,6 +247,20 @@ class PGDSettings:
   def step_size(self, eps, x: jax.Array) -> jax.Array:
     return default_step_size(eps, x, self.steps, self.step_size_factor)
 
+  # The iterative-attack protocol of `run_iterative`; the state is the perturbation.
+  def init(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None) -> jax.Array:
+    del loss_fn
+    return pgd_init(x, eps, norm=self.norm, key=key if self.random_start else None,
+                    clip=self.clip)
+
+  def step(self, loss_fn: LossFn, x: jax.Array, delta: jax.Array, eps, i) -> jax.Array:
+    del i
+    return pgd_update(loss_fn, x, delta, eps, self.step_size(eps, x), norm=self.norm,
+                      clip=self.clip)
+
+  def result(self, x: jax.Array, delta: jax.Array) -> jax.Array:
+    return x + delta
+
   def __call__(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None = None,
                unroll: bool | None = None) -> jax.Array:
     return pgd(loss_fn, x, eps, norm=self.norm, steps=self.steps,
@@ -236,4 +272,30 @@ class PGDSettings:
     return {'name': f'pgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
             'step_size': f'{self.step_size_factor}*eps/{self.steps}', 'restarts': 1,
             'random_start': self.random_start,
+            'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomNoise:
+  """Random noise of norm exactly ε per sample, as an attack with no steps: the baseline every
+  real attack must beat (a model whose gradients are masked fails to)."""
+  norm: str = 'l2'
+  clip: tuple[float, float] | None = None
+  steps: int = 0
+
+  def init(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None) -> jax.Array:
+    del loss_fn
+    if key is None:
+      raise ValueError('RandomNoise needs a PRNG key.')
+    return _apply(x, random_on_sphere(key, x, eps, self.norm) - x, self.clip)
+
+  def step(self, loss_fn: LossFn, x: jax.Array, state: jax.Array, eps, i) -> jax.Array:
+    raise NotImplementedError('RandomNoise has no steps.')
+
+  def result(self, x: jax.Array, state: jax.Array) -> jax.Array:
+    return state
+
+  def describe(self) -> dict[str, Any]:
+    return {'name': 'random-noise', 'norm': self.norm, 'steps': 0, 'step_size': 'none',
+            'restarts': 1, 'random_start': True,
             'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}

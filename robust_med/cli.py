@@ -19,7 +19,7 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
-def _guard(fn):
+def guard(fn):
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     try:
@@ -35,7 +35,7 @@ def run_main(argv=None) -> None:
   flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics.jsonl and reports.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
-  @_guard
+  @guard
   def main(argv):
     if len(argv) > 1:
       raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
@@ -46,10 +46,10 @@ def run_main(argv=None) -> None:
     train.train_and_evaluate(config, flags.FLAGS.workdir)
     print(f'Done: outputs in {os.path.abspath(flags.FLAGS.workdir)}')
 
-  app.run(main, argv=argv, flags_parser=_parse_flags)
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
-def _parse_flags(argv):
+def parse_flags(argv):
   """absl's parser, but a bad flag or config key ends in one line instead of a usage dump."""
   try:
     return flags.FLAGS(argv)
@@ -86,7 +86,7 @@ def run_evaluate(argv=None) -> None:
   flags.DEFINE_enum('norm', None, ['l2', 'linf'], 'Override config.eval.norm.')
   flags.mark_flags_as_required(['workdir'])
 
-  @_guard
+  @guard
   def main(argv):
     del argv
     from robust_med import checkpointing, config_base, train
@@ -109,4 +109,4 @@ def run_evaluate(argv=None) -> None:
     for row in report['results']:
       print(json.dumps(row))
 
-  app.run(main, argv=argv, flags_parser=_parse_flags)
+  app.run(main, argv=argv, flags_parser=parse_flags)

@@ -13,6 +13,7 @@ import ml_collections
 
 from robust_med.errors import ConfigError
 
+EVAL_ATTACKS = ('pgd', 'apgd')
 DEFAULT_DATA_HOME = os.environ.get('ROBUST_MED_DATA', os.path.expanduser('~/robust_med_data'))
 
 
@@ -83,6 +84,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.max_samples = 0               # 0 = the whole validation split
   c.eval.seed = 0
+  # Attacks run at every level; the report has each curve and their per-sample worst case.
+  c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve) and 'apgd'
+  c.eval.apgd_steps = 100              # APGD iterations (Croce & Hein 2020; no step size to tune)
+  c.eval.apgd_restarts = 1
+  # Gradient-masking checks (Carlini et al. 2019), written into robustness.json.
+  c.eval.masking_checks = True
+  c.eval.weak_steps = 0                # PGD-<weak_steps> must not beat PGD-<steps>; 0 = steps // 5
+  c.eval.huge_eps = 0.0                # budget that must drive the metric to its floor; 0 = auto
+  c.eval.check_tolerance = 0.02        # allowed violation, fraction of |clean − floor|
+  c.eval.floor_tolerance = 0.1         # how close to the floor, fraction of |clean − floor|
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0               # 0 = all local devices
@@ -138,9 +149,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.method.name in ('sat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
     need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
          'fixed noise budget, e.g. --config.method.eps=10.')
+  unknown_attacks = [a for a in config.eval.attacks if a not in EVAL_ATTACKS]
+  need(not unknown_attacks and 'pgd' in config.eval.attacks,
+       f'config.eval.attacks = {tuple(config.eval.attacks)}: list attacks from {EVAL_ATTACKS}, '
+       "and include 'pgd' (the primary curve every report carries).")
+  for key in ('eval.weak_steps', 'eval.huge_eps', 'eval.check_tolerance', 'eval.floor_tolerance'):
+    need(given[key] >= 0, f'config.{key} = {given[key]} is negative: it must be ≥ 0.')
+  if config.eval.masking_checks and config.eval.weak_steps:
+    need(config.eval.weak_steps < config.eval.steps,
+         f'config.eval.weak_steps = {config.eval.weak_steps} must be below config.eval.steps = '
+         f'{config.eval.steps}: the check compares a short PGD against the long one.')
   for key in ('attack.norm', 'eval.norm', 'method.fgsm_norm'):
     need(given[key] in attacks.NORMS, f'config.{key} = {given[key]!r}: use one of {attacks.NORMS}.')
-  for key in ('attack.steps', 'eval.steps', 'batch_size', 'eval.batch_size', 'num_epochs',
+  for key in ('attack.steps', 'eval.steps', 'eval.apgd_steps', 'eval.apgd_restarts',
+              'batch_size', 'eval.batch_size', 'num_epochs',
               'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     need(given[key] >= 1, f'config.{key} = {given[key]} must be ≥ 1.')
   need(config.optimizer.learning_rate > 0, 'config.optimizer.learning_rate must be > 0.')

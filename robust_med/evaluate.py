@@ -9,6 +9,7 @@ Standalone: `python -m robust_med.evaluate --workdir=DIR` recomputes `robustness
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,26 +18,35 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from robust_med import attacks, methods, sharding
+from robust_med import attacks, gradient_masking, methods, sharding
 from robust_med import data as data_lib
 
 
 class Evaluator:
-  """Runs a task's model over a dataset, clean or under attack, on a device mesh."""
+  """Runs a task's model over a dataset, clean or under attack, on a device mesh.
 
-  def __init__(self, task, model, mesh, attack: attacks.PGDSettings, *, batch_size: int = 64,
-               seed: int = 0, progress: bool = True):
-    self.task, self.model, self.mesh, self.attack = task, model, mesh, attack
+  `attack` is one iterative attack (`attacks.PGDSettings`, `apgd.APGDSettings`,
+  `attacks.RandomNoise`) or a sequence of them; the first is the primary one.
+  """
+
+  def __init__(self, task, model, mesh, attack, *, batch_size: int = 64, seed: int = 0,
+               progress: bool = True):
+    self.task, self.model, self.mesh = task, model, mesh
+    self.attacks = tuple(attack) if isinstance(attack, (list, tuple)) else (attack,)
+    self.attack = self.attacks[0]
     self.seed = seed
     n = mesh.devices.size
     self.batch_size = sharding.round_up(batch_size, n)
     self.progress = progress
-    unroll = attacks.default_unroll()
     # On CPU the attack runs as a host loop over jitted chunks of unrolled steps (fast convolutions,
-    # bounded compile time); elsewhere as one fori_loop.
-    self.chunk = min(10, attack.steps) if unroll else attack.steps
+    # bounded compile time); elsewhere as one fori_loop per attack.
+    self.unroll = attacks.default_unroll()
+    self.chunk = 10 if self.unroll else 1 << 30
     self._stats = jax.jit(self._stats_impl)
-    self._chunk = jax.jit(self._chunk_impl, static_argnames=('steps',))
+    self._init = jax.jit(self._init_impl, static_argnames=('attack',))
+    self._chunk = jax.jit(self._chunk_impl, static_argnames=('attack', 'steps'))
+    self._result = jax.jit(lambda x, state, *, attack: attack.result(x, state),
+                           static_argnames=('attack',))
 
   def _loss_fn(self, params, batch):
     return lambda x: methods.total(self.task.loss_terms(self.model.apply({'params': params}, x),
@@ -48,54 +58,114 @@ class Evaluator:
     stats['loss'] = methods.total(self.task.loss_terms(outputs, batch))
     return stats
 
-  def _chunk_impl(self, params, batch, delta, eps, *, steps):
-    a = self.attack
-    alpha = a.step_size(eps, delta)
-    loss_fn = self._loss_fn(params, batch)
+  def _init_impl(self, params, batch, eps, key, *, attack):
+    return attack.init(self._loss_fn(params, batch), batch['image'], eps, key)
 
-    def body(_, d):
-      return attacks.pgd_update(loss_fn, batch['image'], d, eps, alpha, norm=a.norm, clip=a.clip)
-    if self.chunk < a.steps:
-      for i in range(steps):
-        delta = body(i, delta)
-      return delta
-    return jax.lax.fori_loop(0, steps, body, delta)
+  def _chunk_impl(self, params, batch, state, eps, start, *, attack, steps):
+    loss_fn, x = self._loss_fn(params, batch), batch['image']
 
-  def perturb(self, params, batch, eps: float, key) -> jax.Array:
-    """The attacked images of a (device) batch at budget `eps`."""
+    def body(j, s):
+      return attack.step(loss_fn, x, s, eps, start + j)
+    if self.unroll:
+      for j in range(steps):
+        state = body(j, state)
+      return state
+    return jax.lax.fori_loop(0, steps, body, state)
+
+  def perturb(self, params, batch, eps: float, key, attack=None) -> jax.Array:
+    """The attacked images of a (device) batch at budget `eps` (the primary attack by default)."""
+    attack = attack or self.attack
     x = batch['image']
     if eps == 0:
       return x
     eps_v = jnp.full(x.shape[:1], eps, x.dtype)
-    delta = attacks.pgd_init(x, eps_v, norm=self.attack.norm,
-                             key=key if self.attack.random_start else None, clip=self.attack.clip)
-    done = 0
-    while done < self.attack.steps:
-      k = min(self.chunk, self.attack.steps - done)
-      delta = self._chunk(params, batch, delta, eps_v, steps=k)
-      done += k
-    return x + delta
+    best, best_loss = None, None
+    for r in range(getattr(attack, 'restarts', 1)):
+      k = None if key is None else jax.random.fold_in(key, r)
+      state = self._init(params, batch, eps_v, k, attack=attack)
+      done = 0
+      while done < attack.steps:
+        n = min(self.chunk, attack.steps - done)
+        state = self._chunk(params, batch, state, eps_v, jnp.int32(done), attack=attack, steps=n)
+        done += n
+      x_adv = self._result(x, state, attack=attack)
+      if best is None:
+        best = x_adv
+        continue
+      loss = self._stats(params, batch, x_adv)['loss']
+      if best_loss is None:
+        best_loss = self._stats(params, batch, best)['loss']
+      better = (loss > best_loss).reshape((-1,) + (1,) * (x.ndim - 1))
+      best, best_loss = jnp.where(better, x_adv, best), jnp.maximum(loss, best_loss)
+    return best
+
+  def sample_stats(self, params, arrays: dict[str, np.ndarray], eps: float, attack=None,
+                   bar=None) -> dict[str, np.ndarray]:
+    """Per-sample statistics (and loss) of the whole set attacked at `eps`."""
+    key = jax.random.key(self.seed)
+
+    def attacked_stats(b, batch):
+      if bar is not None:
+        bar.update(1)
+      x = self.perturb(params, batch, float(eps), jax.random.fold_in(key, b), attack)
+      return self._stats(params, batch, x)
+    return per_sample_outputs(attacked_stats, arrays, self.mesh, self.batch_size)
+
+  def _row(self, eps: float, stats) -> dict[str, float]:
+    return {'eps': float(eps), **self.task.summarize(stats), 'loss': float(stats['loss'].mean())}
+
+  def curves(self, params, arrays: dict[str, np.ndarray], noise_levels=(0.0,), attacks_=None,
+             *, worst_case: bool = True, desc: str = 'eval') -> dict[str, list[dict]]:
+    """Metric rows at each noise level for each attack, by attack name, plus 'worst-case' (each
+    sample under whichever attack hurt it most, by `task.sample_scores`) when there are several.
+
+    Worst-case rows also count, under 'worst_of', how many samples each attack won.
+    """
+    attacks_ = tuple(attacks_ or self.attacks)
+    names = [a.describe()['name'] for a in attacks_]
+    n_batches = data_lib.num_batches(len(arrays['id']), self.batch_size, False)
+    bar = tqdm(total=n_batches * len(noise_levels) * len(attacks_), desc=desc,
+               disable=not self.progress, leave=False, file=sys.stderr)
+    out: dict[str, list[dict]] = {n: [] for n in names}
+    several = worst_case and len(attacks_) > 1
+    if several:
+      out[WORST_CASE] = []
+    for eps in noise_levels:
+      if eps == 0:  # Every attack leaves the clean set unchanged.
+        clean = self.sample_stats(params, arrays, 0.0, attacks_[0], bar)
+        bar.update(n_batches * (len(attacks_) - 1))
+        stats = [clean] * len(attacks_)
+      else:
+        stats = [self.sample_stats(params, arrays, eps, a, bar) for a in attacks_]
+      for n, s in zip(names, stats):
+        out[n].append(self._row(eps, s))
+      if several:
+        worst, index = worst_per_sample(self.task, stats)
+        row = self._row(eps, worst)
+        row['worst_of'] = {n: int((index == i).sum()) for i, n in enumerate(names)}
+        out[WORST_CASE].append(row)
+    bar.close()
+    return out
 
   def run(self, params, arrays: dict[str, np.ndarray], noise_levels=(0.0,),
           desc: str = 'eval') -> list[dict[str, float]]:
-    """Metrics at each noise level: [{'eps': e, <metric>: value, ..., 'loss': mean loss}]."""
-    n_batches = data_lib.num_batches(len(arrays['id']), self.batch_size, False)
-    key = jax.random.key(self.seed)
-    bar = tqdm(total=n_batches * len(noise_levels), desc=desc, disable=not self.progress,
-               leave=False, file=sys.stderr)
-    results = []
-    for eps in noise_levels:
+    """Metrics under the primary attack at each noise level: [{'eps': e, <metric>: value, ...,
+    'loss': mean loss}]."""
+    name = self.attack.describe()['name']
+    return self.curves(params, arrays, noise_levels, (self.attack,), desc=desc)[name]
 
-      def attacked_stats(b, batch):
-        bar.update(1)
-        x = self.perturb(params, batch, float(eps), jax.random.fold_in(key, b))
-        return self._stats(params, batch, x)
 
-      stats = per_sample_outputs(attacked_stats, arrays, self.mesh, self.batch_size)
-      row = {'eps': float(eps), **self.task.summarize(stats), 'loss': float(stats['loss'].mean())}
-      results.append(row)
-    bar.close()
-    return results
+WORST_CASE = 'worst-case'
+
+
+def worst_per_sample(task, stats: list[dict[str, np.ndarray]]) -> tuple[dict, np.ndarray]:
+  """Per sample, the statistics of the attack with the lowest `task.sample_scores` (ties: the
+  highest loss), and the index of that attack for each sample."""
+  scores = np.stack([np.asarray(task.sample_scores(s), np.float64) for s in stats])
+  losses = np.stack([np.asarray(s['loss'], np.float64) for s in stats])
+  index = np.lexsort((-losses, scores), axis=0)[0]
+  cols = np.arange(scores.shape[1])
+  return {k: np.stack([s[k] for s in stats])[index, cols] for k in stats[0]}, index
 
 
 def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int) -> dict:
@@ -112,10 +182,70 @@ def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int)
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def robustness_report(task, attack: attacks.PGDSettings, results, *, num_samples: int,
-                      extra: dict | None = None) -> dict:
-  return {'task': task.name, 'metric': task.primary_metric, 'attack': attack.describe(),
-          'num_samples': num_samples, 'results': results, **(extra or {})}
+def evaluation_attacks(eval_cfg, clip=None) -> list:
+  """The attacks of `config.eval.attacks`, PGD first (the primary curve, named in `attack`)."""
+  from robust_med import apgd
+  clip = tuple(clip) if clip else None
+  built = {'pgd': lambda: attacks.PGDSettings.from_config(eval_cfg, clip=clip),
+           'apgd': lambda: dataclasses.replace(apgd.APGDSettings.from_config(eval_cfg, clip=clip),
+                                               restarts=eval_cfg.apgd_restarts)}
+  names = ['pgd'] + [n for n in eval_cfg.attacks if n != 'pgd']
+  return [built[n]() for n in names]
+
+
+def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray], eval_cfg, *,
+                      clip=None, extra: dict | None = None) -> dict:
+  """Clean metrics, a curve per evaluation attack and their per-sample worst case over the noise
+  grid, and (with `eval_cfg.masking_checks`) the gradient-masking checks, as one JSON-able dict."""
+  task = evaluator.task
+  metric = task.primary_metric
+  levels = sorted(set([0.0, *map(float, eval_cfg.noise_levels)]))
+  attacks_ = evaluation_attacks(eval_cfg, clip)
+  evaluator.attacks, evaluator.attack = tuple(attacks_), attacks_[0]
+  curves = evaluator.curves(params, data, levels, attacks_, desc='robustness')
+  primary = attacks_[0].describe()
+  report = {'task': task.name, 'metric': metric, 'higher_is_better': task.higher_is_better,
+            'num_samples': len(data['id']), **(extra or {}),
+            'attack': primary, 'results': curves[primary['name']],
+            'attacks': [a.describe() for a in attacks_], 'curves': curves}
+  if len(attacks_) > 1:
+    report['worst_case'] = {
+        'over': [a.describe()['name'] for a in attacks_],
+        'rule': 'per sample, the attack with the lowest per-sample score '
+                f'({type(task).sample_scores.__doc__.strip().splitlines()[0]}); ties: higher loss'}
+  if eval_cfg.masking_checks:
+    report.update(masking_checks(evaluator, params, data, eval_cfg, attacks_[0], curves, levels))
+  return report
+
+
+def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PGDSettings,
+                   curves: dict, levels: list[float]) -> dict:
+  """Runs the extra attacks the gradient-masking checks need and the checks themselves."""
+  task = evaluator.task
+  metric = task.primary_metric
+  weak = dataclasses.replace(pgd, steps=eval_cfg.weak_steps or max(1, pgd.steps // 5))
+  noise = attacks.RandomNoise(norm=pgd.norm, clip=pgd.clip)
+  pgd_name, weak_name, noise_name = (a.describe()['name'] for a in (pgd, weak, noise))
+  nonzero = [e for e in levels if e > 0]
+  extra = evaluator.curves(params, data, nonzero, (weak, noise), worst_case=False,
+                           desc='masking checks')
+  huge_eps = eval_cfg.huge_eps or gradient_masking.auto_huge_eps(data['image'], pgd.norm,
+                                                                 pgd.clip)
+  huge = evaluator.curves(params, data, [huge_eps], (pgd,), desc='huge ε')[pgd_name][0]
+  clean = curves[pgd_name][0]
+  checks = gradient_masking.run_checks(
+      metric=metric, higher_is_better=task.higher_is_better, floor=task.metric_floor(),
+      clean=clean[metric], curves=curves, strong=pgd_name,
+      weak=extra[weak_name], weak_name=weak_name, random=extra[noise_name], huge=huge,
+      tolerance=eval_cfg.check_tolerance, floor_tolerance=eval_cfg.floor_tolerance)
+  return {'checks': checks,
+          'check_attacks': {'weak': weak.describe(), 'random': noise.describe(),
+                            'huge': {**pgd.describe(), 'eps': huge_eps,
+                                     'eps_rule': 'config.eval.huge_eps' if eval_cfg.huge_eps
+                                     else gradient_masking.auto_huge_eps.__doc__.split('\n')[0]}},
+          'check_curves': {weak_name: extra[weak_name], noise_name: extra[noise_name],
+                           'huge-eps': [huge]},
+          'warnings': gradient_masking.warnings_for(checks)}
 
 
 def write_report(workdir: str, report: dict) -> None:
@@ -129,21 +259,33 @@ def write_report(workdir: str, report: dict) -> None:
 
 
 def plot_curve(report: dict, path: str) -> None:
+  """Metric vs noise level: every attack's curve, the worst case, and random noise if checked."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   metric = report['metric']
-  a = report['attack']
-  eps = [r['eps'] for r in report['results']]
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot(eps, [r[metric] for r in report['results']], marker='o',
-          label=report.get('method', 'model'))
-  ax.set_xlabel(f'noise level ε ({a["norm"].upper()} norm)')
+  norm = report['attack']['norm'].upper()
+  curves = dict(report.get('curves') or {report['attack']['name']: report['results']})
+  for name, rows in (report.get('check_curves') or {}).items():
+    if name == 'random-noise':
+      curves[name] = [report['results'][0], *rows]
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  styles = {WORST_CASE: dict(lw=2.5, color='k'), 'random-noise': dict(ls=':', color='gray')}
+  values = []
+  for name, rows in curves.items():
+    ys = [r[metric] for r in rows]
+    values += ys
+    ax.plot([r['eps'] for r in rows], ys, marker='o', ms=3, label=name,
+            **styles.get(name, {}))
+  ax.set_xlabel(f'noise level ε ({norm} norm)')
   ax.set_ylabel(metric.upper())
-  ax.set_ylim(0, 1.0)
-  ax.set_title(f'{metric.upper()} under {a["name"]} ({a["norm"].upper()})')
+  if report.get('higher_is_better', True) and values and 0 <= min(values) and max(values) <= 1:
+    ax.set_ylim(0, 1.0)
+  failed = [c['name'] for c in report.get('checks', []) if not c['passed']]
+  title = f'{report.get("method", "model")}: {metric.upper()} under attack ({norm})'
+  ax.set_title(title + ('\nFAILED: ' + ', '.join(failed) if failed else ''), fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

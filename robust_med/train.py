@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from robust_med import attacks, checkpointing, methods, sharding
+from robust_med import checkpointing, methods, sharding
 from robust_med import data as data_lib
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
@@ -260,22 +260,24 @@ class Trainer:
                     'steps_per_second': len(pending) / max(seconds, 1e-9), **means})
 
   def evaluate(self, params) -> dict:
-    """Clean metrics and the robustness curve on the validation split; writes the report."""
+    """Clean metrics, robustness curves and gradient-masking checks on the validation split;
+    writes robustness.json and robustness.png and warns on stderr about failed checks."""
     cfg = self.config
-    attack = attacks.PGDSettings.from_config(cfg.eval, clip=cfg.attack.clip)
-    evaluator = evaluate_lib.Evaluator(self.task, self.model, self.mesh, attack,
+    evaluator = evaluate_lib.Evaluator(self.task, self.model, self.mesh,
+                                       evaluate_lib.evaluation_attacks(cfg.eval, cfg.attack.clip),
                                        batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
                                        progress=cfg.progress_bar)
     data = evaluation_subset(self.val_data, cfg.eval.max_samples)
-    levels = sorted(set([0.0, *map(float, cfg.eval.noise_levels)]))
-    results = evaluator.run(params, data, levels, desc='robustness')
-    report = evaluate_lib.robustness_report(
-        self.task, attack, results, num_samples=len(data['id']),
-        extra={'method': cfg.method.name, 'split': 'val'})
+    report = evaluate_lib.robustness_report(evaluator, params, data, cfg.eval,
+                                            clip=cfg.attack.clip,
+                                            extra={'method': cfg.method.name, 'split': 'val'})
     evaluate_lib.write_report(self.workdir, report)
-    for row in results:
-      self.log.write({'type': 'eval', 'norm': attack.norm, 'attack': attack.describe()['name'],
-                      **row})
+    for name, rows in report['curves'].items():
+      for row in rows:
+        self.log.write({'type': 'eval', 'norm': report['attack']['norm'], 'attack': name,
+                        **{k: v for k, v in row.items() if k != 'worst_of'}})
+    for line in report.get('warnings', []):
+      print(f'warning: {line}', file=sys.stderr)
     return report
 
 

@@ -19,7 +19,7 @@ CONFIG = str(REPO / 'configs' / 'prostate_amat.py')
 TINY = ['--config.data.patch_size=(16,16)', '--config.data.num_train=32',
         '--config.data.num_val=16', '--config.model.base_width=4', '--config.model.depth=2',
         '--config.batch_size=8', '--config.num_epochs=3', '--config.attack.steps=2',
-        '--config.eval.steps=3', '--config.eval.noise_levels=(0.5,1.0)',
+        '--config.eval.steps=3', '--config.eval.apgd_steps=3', '--config.eval.noise_levels=(0.5,1.0)',
         '--config.log_every_steps=2', '--config.checkpoint_every_steps=2',
         '--config.progress_bar=False', '--config.mesh.num_devices=1']
 

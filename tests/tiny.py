@@ -23,6 +23,8 @@ def tiny_config(method: str = 'amat', **overrides):
   c.eval.noise_levels = (0.0, 0.5)
   c.eval.steps = 3
   c.eval.batch_size = 8
+  c.eval.apgd_steps = 3
+  c.eval.weak_steps = 1
   for key, value in overrides.items():
     node = c
     *path, last = key.split('.')

@@ -24,6 +24,8 @@ class Task(abc.ABC):
   name: str = ''
   #: Metric the robustness curves plot and sweeps rank by.
   primary_metric: str = ''
+  #: Direction of the primary metric (Dice: higher is better; a landmark error: lower).
+  higher_is_better: bool = True
   #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
   loss_term_names: tuple[str, ...] = ()
 
@@ -49,6 +51,14 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Metrics of a whole evaluation set from its concatenated per-sample statistics."""
+
+  def sample_scores(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """How well the model did on each sample, higher is better, shape (N,).
+
+    Picks each sample's worst attack for the worst-case curve. The default is the negated loss;
+    a head whose metric is per-sample overrides it with that metric.
+    """
+    return -np.asarray(stats['loss'])
 
   def metric_floor(self) -> float:
     """The value of the primary metric for a useless model (used by sanity checks)."""

@@ -100,5 +100,14 @@ class Task(base.Task):
     pred = jnp.argmax(outputs, axis=-1)
     return confusion_counts(pred, batch['label'], outputs.shape[-1])
 
+  def sample_scores(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per-sample mean Dice over the classes present in the label or the prediction (1 when
+    neither has any foreground)."""
+    tp, fp, fn = (np.asarray(stats[k], np.float64) for k in ('tp', 'fp', 'fn'))
+    denom = 2 * tp + fp + fn
+    present = (denom > 0).sum(axis=1)
+    dice_sum = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).sum(axis=1)
+    return np.where(present > 0, dice_sum / np.maximum(present, 1), 1.0)
+
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     return dice_metrics(stats['tp'], stats['fp'], stats['fn'], getattr(self, 'class_names', ()))

@@ -1,0 +1,126 @@
+"""Sanity checks that catch gradient masking in a robustness evaluation (Carlini et al. 2019,
+"On Evaluating Adversarial Robustness", §5 and appendix checklist).
+
+A model that hides its gradients (quantised or saturated inputs, non-differentiable layers) looks
+robust to gradient attacks without being robust. Each check compares curves a correct evaluation
+must order in a known way; a violation larger than the tolerance fails the check. The checks only
+read metric curves (rows `{'eps': e, <metric>: value}`), so they apply unchanged to every task head.
+
+Tolerances are fractions of the span between the clean metric and the metric's floor, so they mean
+the same for a Dice score and for a landmark error in millimetres.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+Rows = Sequence[dict]
+
+CHECKS = {
+    'monotone_in_eps': 'the metric does not improve as the noise budget grows',
+    'more_steps_not_weaker': 'the long attack is at least as damaging as the same attack with '
+                             'fewer steps',
+    'random_noise_weaker': 'random noise of the same norm and size is less damaging than the '
+                           'attack',
+    'huge_eps_reaches_floor': 'a very large budget drives the metric close to its floor',
+}
+
+
+def _damage(value: float, clean: float, higher_is_better: bool) -> float:
+  """How much worse than clean a metric value is (positive = worse), whatever its direction."""
+  return clean - value if higher_is_better else value - clean
+
+
+def _curve(rows: Rows, metric: str) -> tuple[list[float], list[float]]:
+  rows = sorted(rows, key=lambda r: r['eps'])
+  return [float(r['eps']) for r in rows], [float(r[metric]) for r in rows]
+
+
+def _entry(name: str, passed: bool, **figures) -> dict:
+  return {'name': name, 'passed': bool(passed), 'description': CHECKS[name], 'figures': figures}
+
+
+def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: float,
+               curves: dict[str, Rows], strong: str, weak: Rows, weak_name: str,
+               random: Rows, huge: dict, tolerance: float = 0.02,
+               floor_tolerance: float = 0.1) -> list[dict]:
+  """The four named checks, each `{'name', 'passed', 'description', 'figures'}`.
+
+  Args:
+    metric: the primary metric's name in the rows.
+    higher_is_better: its direction (Dice: True; landmark error: False).
+    floor: the metric of a useless model.
+    clean: the metric without noise.
+    curves: every attack curve of the report by name (each checked for monotonicity).
+    strong: the name in `curves` of the long attack (e.g. 'pgd-100').
+    weak: the same attack with fewer steps, at the same noise levels.
+    weak_name: its name (e.g. 'pgd-20').
+    random: random noise of norm exactly ε at the same noise levels.
+    huge: `{'eps': e, metric: value}` under the attack at a very large budget.
+    tolerance: allowed violation, as a fraction of |clean − floor|.
+    floor_tolerance: how close to the floor `huge` must get, as a fraction of |clean − floor|.
+  """
+  span = abs(clean - floor)
+  tol = tolerance * span + 1e-6
+  checks = []
+
+  rises = {}
+  for name, rows in curves.items():
+    eps, values = _curve(rows, metric)
+    damage = [_damage(v, clean, higher_is_better) for v in values]
+    steps = [(damage[i] - damage[i + 1], eps[i + 1]) for i in range(len(damage) - 1)]
+    worst = max(steps, default=(0.0, None))
+    rises[name] = {'largest_improvement': round(worst[0], 6), 'at_eps': worst[1]}
+  checks.append(_entry('monotone_in_eps',
+                       all(r['largest_improvement'] <= tol for r in rises.values()),
+                       tolerance=tol, curves=rises))
+
+  def compare(other: Rows, other_name: str, check: str) -> dict:
+    eps, strong_values = _curve(curves[strong], metric)
+    other_by_eps = dict(zip(*_curve(other, metric)))
+    gaps = []
+    for e, v in zip(eps, strong_values):
+      if e > 0 and e in other_by_eps:
+        # > 0 when the strong attack is the less damaging one.
+        gap = _damage(other_by_eps[e], clean, higher_is_better) - _damage(v, clean,
+                                                                          higher_is_better)
+        gaps.append((gap, e, v, other_by_eps[e]))
+    worst = max(gaps, default=(0.0, None, None, None))
+    return _entry(check, worst[0] <= tol, tolerance=tol, largest_shortfall=round(worst[0], 6),
+                  at_eps=worst[1], **{strong: worst[2], other_name: worst[3]})
+
+  checks.append(compare(weak, weak_name, 'more_steps_not_weaker'))
+  checks.append(compare(random, 'random noise', 'random_noise_weaker'))
+
+  value = float(huge[metric])
+  distance = abs(value - floor)
+  checks.append(_entry('huge_eps_reaches_floor', distance <= floor_tolerance * span + 1e-6,
+                       eps=huge['eps'], metric=value, floor=floor, clean=clean,
+                       allowed_distance=floor_tolerance * span))
+  return checks
+
+
+def warnings_for(checks: list[dict]) -> list[str]:
+  """One line per failed check, for the report and the console."""
+  out = []
+  for c in checks:
+    if not c['passed']:
+      figures = ', '.join(f'{k}={v}' for k, v in c['figures'].items() if k != 'curves')
+      if c['name'] == 'monotone_in_eps':
+        figures = ', '.join(f'{k}: +{v["largest_improvement"]} at ε={v["at_eps"]}'
+                            for k, v in c['figures']['curves'].items())
+      out.append(f'gradient-masking check {c["name"]} failed ({c["description"]} does not hold: '
+                 f'{figures}); the robustness numbers may overstate robustness.')
+  return out
+
+
+def auto_huge_eps(images: np.ndarray, norm: str, clip=None) -> float:
+  """A budget that can replace an image by anything of ten times its own scale: 10·s per pixel
+  for L∞ and 10·s·√D for L2, where s is the data range (`clip`) or the pixel standard deviation."""
+  scale = (clip[1] - clip[0]) if clip else float(np.std(images))
+  scale = 10.0 * max(scale, 1e-6)
+  if norm == 'l2':
+    return float(scale * np.sqrt(np.prod(images.shape[1:])))
+  return float(scale)

@@ -1,0 +1,327 @@
+"""A method comparison in one command: STD, SAT at several ε, AMAT (and any other method) trained
+with otherwise identical settings and evaluated with the same attacks.
+
+  python -m robust_med.sweep --config=configs/hippocampus_amat.py:cpu --sat_eps=1,5,10,15 \
+      --workdir=runs/hippocampus_sweep
+
+Each model trains in `DIR/<run>/` exactly as `robust_med.main` would (same config, method changed),
+so a killed sweep resumes: finished runs (with a `robustness.json`) are skipped and an interrupted
+one continues from its last checkpoint. AMAT's thresholds ξ come from the sweep's own STD model
+(`--xi_from_std`, the AMAT paper's protocol), measured on the clean *training* losses.
+
+Outputs: `DIR/summary.csv` (one row per model and curve), `DIR/summary.md` (the paper's Table 2:
+clean metric, metric at each noise level, mean over the grid, training seconds per epoch, and the
+gradient-masking checks) and `DIR/curves.png` (metric vs noise, one line per model).
+
+Python API: `plan_runs(config, ...)` lists the runs, `run_sweep(config, workdir, ...)` trains and
+evaluates what is missing and writes the summary, `summarize(workdir)` rewrites the summary from
+the runs on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from robust_med.errors import ConfigError, UserError
+
+PLAN_FILE = 'sweep.json'
+METHODS_WITH_EPS = ('sat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug')
+
+
+@dataclasses.dataclass
+class Run:
+  name: str                            # folder under the sweep's workdir
+  label: str                           # how tables and plots call it, e.g. 'SAT ε=5'
+  config: ml_collections.ConfigDict
+
+
+def _fmt(x: float) -> str:
+  return f'{x:g}'
+
+
+def plan_runs(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
+              methods: Sequence[str] = ('std', 'sat', 'amat'),
+              xi_from_std: bool = True) -> list[Run]:
+  """The runs of a sweep: `config` with only the method section changed per run, STD first.
+
+  SAT gets one run per ε in `sat_eps`; AMAT keeps the config's Δε; the FGSM augmentations keep
+  the config's `method.eps`. With `xi_from_std` (and STD in the sweep) AMAT measures ξ on the
+  sweep's STD model instead of warming up on its own.
+  """
+  from robust_med import methods as methods_lib
+  unknown = [m for m in methods if m not in methods_lib.METHODS]
+  if unknown:
+    raise ConfigError(f'Unknown method(s) {unknown} in --methods: use names from '
+                      f'{methods_lib.METHODS}.')
+  if 'sat' in methods and not sat_eps:
+    raise ConfigError('The sweep has SAT but no --sat_eps: list the fixed budgets, e.g. '
+                      '--sat_eps=1,5,10,15.')
+  if any(e <= 0 for e in sat_eps):
+    raise ConfigError(f'--sat_eps={",".join(map(_fmt, sat_eps))} has a budget ≤ 0: SAT budgets '
+                      'must be > 0 (STD is the ε = 0 model).')
+  order = sorted(dict.fromkeys(methods), key=lambda m: m != 'std')  # STD first: AMAT needs it.
+  runs = []
+  for method in order:
+    if method == 'sat':
+      for eps in sat_eps:
+        runs.append(Run(f'sat_eps{_fmt(eps)}', f'SAT ε={_fmt(eps)}',
+                        _with_method(config, 'sat', eps=float(eps))))
+      continue
+    c = _with_method(config, method)
+    if method == 'std':
+      c.method.eps = 0.0
+      runs.append(Run('std', 'STD', c))
+    elif method == 'amat':
+      if xi_from_std and 'std' in methods:
+        c.method.xi_source = 'checkpoint'
+        c.method.xi_checkpoint = os.path.abspath(os.path.join(workdir, 'std'))
+      runs.append(Run('amat', f'AMAT Δε={_fmt(c.method.delta_eps)}', c))
+    elif method in METHODS_WITH_EPS:
+      runs.append(Run(f'{method}_eps{_fmt(c.method.eps)}', f'{method} ε={_fmt(c.method.eps)}', c))
+    else:
+      runs.append(Run(method, method, c))
+  return runs
+
+
+def _with_method(config, name: str, **changes) -> ml_collections.ConfigDict:
+  c = copy.deepcopy(config)
+  c.method.name = name
+  for k, v in changes.items():
+    c.method[k] = v
+  return c
+
+
+def _shared_settings(config) -> dict:
+  """Everything but the method: what every run of a sweep must share."""
+  d = json.loads(config.to_json_best_effort())
+  d.pop('method')
+  return d
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
+              methods: Sequence[str] = ('std', 'sat', 'amat'), xi_from_std: bool = True,
+              log: Callable[[str], None] = print) -> list[dict]:
+  """Trains and evaluates every run of the sweep that has no report yet, then writes the
+  summary. Returns the summary rows (see `summary_rows`)."""
+  from robust_med import config_base, train
+  runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std)
+  for run in runs:
+    config_base.validate(run.config)
+  os.makedirs(workdir, exist_ok=True)
+  _check_plan(workdir, config, runs)
+  for i, run in enumerate(runs):
+    run_dir = os.path.join(workdir, run.name)
+    if os.path.exists(os.path.join(run_dir, 'robustness.json')):
+      log(f'[{i + 1}/{len(runs)}] {run.label}: done, skipped ({run_dir})')
+      continue
+    log(f'[{i + 1}/{len(runs)}] {run.label}: training and evaluating in {run_dir}')
+    train.train_and_evaluate(run.config, run_dir)
+  return summarize(workdir)
+
+
+def _check_plan(workdir: str, config, runs: list[Run]) -> None:
+  """Records the sweep's settings; refuses to mix runs made with other settings."""
+  path = os.path.join(workdir, PLAN_FILE)
+  shared = _shared_settings(config)
+  plan = {'shared': shared, 'runs': [{'name': r.name, 'label': r.label,
+                                      'method': r.config.method.to_dict()} for r in runs]}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old['shared'] != shared:
+      changed = sorted(k for k in set(old['shared']) | set(shared)
+                       if old['shared'].get(k) != shared.get(k))
+      raise UserError(f'{workdir} holds a sweep made with other settings (differs in '
+                      f'{", ".join(changed)}): use a new --workdir, or the same config and '
+                      'overrides to resume it.')
+    known = {r['name']: r for r in old['runs']}
+    plan['runs'] = list(known.values()) + [r for r in plan['runs'] if r['name'] not in known]
+  with open(path + '.tmp', 'w') as f:
+    json.dump(plan, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def _seconds_per_epoch(run_dir: str) -> float:
+  seconds = []
+  path = os.path.join(run_dir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      seconds = [r['seconds'] for r in map(json.loads, f) if r['type'] == 'epoch']
+  return float(np.mean(seconds)) if seconds else float('nan')
+
+
+def summary_rows(workdir: str) -> list[dict]:
+  """One row per finished model and curve (each attack, and their worst case)."""
+  with open(os.path.join(workdir, PLAN_FILE)) as f:
+    plan = json.load(f)
+  rows, reference = [], None
+  for run in plan['runs']:
+    run_dir = os.path.join(workdir, run['name'])
+    path = os.path.join(run_dir, 'robustness.json')
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      report = json.load(f)
+    setting = (report['attacks'], [r['eps'] for r in report['results']], report['num_samples'])
+    if reference is None:
+      reference = setting
+    elif setting != reference:
+      raise UserError(f'{run_dir} was evaluated with other attacks, noise levels or samples than '
+                      'the rest of the sweep: re-evaluate it with python -m robust_med.evaluate '
+                      f'--workdir={run_dir}.')
+    metric = report['metric']
+    failed = [c['name'] for c in report.get('checks', []) if not c['passed']]
+    for curve, results in report['curves'].items():
+      values = [r[metric] for r in results]
+      rows.append({
+          'model': run['label'], 'run': run['name'], 'method': run['method']['name'],
+          'curve': curve, 'norm': report['attack']['norm'], 'metric': metric,
+          'clean': values[0], 'by_eps': {r['eps']: r[metric] for r in results},
+          'mean': float(np.mean(values)), 'seconds_per_epoch': _seconds_per_epoch(run_dir),
+          'checks_passed': f'{len(report.get("checks", [])) - len(failed)}/'
+                           f'{len(report.get("checks", []))}',
+          'checks_failed': failed, 'report': report})
+  return rows
+
+
+def summarize(workdir: str) -> list[dict]:
+  """Writes summary.csv, summary.md and curves.png from the finished runs; returns the rows."""
+  rows = summary_rows(workdir)
+  if not rows:
+    return rows
+  write_csv(rows, os.path.join(workdir, 'summary.csv'))
+  with open(os.path.join(workdir, 'summary.md'), 'w') as f:
+    f.write(markdown(rows))
+  plot(rows, os.path.join(workdir, 'curves.png'))
+  return rows
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+  levels = list(rows[0]['by_eps'])
+  metric = rows[0]['metric']
+  fields = ['model', 'run', 'method', 'curve', 'norm', f'clean_{metric}',
+            *[f'{metric}@eps={_fmt(e)}' for e in levels], f'mean_{metric}_over_grid',
+            'train_seconds_per_epoch', 'checks_passed', 'checks_failed']
+  with open(path + '.tmp', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(fields)
+    for r in rows:
+      w.writerow([r['model'], r['run'], r['method'], r['curve'], r['norm'], f'{r["clean"]:.4f}',
+                  *[f'{r["by_eps"][e]:.4f}' for e in levels], f'{r["mean"]:.4f}',
+                  f'{r["seconds_per_epoch"]:.1f}', r['checks_passed'],
+                  ';'.join(r['checks_failed'])])
+  os.replace(path + '.tmp', path)
+
+
+def _describe(a: dict) -> str:
+  return (f'{a["name"]} ({a["norm"].upper()}, step {a["step_size"]}, {a["restarts"]} restart(s), '
+          f'random start {a["random_start"]}, data range {a["data_range"]})')
+
+
+def markdown(rows: list[dict]) -> str:
+  """The sweep's tables: one per curve (worst case first), then the gradient-masking checks."""
+  report = rows[0]['report']
+  metric, levels = rows[0]['metric'], list(rows[0]['by_eps'])
+  curves = list(dict.fromkeys(r['curve'] for r in rows))
+  curves.sort(key=lambda c: c != 'worst-case')
+  lines = [f'# Sweep summary: {metric.upper()} under attack', '',
+           f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
+           f'({report.get("split", "val")} split), noise levels in the '
+           f'{report["attack"]["norm"].upper()} norm. Attacks:', '']
+  lines += [f'- {_describe(a)}' for a in report['attacks']]
+  if 'worst_case' in report:
+    lines.append(f'- worst-case: {report["worst_case"]["rule"]}')
+  for curve in curves:
+    lines += ['', f'## {metric.upper()}, {curve}', '',
+              '| model | ' + ' | '.join(f'ε={_fmt(e)}' for e in levels)
+              + ' | mean over grid | train s/epoch | masking checks |',
+              '|---' * (len(levels) + 4) + '|']
+    for r in rows:
+      if r['curve'] == curve:
+        lines.append(f'| {r["model"]} | ' + ' | '.join(f'{r["by_eps"][e]:.3f}' for e in levels)
+                     + f' | {r["mean"]:.3f} | {r["seconds_per_epoch"]:.0f} | '
+                     + f'{r["checks_passed"]} |')
+  checks = [(r['model'], r['report'].get('checks', [])) for r in rows if r['curve'] == curves[0]]
+  if any(c for _, c in checks):
+    names = [c['name'] for c in checks[0][1]]
+    lines += ['', '## Gradient-masking checks', '', '| model | ' + ' | '.join(names) + ' |',
+              '|---' * (len(names) + 1) + '|']
+    for model, cs in checks:
+      lines.append(f'| {model} | ' + ' | '.join('pass' if c['passed'] else '**FAIL**'
+                                                for c in cs) + ' |')
+  warnings = [(r['model'], w) for r in rows if r['curve'] == curves[0]
+              for w in r['report'].get('warnings', [])]
+  if warnings:
+    lines += ['', '**Warnings**', ''] + [f'- {m}: {w}' for m, w in warnings]
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list[dict], path: str) -> None:
+  """Metric vs noise, one line per model; one panel per curve (worst case first)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  metric, norm = rows[0]['metric'], rows[0]['norm'].upper()
+  curves = sorted(dict.fromkeys(r['curve'] for r in rows), key=lambda c: c != 'worst-case')
+  fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False,
+                           sharey=True)
+  for ax, curve in zip(axes[0], curves):
+    for r in rows:
+      if r['curve'] == curve:
+        eps = list(r['by_eps'])
+        ax.plot(eps, [r['by_eps'][e] for e in eps], marker='o', ms=3,
+                label=r['model'] + (' (checks failed)' if r['checks_failed'] else ''))
+    ax.set_title(f'{curve}', fontsize=10)
+    ax.set_xlabel(f'noise level ε ({norm})')
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel(metric.upper())
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> None:
+  from absl import app, flags
+  from ml_collections import config_flags
+  from robust_med import cli
+  config_flags.DEFINE_config_file('config', None, 'Base config; the sweep changes only its '
+                                  'method section, e.g. configs/hippocampus_amat.py:cpu.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Sweep folder: one subfolder per run, plus the summary.')
+  flags.DEFINE_list('sat_eps', [], 'SAT budgets, e.g. 1,5,10,15 (one SAT run each).')
+  flags.DEFINE_list('methods', ['std', 'sat', 'amat'], 'Methods to compare.')
+  flags.DEFINE_bool('xi_from_std', True, "AMAT's ξ from the sweep's STD model (else the config's "
+                    'xi_source).')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  @cli.guard
+  def run(argv):
+    if len(argv) > 1:
+      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
+                      '--config.<key>=<value>.')
+    f = flags.FLAGS
+    try:
+      sat_eps = [float(e) for e in f.sat_eps]
+    except ValueError:
+      raise ConfigError(f'--sat_eps={",".join(f.sat_eps)} is not a list of numbers: use e.g. '
+                        '--sat_eps=1,5,10,15.') from None
+    rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
+                     xi_from_std=f.xi_from_std, log=lambda s: print(s, file=sys.stderr))
+    print(markdown(rows) if rows else 'No finished runs.')
+    print(f'Done: {os.path.abspath(f.workdir)}/summary.md, summary.csv, curves.png')
+
+  app.run(run, argv=argv, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,171 @@
+"""The gradient-masking checks pass on a normal model and flag models that hide their gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from robust_med import gradient_masking, methods, sharding
+from robust_med.evaluate import Evaluator, evaluation_attacks, robustness_report
+from robust_med.models.unet import UNet
+from robust_med.tasks import segmentation
+from tiny import tiny_config
+
+
+class QuantisedInput(nn.Module):
+  """Rounds the input to a coarse grid first: its input gradient is exactly zero."""
+  inner: nn.Module
+
+  def __call__(self, x):
+    return self.inner(jnp.round(4.0 * x) / 4.0)
+
+
+class SaturatedInput(nn.Module):
+  """Squashes the input through a steep tanh: its input gradient underflows to zero."""
+  inner: nn.Module
+
+  def __call__(self, x):
+    return self.inner(jnp.tanh(200.0 * x))
+
+
+WRAPPERS = {'normal': lambda m: m, 'quantised': QuantisedInput, 'saturated': SaturatedInput}
+
+
+def eval_config(**changes):
+  c = tiny_config('std').eval
+  c.unlock()
+  c.noise_levels = (0.0, 2.0, 5.0, 10.0)
+  c.steps, c.apgd_steps, c.weak_steps = 10, 10, 2
+  c.batch_size = 32
+  c.update(changes)
+  return c
+
+
+def discs(n: int, seed: int, size: int = 16) -> dict:
+  """Bright discs on a dark noisy background: a task a tiny U-Net learns in a few steps."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:size, :size]
+  c = rng.uniform(5, size - 5, (n, 2))
+  r = rng.uniform(2.5, 4.5, (n, 1, 1))
+  label = ((yy - c[:, :1, None]) ** 2 + (xx - c[:, 1:, None]) ** 2 < r ** 2).astype(np.int32)
+  noise = 0.3 * rng.standard_normal(label.shape)
+  image = (2.0 * label - 1.0 + noise).astype(np.float32)[..., None]
+  return {'image': image, 'label': label, 'id': np.arange(n, dtype=np.int32)}
+
+
+@pytest.fixture(scope='module')
+def trained():
+  """Each model trained on clean discs (seconds on CPU)."""
+  train, val = discs(64, seed=1), discs(32, seed=2)
+  task = segmentation.Task(tiny_config('std'))
+  out = {}
+  for name, wrap in WRAPPERS.items():
+    model = wrap(UNet(num_classes=2, features=(4, 8)))
+    params = model.init(jax.random.key(0), train['image'][:1])['params']
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, model=model):
+      def loss(p):
+        return methods.total(task.loss_terms(model.apply({'params': p}, train['image']),
+                                             train)).mean()
+      g = jax.grad(loss)(params)
+      updates, opt = tx.update(g, opt)
+      return optax.apply_updates(params, updates), opt
+    for _ in range(80):
+      params, opt = step(params, opt)
+    out[name] = (task, model, params, val)
+  return out
+
+
+def report_for(trained, name, **changes):
+  task, model, params, val = trained[name]
+  cfg = eval_config(**changes)
+  evaluator = Evaluator(task, model, sharding.make_mesh(2), evaluation_attacks(cfg),
+                        batch_size=cfg.batch_size, progress=False)
+  return robustness_report(evaluator, params, val, cfg)
+
+
+def by_name(report):
+  return {c['name']: c for c in report['checks']}
+
+
+def test_checks_pass_on_a_normal_model(trained):
+  report = report_for(trained, 'normal')
+  clean = report['results'][0]['adi']
+  assert clean > 0.6, 'the fixture model should segment the phantoms'
+  assert report['curves']['pgd-10'][-1]['adi'] < clean - 0.2, 'the attack should bite'
+  checks = by_name(report)
+  assert set(checks) == set(gradient_masking.CHECKS)
+  assert all(c['passed'] for c in checks.values()), checks
+  assert report['warnings'] == []
+  # The figures behind each check travel with it.
+  assert checks['huge_eps_reaches_floor']['figures']['metric'] < 0.1 * clean
+  assert checks["random_noise_weaker"]["figures"]["at_eps"] in (2.0, 5.0, 10.0)
+
+
+@pytest.mark.parametrize('name', ['quantised', 'saturated'])
+def test_checks_flag_a_model_that_masks_its_gradients(trained, name):
+  task, model, params, val = trained[name]
+  few = {k: v[:4] for k, v in val.items()}
+  x = jnp.asarray(few['image'])
+  grad = jax.grad(lambda z: methods.total(task.loss_terms(model.apply({'params': params}, z),
+                                                          few)).sum())(x)
+  # The premise: the wrapped model's input gradient (almost) vanishes.
+  assert float(jnp.abs(grad).mean()) < 1e-3 * float(jnp.abs(x).mean())
+  report = report_for(trained, name)
+  assert report['results'][0]['adi'] > 0.5, 'the masked model still segments clean phantoms'
+  checks = by_name(report)
+  assert not checks['huge_eps_reaches_floor']['passed']
+  assert not checks['random_noise_weaker']['passed']
+  assert len(report['warnings']) >= 2
+  assert all('may overstate robustness' in w for w in report['warnings'])
+
+
+def curve(values, eps=(0.0, 1.0, 2.0)):
+  return [{'eps': e, 'm': v} for e, v in zip(eps, values)]
+
+
+def check(curves_values, *, weak, random, huge, higher_is_better=True, floor=0.0):
+  curves = {k: curve(v) for k, v in curves_values.items()}
+  clean = curves_values['pgd'][0]
+  return {c['name']: c['passed'] for c in gradient_masking.run_checks(
+      metric='m', higher_is_better=higher_is_better, floor=floor, clean=clean, curves=curves,
+      strong='pgd', weak=curve(weak)[1:], weak_name='pgd-2', random=curve(random)[1:],
+      huge={'eps': 99.0, 'm': huge})}
+
+
+def test_each_check_fails_on_its_own_violation():
+  good = check({'pgd': [0.9, 0.5, 0.2]}, weak=[0.9, 0.6, 0.3], random=[0.9, 0.85, 0.8], huge=0.0)
+  assert all(good.values())
+  assert check({'pgd': [0.9, 0.5, 0.6]}, weak=[0.9, 0.6, 0.7], random=[0.9, 0.85, 0.8],
+               huge=0.0) == {**good, 'monotone_in_eps': False}
+  assert check({'pgd': [0.9, 0.5, 0.2]}, weak=[0.9, 0.4, 0.2], random=[0.9, 0.85, 0.8],
+               huge=0.0) == {**good, 'more_steps_not_weaker': False}
+  assert check({'pgd': [0.9, 0.5, 0.2]}, weak=[0.9, 0.6, 0.3], random=[0.9, 0.85, 0.1],
+               huge=0.0) == {**good, 'random_noise_weaker': False}
+  assert check({'pgd': [0.9, 0.5, 0.2]}, weak=[0.9, 0.6, 0.3], random=[0.9, 0.85, 0.8],
+               huge=0.3) == {**good, 'huge_eps_reaches_floor': False}
+  # Every curve of the report is checked for monotonicity, not only PGD's.
+  assert not check({'pgd': [0.9, 0.5, 0.2], 'apgd': [0.9, 0.3, 0.35]}, weak=[0.9, 0.6, 0.3],
+                   random=[0.9, 0.85, 0.8], huge=0.0)['monotone_in_eps']
+
+
+def test_checks_follow_the_metric_direction():
+  # A landmark error in mm: lower is better, the floor is a large error.
+  good = check({'pgd': [2.0, 10.0, 30.0]}, weak=[2.0, 8.0, 25.0], random=[2.0, 3.0, 4.0],
+               huge=95.0, higher_is_better=False, floor=100.0)
+  assert all(good.values())
+  bad = check({'pgd': [2.0, 10.0, 8.0]}, weak=[2.0, 12.0, 25.0], random=[2.0, 3.0, 40.0],
+              huge=20.0, higher_is_better=False, floor=100.0)
+  assert not any(bad.values())
+
+
+def test_auto_huge_eps_scales_with_the_data():
+  images = np.random.default_rng(0).normal(0, 2.0, (8, 16, 16, 1))
+  assert gradient_masking.auto_huge_eps(images, 'linf') == pytest.approx(20.0, rel=0.05)
+  assert gradient_masking.auto_huge_eps(images, 'l2') == pytest.approx(20.0 * 16, rel=0.05)
+  assert gradient_masking.auto_huge_eps(images, 'linf', clip=(0.0, 1.0)) == 10.0

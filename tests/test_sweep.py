@@ -1,0 +1,137 @@
+"""The sweep: its plan, its outputs, and resuming after a kill without redoing finished runs."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robust_med import sweep
+from robust_med.errors import ConfigError
+from tiny import tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def test_plan_changes_only_the_method():
+  config = tiny_config('amat')
+  runs = sweep.plan_runs(config, '/tmp/sw', sat_eps=(1, 5.5), methods=('amat', 'sat', 'std'))
+  assert [r.name for r in runs] == ['std', 'amat', 'sat_eps1', 'sat_eps5.5']
+  assert [r.config.method.name for r in runs] == ['std', 'amat', 'sat', 'sat']
+  assert [r.config.method.eps for r in runs[2:]] == [1.0, 5.5]
+  amat = runs[1].config.method
+  assert amat.xi_source == 'checkpoint' and amat.xi_checkpoint == '/tmp/sw/std'
+  assert amat.delta_eps == config.method.delta_eps
+  for r in runs:
+    assert sweep._shared_settings(r.config) == sweep._shared_settings(config)
+  alone = sweep.plan_runs(config, '/tmp/sw', methods=('amat',))
+  assert alone[0].config.method.xi_source == 'warmup'
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(methods=('std', 'sat')), ['--sat_eps']),
+    (dict(methods=('std', 'sat'), sat_eps=(0.0,)), ['> 0']),
+    (dict(methods=('std', 'bogus')), ['bogus']),
+])
+def test_bad_plans_are_refused(kwargs, words):
+  with pytest.raises(ConfigError) as e:
+    sweep.plan_runs(tiny_config('amat'), '/tmp/sw', **kwargs)
+  assert all(w in str(e.value) for w in words)
+
+
+def _write_config(tmp_path) -> str:
+  path = tmp_path / 'tiny_sweep.py'
+  path.write_text(
+      'import sys\n'
+      f'sys.path.insert(0, {str(TESTS)!r})\n'
+      'from tiny import tiny_config\n\n\n'
+      'def get_config():\n'
+      "  c = tiny_config('amat', **{'mesh.num_devices': 1, 'eval.steps': 4,\n"
+      "                            'eval.noise_levels': (0.5, 1.0), 'num_epochs': 4})\n"
+      '  return c\n')
+  return str(path)
+
+
+def _sweep_cmd(config, work, *extra):
+  return [sys.executable, '-m', 'robust_med.sweep', f'--config={config}', f'--workdir={work}',
+          '--sat_eps=0.5,1', *extra]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='')
+
+
+@pytest.mark.slow
+def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
+  config, work = _write_config(tmp_path), tmp_path / 'sweep'
+  proc = subprocess.Popen(_sweep_cmd(config, work), cwd=REPO, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Kill it once STD is finished and the next run (AMAT) has written a checkpoint.
+  deadline = time.time() + 300
+  amat_ckpt = work / 'amat' / 'checkpoints'
+  while time.time() < deadline and proc.poll() is None:
+    if (work / 'std' / 'robustness.json').exists() and amat_ckpt.is_dir() and any(
+        d.isdigit() for d in os.listdir(amat_ckpt)):
+      break
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert (work / 'std' / 'robustness.json').exists()
+  assert not (work / 'amat' / 'robustness.json').exists(), 'AMAT finished before the kill'
+  std_log = (work / 'std' / 'metrics.jsonl').read_text()
+  std_report = (work / 'std' / 'robustness.json').stat().st_mtime_ns
+
+  done = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=_env(), capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'STD: done, skipped' in done.stderr
+  # STD was neither retrained nor re-evaluated; AMAT continued from its checkpoint.
+  assert (work / 'std' / 'metrics.jsonl').read_text() == std_log
+  assert (work / 'std' / 'robustness.json').stat().st_mtime_ns == std_report
+  amat_steps = [r['step'] for r in map(json.loads, (work / 'amat' / 'metrics.jsonl').open())
+                if r['type'] == 'train']
+  assert amat_steps.count(2) == 1, 'AMAT restarted from scratch instead of its checkpoint'
+  assert amat_steps[-1] == 4 * 4
+  xi = [r for r in map(json.loads, (work / 'amat' / 'metrics.jsonl').open()) if r['type'] == 'xi']
+  assert xi and xi[0]['source'] == 'checkpoint'
+
+  rows = list(csv.DictReader((work / 'summary.csv').open()))
+  models = ['STD', 'SAT ε=0.5', 'SAT ε=1', 'AMAT Δε=0.5']
+  assert list(dict.fromkeys(r['model'] for r in rows)) == models
+  assert {r['curve'] for r in rows} == {'pgd-4', 'apgd-3', 'worst-case'}
+  for r in rows:
+    assert float(r['train_seconds_per_epoch']) > 0
+    assert set(r) >= {'clean_adi', 'adi@eps=0', 'adi@eps=0.5', 'adi@eps=1', 'mean_adi_over_grid'}
+  # The worst case is never better than either attack for any model.
+  by = {(r['model'], r['curve']): r for r in rows}
+  for m in models:
+    for e in ('0.5', '1'):
+      worst = float(by[m, 'worst-case'][f'adi@eps={e}'])
+      assert worst <= min(float(by[m, c][f'adi@eps={e}']) for c in ('pgd-4', 'apgd-3')) + 1e-9
+  md = (work / 'summary.md').read_text()
+  assert 'pgd-4 (L2' in md and 'Gradient-masking checks' in md
+  assert all(m in md for m in models)
+  assert (work / 'curves.png').stat().st_size > 5000
+
+  # A third call finds everything done and only rewrites the summary.
+  again = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0 and again.stderr.count('done, skipped') == 4
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+  config, work = _write_config(tmp_path), tmp_path / 'sweep'
+  work.mkdir()
+  plan = sweep.plan_runs(tiny_config('amat'), str(work), sat_eps=(0.5,))
+  sweep._check_plan(str(work), tiny_config('amat'), plan)
+  proc = subprocess.run(_sweep_cmd(config, work, '--config.eval.steps=5'), cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: ') and 'other settings' in line and 'eval' in line
