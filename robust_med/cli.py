@@ -75,8 +75,19 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise UserError(f'{path} not found: pass the --workdir of a robust_med.main run.')
+  from robust_med import config_base
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  # Keys added to robust_med after the run was made take their defaults.
+  config = config_base.base_config()
+  flat = config_base.flat_keys(ml_collections.ConfigDict(saved))
+  unknown = sorted(set(flat) - set(config_base.flat_keys(config)))
+  if unknown:
+    raise UserError(f'{path} has unknown config key(s) {", ".join(unknown)}: it was not written '
+                    'by this version of robust_med; retrain or edit the file.')
+  config.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in flat.items()})
+  return config
 
 
 def run_evaluate(argv=None) -> None:

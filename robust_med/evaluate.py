@@ -81,7 +81,7 @@ class Evaluator:
     eps_v = jnp.full(x.shape[:1], eps, x.dtype)
     best, best_loss = None, None
     for r in range(getattr(attack, 'restarts', 1)):
-      k = None if key is None else jax.random.fold_in(key, r)
+      k = key if key is None or r == 0 else jax.random.fold_in(key, r)
       state = self._init(params, batch, eps_v, k, attack=attack)
       done = 0
       while done < attack.steps:

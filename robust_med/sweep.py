@@ -160,35 +160,43 @@ def _seconds_per_epoch(run_dir: str) -> float:
 
 
 def summary_rows(workdir: str) -> list[dict]:
-  """One row per finished model and curve (each attack, and their worst case)."""
+  """One row per finished model of the sweep in `workdir` and curve (each attack, worst case)."""
   with open(os.path.join(workdir, PLAN_FILE)) as f:
     plan = json.load(f)
+  return rows_for([(r['label'], os.path.join(workdir, r['name'])) for r in plan['runs']])
+
+
+def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list[dict]:
+  """Summary rows of `(label, run_dir)` pairs that have a `robustness.json` (others are left
+  out), for `metric` (default: the task's primary one); refuses runs evaluated with different
+  attacks, noise levels or samples."""
   rows, reference = [], None
-  for run in plan['runs']:
-    run_dir = os.path.join(workdir, run['name'])
+  for label, run_dir in runs:
     path = os.path.join(run_dir, 'robustness.json')
     if not os.path.exists(path):
       continue
     with open(path) as f:
       report = json.load(f)
-    setting = (report['attacks'], [r['eps'] for r in report['results']], report['num_samples'])
+    setting = (report.get('attacks', [report['attack']]), [r['eps'] for r in report['results']],
+               report['num_samples'])
     if reference is None:
       reference = setting
     elif setting != reference:
       raise UserError(f'{run_dir} was evaluated with other attacks, noise levels or samples than '
-                      'the rest of the sweep: re-evaluate it with python -m robust_med.evaluate '
+                      f'{runs[0][1]}: re-evaluate with python -m robust_med.evaluate '
                       f'--workdir={run_dir}.')
-    metric = report['metric']
-    failed = [c['name'] for c in report.get('checks', []) if not c['passed']]
-    for curve, results in report['curves'].items():
+    metric = metric or report['metric']
+    checks = report.get('checks', [])
+    failed = [c['name'] for c in checks if not c['passed']]
+    curves = report.get('curves') or {report['attack']['name']: report['results']}
+    for curve, results in curves.items():
       values = [r[metric] for r in results]
       rows.append({
-          'model': run['label'], 'run': run['name'], 'method': run['method']['name'],
-          'curve': curve, 'norm': report['attack']['norm'], 'metric': metric,
-          'clean': values[0], 'by_eps': {r['eps']: r[metric] for r in results},
+          'model': label, 'run': os.path.basename(os.path.normpath(run_dir)),
+          'method': report.get('method', ''), 'curve': curve, 'norm': report['attack']['norm'],
+          'metric': metric, 'clean': values[0], 'by_eps': {r['eps']: r[metric] for r in results},
           'mean': float(np.mean(values)), 'seconds_per_epoch': _seconds_per_epoch(run_dir),
-          'checks_passed': f'{len(report.get("checks", [])) - len(failed)}/'
-                           f'{len(report.get("checks", []))}',
+          'checks_passed': f'{len(checks) - len(failed)}/{len(checks)}' if checks else 'not run',
           'checks_failed': failed, 'report': report})
   return rows
 
@@ -233,11 +241,11 @@ def markdown(rows: list[dict]) -> str:
   metric, levels = rows[0]['metric'], list(rows[0]['by_eps'])
   curves = list(dict.fromkeys(r['curve'] for r in rows))
   curves.sort(key=lambda c: c != 'worst-case')
-  lines = [f'# Sweep summary: {metric.upper()} under attack', '',
+  lines = [f'# {metric.upper()} under attack', '',
            f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
            f'({report.get("split", "val")} split), noise levels in the '
            f'{report["attack"]["norm"].upper()} norm. Attacks:', '']
-  lines += [f'- {_describe(a)}' for a in report['attacks']]
+  lines += [f'- {_describe(a)}' for a in report.get('attacks', [report['attack']])]
   if 'worst_case' in report:
     lines.append(f'- worst-case: {report["worst_case"]["rule"]}')
   for curve in curves:

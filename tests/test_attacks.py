@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 
 import data_paths  # noqa: F401  Puts the repo root on sys.path; keep before robust_med imports.
+import attack_fixtures as fx
+from attack_fixtures import EPS, NORMS, TOL
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,39 +14,22 @@ import pytest
 
 from robust_med import attacks
 
-NORMS = ('l2', 'linf')
 SHAPE = (4, 3, 3, 2)  # (B, H, W, C): image-like, so the per-sample reshapes are exercised.
-EPS = np.array([0.0, 0.1, 0.5, 2.0], np.float32)
-TOL = 1e-5
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def _batch(seed=0, shape=SHAPE, lo=-1.0, hi=1.0):
-  """A random batch, drawn with NumPy (jax.random would compile threefry for every shape)."""
-  return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, shape), jnp.float32)
+  return fx.batch(seed, shape, lo, hi)
 
 
-def _key(seed):
-  """An 'rbg' PRNG key: random starts compile several times faster than with threefry."""
-  return jax.random.key(seed, impl='rbg')
-
-
-def _mlp_params(seed=1, dim=18, hidden=8):
-  rng = np.random.default_rng(seed)
-  return (jnp.asarray(rng.normal(size=(dim, hidden)) / np.sqrt(dim), jnp.float32),
-          jnp.asarray(rng.normal(size=hidden) * 0.1, jnp.float32),
-          jnp.asarray(rng.normal(size=hidden), jnp.float32))
-
-
-_PARAMS = _mlp_params()
+_key = fx.key
+_norms = fx.norms
+_PARAMS = fx.mlp_params(dim=18)
 
 
 def mlp_loss(x, params=_PARAMS):
-  """A tiny per-sample nonlinear loss: softplus of a one-hidden-layer tanh MLP, (B,)."""
-  w1, b1, w2 = params
-  h = jnp.tanh(x.reshape(x.shape[0], -1) @ w1 + b1)
-  return jax.nn.softplus(h @ w2)
+  return fx.mlp_loss(x, params)
 
 
 def _linear_weights(seed=2, shape=SHAPE):
@@ -59,10 +44,6 @@ _W = _linear_weights()
 def linear_loss(x, w=_W):
   """loss_i = w_i · x_i, whose gradient never vanishes."""
   return jnp.sum((w * x).reshape(x.shape[0], -1), axis=1)
-
-
-def _norms(x_adv, x, norm):
-  return np.asarray(attacks.perturbation_norm(x_adv - x, norm))
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from robust_med import attacks, methods, sharding
-from robust_med.evaluate import Evaluator
+from robust_med import apgd, attacks, methods, sharding
+from robust_med.evaluate import Evaluator, worst_per_sample
 from robust_med.tasks import segmentation
 from tiny import tiny_config
 
@@ -50,22 +50,24 @@ def test_losses_are_per_sample_and_low_for_a_perfect_prediction():
   assert float(segmentation.cross_entropy_loss(perfect, labels)[0]) < 1e-6
 
 
-@pytest.mark.parametrize('norm', ['l2', 'linf'])
-def test_chunked_evaluation_pgd_equals_one_call(norm):
-  """The evaluator's host loop over jitted chunks is the same PGD as `attacks.pgd`."""
+@pytest.mark.parametrize('norm, attack', [('l2', 'pgd'), ('linf', 'pgd'), ('l2', 'apgd')])
+def test_chunked_evaluation_attack_equals_one_call(norm, attack):
+  """The evaluator's host loop over jitted chunks is the same attack as one call."""
   config = tiny_config('std')
   task = segmentation.Task(config)
   data, info = task.load_split('val')
   model = task.build_model(info)
   params = model.init(jax.random.key(0), data['image'][:1])['params']
   mesh = sharding.make_mesh(2)
-  settings = attacks.PGDSettings(norm=norm, steps=13)
+  settings = (attacks.PGDSettings(norm=norm, steps=13) if attack == 'pgd'
+              else apgd.APGDSettings(norm=norm, steps=13))
   evaluator = Evaluator(task, model, mesh, settings, batch_size=8, progress=False)
   evaluator.chunk = 5  # 5 + 5 + 3 steps.
   batch = {k: v[:8] for k, v in data.items()}
-  got = evaluator.perturb(params, sharding.put_batch(batch, mesh), 0.7, None)
+  key = jax.random.key(3)
+  got = evaluator.perturb(params, sharding.put_batch(batch, mesh), 0.7, key)
   loss = lambda x: methods.total(task.loss_terms(model.apply({'params': params}, x), batch))
-  want = settings(loss, batch['image'], 0.7, unroll=False)
+  want = jax.jit(lambda x: settings(loss, x, 0.7, key=key, unroll=False))(batch['image'])
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
   norms = attacks.perturbation_norm(got - batch['image'], norm)
   assert float(norms.max()) <= 0.7 + 1e-5 and float(norms.min()) > 0.5
@@ -93,3 +95,57 @@ def test_capped_evaluation_spreads_over_the_split():
   assert len(sub['id']) == 10 and sub['id'][0] == 0 and sub['id'][-1] == 99
   assert len(set(sub['id'])) == 10 and (sub['image'] == sub['id'] * 2).all()
   assert evaluation_subset(arrays, 0) is arrays
+
+
+def test_worst_case_takes_each_sample_from_its_worst_attack():
+  task = segmentation.Task(tiny_config('std'))
+  # Three samples, two attacks, one class: per-sample Dice 2tp/(2tp+fp+fn).
+  a = {'tp': np.array([[4], [1], [2]]), 'fp': np.array([[0], [3], [2]]),
+       'fn': np.array([[0], [0], [0]]), 'loss': np.array([0.1, 0.9, 0.5])}
+  b = {'tp': np.array([[1], [4], [2]]), 'fp': np.array([[3], [0], [2]]),
+       'fn': np.array([[0], [0], [0]]), 'loss': np.array([0.8, 0.2, 0.7])}
+  worst, index = worst_per_sample(task, [a, b])
+  # Sample 0: b is worse; sample 1: a is worse; sample 2: a tie in Dice, b has the higher loss.
+  assert index.tolist() == [1, 0, 1]
+  assert worst['tp'][:, 0].tolist() == [1, 1, 2] and worst['loss'].tolist() == [0.8, 0.9, 0.7]
+  per_sample = task.sample_scores(worst)
+  for s in (a, b):
+    assert (per_sample <= task.sample_scores(s) + 1e-12).all()
+  assert task.summarize(worst)['adi'] <= min(task.summarize(s)['adi'] for s in (a, b))
+
+
+def test_evaluator_reports_every_attack_and_their_worst_case():
+  config = tiny_config('std')
+  task = segmentation.Task(config)
+  data, info = task.load_split('val')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  pgd, ap = attacks.PGDSettings(steps=3), apgd.APGDSettings(steps=3)
+  evaluator = Evaluator(task, model, sharding.make_mesh(8), (pgd, ap), batch_size=8,
+                        progress=False)
+  curves = evaluator.curves(params, data, (0.0, 2.0))
+  assert list(curves) == ['pgd-3', 'apgd-3', 'worst-case']
+  assert curves['pgd-3'][0]['adi'] == curves['apgd-3'][0]['adi'] == curves['worst-case'][0]['adi']
+  worst = curves['worst-case'][1]
+  assert sum(worst['worst_of'].values()) == len(data['id'])
+  assert worst['loss'] >= max(curves['pgd-3'][1]['loss'], curves['apgd-3'][1]['loss']) - 1e-6 or \
+      worst['adi'] <= min(curves['pgd-3'][1]['adi'], curves['apgd-3'][1]['adi'])
+  assert evaluator.run(params, data, (0.0, 2.0)) == curves['pgd-3']
+
+
+def test_restarts_keep_each_samples_best_run():
+  config = tiny_config('std')
+  task = segmentation.Task(config)
+  data, info = task.load_split('val')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  mesh = sharding.make_mesh(2)
+  batch = sharding.put_batch({k: v[:8] for k, v in data.items()}, mesh)
+  one, two = apgd.APGDSettings(steps=3), apgd.APGDSettings(steps=3, restarts=2)
+  evaluator = Evaluator(task, model, mesh, one, batch_size=8, progress=False)
+  key = jax.random.key(5)
+  loss = lambda x: np.asarray(evaluator._stats(params, batch, x)['loss'])
+  single = loss(evaluator.perturb(params, batch, 1.0, key, one))
+  best = loss(evaluator.perturb(params, batch, 1.0, key, two))
+  assert (best >= single - 1e-6).all() and (best > single + 1e-6).any()
+  assert two.describe()['restarts'] == 2

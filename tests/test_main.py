@@ -19,7 +19,8 @@ CONFIG = str(REPO / 'configs' / 'prostate_amat.py')
 TINY = ['--config.data.patch_size=(16,16)', '--config.data.num_train=32',
         '--config.data.num_val=16', '--config.model.base_width=4', '--config.model.depth=2',
         '--config.batch_size=8', '--config.num_epochs=3', '--config.attack.steps=2',
-        '--config.eval.steps=3', '--config.eval.apgd_steps=3', '--config.eval.noise_levels=(0.5,1.0)',
+        '--config.eval.steps=3', '--config.eval.apgd_steps=3',
+        '--config.eval.noise_levels=(0.5,1.0)',
         '--config.log_every_steps=2', '--config.checkpoint_every_steps=2',
         '--config.progress_bar=False', '--config.mesh.num_devices=1']
 
@@ -48,11 +49,25 @@ def test_main_writes_outputs_and_evaluate_recomputes_them(tmp_path):
   assert [r['eps'] for r in report['results']] == [0.0, 0.5, 1.0]
   assert all(0.0 <= r['adi'] <= 1.0 and 0.0 <= r['tvdi'] <= 1.0 for r in report['results'])
   assert (work / 'robustness.png').stat().st_size > 1000
+  # Every curve names its attack in full, and the gradient-masking checks are in the report.
+  keys = {'name', 'norm', 'steps', 'step_size', 'restarts', 'random_start', 'data_range'}
+  assert [a['name'] for a in report['attacks']] == ['pgd-3', 'apgd-3']
+  assert all(set(a) == keys for a in report['attacks'])
+  assert set(report['curves']) == {'pgd-3', 'apgd-3', 'worst-case'}
+  assert {c['name'] for c in report['checks']} == {
+      'monotone_in_eps', 'more_steps_not_weaker', 'random_noise_weaker', 'huge_eps_reaches_floor'}
+  assert all(isinstance(c['passed'], bool) and c['figures'] for c in report['checks'])
+  assert report['check_attacks']['weak']['steps'] == 1
+  assert len(report['warnings']) == sum(not c['passed'] for c in report['checks'])
   records = [json.loads(l) for l in (work / 'metrics.jsonl').read_text().splitlines()]
   assert {'train', 'epoch', 'xi', 'eval'} <= {r['type'] for r in records}
   assert (work / 'checkpoints').is_dir()
 
   (work / 'robustness.json').unlink()
+  # A run made before a config key existed still evaluates: the key takes its default.
+  saved = json.loads((work / 'config.json').read_text())
+  del saved['eval']['floor_tolerance']
+  (work / 'config.json').write_text(json.dumps(saved))
   proc = _run('robust_med.evaluate', f'--workdir={work}', '--noise_levels=0,2', '--steps=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
   again = json.loads((work / 'robustness.json').read_text())
