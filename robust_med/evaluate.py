@@ -211,8 +211,8 @@ def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray],
   if len(attacks_) > 1:
     report['worst_case'] = {
         'over': [a.describe()['name'] for a in attacks_],
-        'rule': 'per sample, the attack with the lowest per-sample score '
-                f'({type(task).sample_scores.__doc__.strip().splitlines()[0]}); ties: higher loss'}
+        'rule': f'per sample, the attack with the lowest {task.sample_score_name}; '
+                'ties: the higher loss'}
   if eval_cfg.masking_checks:
     report.update(masking_checks(evaluator, params, data, eval_cfg, attacks_[0], curves, levels))
   return report

@@ -26,6 +26,8 @@ class Task(abc.ABC):
   primary_metric: str = ''
   #: Direction of the primary metric (Dice: higher is better; a landmark error: lower).
   higher_is_better: bool = True
+  #: What `sample_scores` measures, for reports.
+  sample_score_name: str = 'negated per-sample loss'
   #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
   loss_term_names: tuple[str, ...] = ()
 

@@ -79,6 +79,7 @@ class Task(base.Task):
 
   name = 'segmentation'
   primary_metric = 'adi'
+  sample_score_name = 'per-sample mean Dice over the classes present'
   loss_term_names = ('ce', 'dice')
 
   def load_split(self, split: str):
