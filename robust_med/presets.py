@@ -57,8 +57,8 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
     c.attack.steps = 10
     c.eval.max_samples = 256
   elif arg == 'synthetic':
-    # Offline demo sized for ~3 minutes of training on 2 CPU cores. Phantom intensities are z-scored per
-    # image like the MSD slices; the noise grid is scaled to the 64×64 image size.
+    # Offline demo sized for ~3 minutes of training on 2 CPU cores. Phantom intensities are
+    # z-scored per image like the MSD slices; the noise grid is scaled to the image size.
     c.data.name = 'synthetic'
     c.data.root = ''
     c.data.patch_size = (48, 48)
