@@ -10,6 +10,14 @@ from robust_med.tasks import segmentation
 from tiny import tiny_config
 
 
+def untrained_segmenter():
+  """The tiny config's task, validation set, U-Net and initial parameters."""
+  task = segmentation.Task(tiny_config('std'))
+  data, info = task.load_split('val')
+  model = task.build_model(info)
+  return task, data, model, model.init(jax.random.key(0), data['image'][:1])['params']
+
+
 def test_adi_and_tvdi_by_hand():
   # Two samples, one foreground class. Sample 0: TP 1, FP 1, FN 0 → 2/3. Sample 1: TP 3, FN 1 → 6/7.
   tp, fp, fn = np.array([[1], [3]]), np.array([[1], [0]]), np.array([[0], [1]])
@@ -53,11 +61,7 @@ def test_losses_are_per_sample_and_low_for_a_perfect_prediction():
 @pytest.mark.parametrize('norm, attack', [('l2', 'pgd'), ('linf', 'pgd'), ('l2', 'apgd')])
 def test_chunked_evaluation_attack_equals_one_call(norm, attack):
   """The evaluator's host loop over jitted chunks is the same attack as one call."""
-  config = tiny_config('std')
-  task = segmentation.Task(config)
-  data, info = task.load_split('val')
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  task, data, model, params = untrained_segmenter()
   mesh = sharding.make_mesh(2)
   settings = (attacks.PGDSettings(norm=norm, steps=13) if attack == 'pgd'
               else apgd.APGDSettings(norm=norm, steps=13))
@@ -74,11 +78,7 @@ def test_chunked_evaluation_attack_equals_one_call(norm, attack):
 
 
 def test_evaluator_metrics_fall_under_attack_and_ignore_padding():
-  config = tiny_config('std')
-  task = segmentation.Task(config)
-  data, info = task.load_split('val')
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  task, data, model, params = untrained_segmenter()
   evaluator = Evaluator(task, model, sharding.make_mesh(8), attacks.PGDSettings(steps=5),
                         batch_size=24, progress=False)  # 16 samples padded to one batch of 24.
   rows = evaluator.run(params, data, (0.0, 3.0))
@@ -115,11 +115,7 @@ def test_worst_case_takes_each_sample_from_its_worst_attack():
 
 
 def test_evaluator_reports_every_attack_and_their_worst_case():
-  config = tiny_config('std')
-  task = segmentation.Task(config)
-  data, info = task.load_split('val')
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  task, data, model, params = untrained_segmenter()
   pgd, ap = attacks.PGDSettings(steps=3), apgd.APGDSettings(steps=3)
   evaluator = Evaluator(task, model, sharding.make_mesh(8), (pgd, ap), batch_size=8,
                         progress=False)
@@ -134,11 +130,7 @@ def test_evaluator_reports_every_attack_and_their_worst_case():
 
 
 def test_restarts_keep_each_samples_best_run():
-  config = tiny_config('std')
-  task = segmentation.Task(config)
-  data, info = task.load_split('val')
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  task, data, model, params = untrained_segmenter()
   mesh = sharding.make_mesh(2)
   batch = sharding.put_batch({k: v[:8] for k, v in data.items()}, mesh)
   one, two = apgd.APGDSettings(steps=3), apgd.APGDSettings(steps=3, restarts=2)
