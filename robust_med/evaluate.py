@@ -201,7 +201,6 @@ def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray],
   metric = task.primary_metric
   levels = sorted(set([0.0, *map(float, eval_cfg.noise_levels)]))
   attacks_ = evaluation_attacks(eval_cfg, clip)
-  evaluator.attacks, evaluator.attack = tuple(attacks_), attacks_[0]
   curves = evaluator.curves(params, data, levels, attacks_, desc='robustness')
   primary = attacks_[0].describe()
   report = {'task': task.name, 'metric': metric, 'higher_is_better': task.higher_is_better,
