@@ -14,9 +14,13 @@ from robust_med.errors import UserError
 
 
 def fail(message: str) -> None:
-  """Prints one line, `error: <problem and fix>`, and exits with status 2."""
+  """Prints one line, `error: <problem and fix>`, and exits with status 2 at once: reads of a
+  damaged checkpoint may leave TensorStore callbacks behind that would print tracebacks while
+  the interpreter shuts down."""
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(2)
 
 
 def guard(fn):
@@ -51,8 +55,16 @@ def run_main(argv=None) -> None:
 
 def parse_flags(argv):
   """absl's parser, but a bad flag or config key ends in one line instead of a usage dump."""
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      path = arg[len('--config='):].split(':', 1)[0]
+      if not os.path.isfile(path):
+        fail(f'The config file {path} does not exist: pass a config file such as '
+             'configs/prostate_amat.py (add :synthetic for the offline demo).')
   try:
     return flags.FLAGS(argv)
+  except UserError as e:  # Raised by a config file's get_config.
+    fail(str(e))
   except flags.Error as e:
     fail(f'{e}. Check the flag or config key against robust_med/config_base.py.')
   except Exception as e:  # config_flags raises plain KeyError/AttributeError for unknown keys.
@@ -90,34 +102,66 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _with_saved_config(argv: list[str]) -> list[str]:
+  """Adds `--config=<saved_config.py>:<workdir>` unless a --config is given, so that
+  `--config.<key>=<value>` overrides apply to the run's own config.json."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+    return argv
+  workdir = None
+  for i, a in enumerate(argv[1:], 1):
+    if a.startswith('--workdir='):
+      workdir = a[len('--workdir='):]
+    elif a == '--workdir' and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  if not workdir:
+    return argv
+  from robust_med import saved_config
+  return [argv[0], f'--config={saved_config.__file__}:{workdir}', *argv[1:]]
+
+
 def run_evaluate(argv=None) -> None:
+  config_flags.DEFINE_config_file('config', None, 'Config to evaluate with (default: the run\'s '
+                                  'own config.json); override keys with --config.<key>=<value>, '
+                                  'e.g. --config.data.root=PATH.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Workdir of a robust_med.main run.')
-  flags.DEFINE_list('noise_levels', None, 'Override config.eval.noise_levels, e.g. 0,1,5,10.')
-  flags.DEFINE_integer('steps', None, 'Override config.eval.steps (PGD iterations).')
-  flags.DEFINE_enum('norm', None, ['l2', 'linf'], 'Override config.eval.norm.')
+  flags.DEFINE_string('split', '', 'Split of the data to evaluate on (default: '
+                      'config.data.eval_split, i.e. val): e.g. test, or any list in splits.json.')
+  flags.DEFINE_string('out', '', 'Folder for the report (default: <workdir>/eval/<split>).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
+  flags.DEFINE_list('noise_levels', None, 'Shorthand for --config.eval.noise_levels, e.g. 0,1,5.')
+  flags.DEFINE_integer('steps', None, 'Shorthand for --config.eval.steps (PGD iterations).')
+  flags.DEFINE_enum('norm', None, ['l2', 'linf'], 'Shorthand for --config.eval.norm.')
   flags.mark_flags_as_required(['workdir'])
 
   @guard
   def main(argv):
-    del argv
-    from robust_med import checkpointing, config_base, train
+    if len(argv) > 1:
+      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
+                      '--config.<key>=<value>.')
+    from robust_med import config_base, evaluate
     f = flags.FLAGS
-    config = load_workdir_config(f.workdir)
+    config = f.config
     if f.noise_levels is not None:
-      config.eval.noise_levels = tuple(float(e) for e in f.noise_levels)
+      try:
+        config.eval.noise_levels = tuple(float(e) for e in f.noise_levels)
+      except ValueError:
+        raise UserError(f'--noise_levels={",".join(f.noise_levels)} is not a list of numbers: '
+                        'use e.g. --noise_levels=0,1,5.') from None
     if f.steps is not None:
       config.eval.steps = f.steps
     if f.norm is not None:
       config.eval.norm = f.norm
     config_base.validate(config)
-    trainer = train.Trainer(config, f.workdir)
-    mngr = checkpointing.manager(f.workdir, create=False)
-    if mngr.latest_step() is None:
-      raise UserError(f'No complete checkpoint in {checkpointing.checkpoint_dir(f.workdir)}: '
-                      'train first with robust_med.main.')
-    state = trainer.restore_or_init(mngr)
-    report = trainer.evaluate(state.params)
-    for row in report['results']:
-      print(json.dumps(row))
+    report = evaluate.evaluate_checkpoint(config, f.workdir, split=f.split, out=f.out,
+                                          step=f.step)
+    data = report['data']
+    print(f'{report["split"]} split of {data["root"] or config.data.name}: '
+          f'{report["num_samples"]} of {data["split_size"]} samples, checkpoint step '
+          f'{report["checkpoint"]["step"]} of {report["checkpoint"]["workdir"]}')
+    for name, rows in report['curves'].items():
+      for row in rows:
+        print(json.dumps({'attack': name, **{k: v for k, v in row.items() if k != 'worst_of'}}))
+    out = f.out or os.path.join(f.workdir, 'eval', report['split'])
+    print(f'Done: robustness.json, robustness.png, examples.png in {os.path.abspath(out)}')
 
-  app.run(main, argv=argv, flags_parser=parse_flags)
+  app.run(main, argv=argv, flags_parser=lambda a: parse_flags(_with_saved_config(a)))

@@ -24,7 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'            # 'synthetic' | 'msd'
-  c.data.root = ''                     # msd: folder with dataset.json, imagesTr/, labelsTr/
+  c.data.train_split = 'train'         # the split robust_med.main trains on
+  c.data.eval_split = 'val'            # the split it evaluates on (robust_med.evaluate: --split)
+  c.data.root = ''                     # msd: folder with dataset.json, imagesTr/, labelsTr/ and
+                                       # optionally splits.json (named lists of cases)
   c.data.task_folder = ''              # msd: the MSD folder name, for messages (e.g. Task05_Prostate)
   c.data.patch_size = (64, 64)
   c.data.slice_axis = 2                # msd: spatial axis the 2-D slices are taken along
@@ -82,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.step_size_factor = 2.5
   c.eval.random_start = False
   c.eval.batch_size = 64
-  c.eval.max_samples = 0               # 0 = the whole validation split
+  c.eval.max_samples = 0               # 0 = every sample of the split; else k spread over it
   c.eval.seed = 0
   # Attacks run at every level; the report has each curve and their per-sample worst case.
   c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve) and 'apgd'
@@ -126,6 +129,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ConfigError(message)
 
+  for key in ('data.train_split', 'data.eval_split'):
+    need(isinstance(given[key], str) and bool(given[key]),
+         f'config.{key} = {given[key]!r}: name a split of the data, e.g. train, val or test.')
+  need(config.data.train_split != config.data.eval_split,
+       f'config.data.train_split and config.data.eval_split are both {config.data.eval_split!r}: '
+       'evaluating on the training data overstates the model; evaluate on another split.')
   need(config.method.name in methods.METHODS,
        f'Unknown method {config.method.name!r}: set config.method.name to one of {methods.METHODS}.')
   for key in ('method.eps', 'method.delta_eps'):

@@ -1,10 +1,16 @@
-"""Clean metrics and robustness curves: the task's metric under PGD at each noise level of a grid.
+"""Clean metrics and robustness curves: the task's metric under attack at each noise level of a grid.
 
 The attack uses the norm the report names (`config.eval.norm`), and every report carries the full
 attack description, so a number never travels without the norm and strength that produced it.
 
-Standalone: `python -m robust_med.evaluate --workdir=DIR` recomputes `robustness.json` and
-`robustness.png` from the latest checkpoint in DIR with the config saved there.
+Standalone, on any split of any data folder in the same format:
+
+  python -m robust_med.evaluate --workdir=DIR [--split=test] [--config.data.root=PATH] \
+      [--step=N] [--out=DIR2]
+
+restores the parameters alone of DIR's checkpoint (never the training split, the optimizer state
+or the margins) and writes `robustness.json`, `robustness.png` and `examples.png` into
+`DIR/eval/<split>/` (or `--out`); the run's own report is never touched.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class Evaluator:
     self.unroll = attacks.default_unroll()
     self.chunk = 10 if self.unroll else 1 << 30
     self._stats = jax.jit(self._stats_impl)
+    self._apply = jax.jit(lambda params, x: model.apply({'params': params}, x))
     self._init = jax.jit(self._init_impl, static_argnames=('attack',))
     self._chunk = jax.jit(self._chunk_impl, static_argnames=('attack', 'steps'))
     self._result = jax.jit(lambda x, state, *, attack: attack.result(x, state),
@@ -247,14 +254,135 @@ def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PG
           'warnings': gradient_masking.warnings_for(checks)}
 
 
-def write_report(workdir: str, report: dict) -> None:
-  """Writes robustness.json and robustness.png (primary metric vs noise level)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'robustness.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(report, f, indent=2)
+def evaluation_subset(arrays: dict, max_samples: int) -> dict:
+  """At most `max_samples` records spread evenly over the split (all when 0), so a capped
+  evaluation still covers every volume rather than the first few."""
+  n = len(arrays['id'])
+  if not max_samples or max_samples >= n:
+    return arrays
+  index = np.linspace(0, n - 1, max_samples).round().astype(int)
+  return {k: v[index] for k, v in arrays.items()}
+
+
+def make_evaluator(task, model, mesh, config) -> Evaluator:
+  """The evaluator of `config.eval`'s attacks."""
+  return Evaluator(task, model, mesh, evaluation_attacks(config.eval, config.attack.clip),
+                   batch_size=config.eval.batch_size, seed=config.eval.seed,
+                   progress=config.progress_bar)
+
+
+def data_provenance(config, split: str, split_size: int) -> dict:
+  """Report entries saying which data it was computed on: the split, and the data root, the
+  split's size and the dataset settings."""
+  root = config.data.root
+  return {'split': split,
+          'data': {'root': os.path.abspath(os.path.expanduser(root)) if root else '',
+                   'split_size': int(split_size), 'settings': config.data.to_dict()}}
+
+
+def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray], config,
+                       out: str, extra: dict) -> dict:
+  """The robustness report of `params` on `data` (capped by `config.eval.max_samples`), written
+  into `out` as robustness.json, robustness.png and examples.png; failed checks are printed as
+  warnings on stderr."""
+  data = evaluation_subset(data, config.eval.max_samples)
+  report = robustness_report(evaluator, params, data, config.eval, clip=config.attack.clip,
+                             extra=extra)
+  os.makedirs(out, exist_ok=True)
+  write_examples(evaluator, params, data, config.eval.noise_levels,
+                 os.path.join(out, 'examples.png'), title=extra.get('method', 'model'))
+  write_report(out, report)
+  for line in report.get('warnings', []):
+    print(f'warning: {line}', file=sys.stderr)
+  return report
+
+
+def example_levels(noise_levels) -> list[float]:
+  """Clean and two noise levels of the grid for examples.png: its middle and its largest."""
+  nonzero = sorted(e for e in set(map(float, noise_levels)) if e > 0)
+  picked = [nonzero[(len(nonzero) - 1) // 2], nonzero[-1]] if nonzero else []
+  return [0.0, *dict.fromkeys(picked)]
+
+
+def write_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], noise_levels,
+                   path: str, *, num: int = 4, title: str = 'model') -> None:
+  """examples.png: `num` samples spread over `data` (fixed: the same ones every time), clean and
+  under the primary attack at two noise levels: the input, and per level the perturbation
+  (amplified to its own range, with its norm) and the prediction against the ground truth, drawn
+  by the task (`Task.draw`) and titled with the task's per-sample score."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from robust_med.tasks.base import show_image
+  task = evaluator.task
+  n = len(data['id'])
+  index = np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
+  records = {k: v[index] for k, v in data.items()}
+  batch, valid = sharding.pad_batch(records, sharding.round_up(len(index),
+                                                               evaluator.mesh.devices.size))
+  device_batch = sharding.put_batch(batch, evaluator.mesh)
+  levels = example_levels(noise_levels)
+  norm = evaluator.attack.norm
+  views = []
+  for eps in levels:
+    x = evaluator.perturb(params, device_batch, eps, jax.random.key(evaluator.seed))
+    outputs = jax.device_get(evaluator._apply(params, x))
+    stats = jax.device_get(evaluator._stats(params, device_batch, x))
+    scores = task.sample_scores({k: np.asarray(v)[:valid] for k, v in stats.items()})
+    views.append((eps, np.asarray(x)[:valid], outputs, scores))
+  clean = records['image']
+  cols = 2 + 2 * (len(levels) - 1)
+  fig, axes = plt.subplots(valid, cols, figsize=(2.1 * cols, 2.2 * valid + 0.5), squeeze=False)
+  for i in range(valid):
+    item = {k: v[i] for k, v in records.items()}
+    show_image(axes[i][0], clean[i])
+    axes[i][0].set_title(f'input (id {int(item["id"])})', fontsize=7)
+    col = 1
+    for eps, x, outputs, scores in views:
+      if eps > 0:
+        delta = x[i] - clean[i]
+        size = float(np.max(np.abs(delta))) or 1.0
+        span = float(clean[i].max() - clean[i].min())
+        ax = axes[i][col]
+        ax.imshow(delta[..., 0], cmap='seismic', vmin=-size, vmax=size)
+        ax.set_axis_off()
+        measured = float(attacks.perturbation_norm(delta[None], norm)[0])
+        ax.set_title(f'noise at ε={eps:g}: {norm.upper()} {measured:.3g}\n'
+                     f'(shown ×{span / (2 * size):.0f})', fontsize=7)
+        col += 1
+      ax = axes[i][col]
+      task.draw(ax, x[i], jax.tree.map(lambda o: np.asarray(o)[i], outputs), item)
+      ax.set_axis_off()
+      ax.set_title(f'{"clean" if eps == 0 else f"ε={eps:g}"}: score {scores[i]:.2f}', fontsize=7)
+      col += 1
+  attack = evaluator.attack.describe()['name']
+  fig.suptitle(f'{title}: prediction vs ground truth, clean and under {attack} ({norm.upper()}); '
+               f'score = {task.sample_score_name}', fontsize=8)
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes a matplotlib figure as PNG atomically (never a half-written file) and closes it."""
+  import matplotlib.pyplot as plt
+  fig.savefig(path + '.tmp', dpi=120, format='png')
+  plt.close(fig)
   os.replace(path + '.tmp', path)
+
+
+def write_json(path: str, value) -> None:
+  """Writes JSON atomically: a killed run never leaves a half-written file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def write_report(workdir: str, report: dict) -> None:
+  """Writes robustness.png (primary metric vs noise level), then robustness.json, each
+  atomically: a report's JSON present means the run's evaluation is complete."""
+  os.makedirs(workdir, exist_ok=True)
   plot_curve(report, os.path.join(workdir, 'robustness.png'))
+  write_json(os.path.join(workdir, 'robustness.json'), report)
 
 
 def plot_curve(report: dict, path: str) -> None:
@@ -286,8 +414,66 @@ def plot_curve(report: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
+
+
+def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
+                        step: int | None = None) -> dict:
+  """Evaluates the checkpoint at `step` (default: the latest) of the run in `workdir` on the
+  named `split` (default `config.data.eval_split`) of the data `config.data` describes, which may
+  be another folder than the one it was trained on. Restores the parameters alone; writes the
+  report into `out` (default `workdir/eval/<split>/`) with the data root, split, sample count and
+  checkpoint step that produced it. Returns the report."""
+  from robust_med import checkpointing
+  from robust_med.errors import UserError
+  from robust_med.tasks import get_task_class
+  split = split or config.data.eval_split
+  out = os.path.abspath(out or os.path.join(workdir, 'eval', split))
+  if out == os.path.abspath(workdir):
+    raise UserError(f'--out={out} is the run\'s own workdir: its robustness.json is the training '
+                    'run\'s report; pick another folder (default: <workdir>/eval/<split>).')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f'--out={out} is a file: pass a folder for the report.')
+  mngr = checkpointing.reader(workdir)
+  step = checkpointing.pick_step(mngr, step)
+  meta = checkpointing.read_meta(mngr, step)
+  task = get_task_class(config.task)(config)
+  where = checkpointing.checkpoint_dir(workdir)
+  if meta.get('task') != task.name:
+    raise UserError(f'The checkpoint in {where} belongs to the {meta.get("task")!r} head but the '
+                    f'config is for the {task.name!r} head: evaluate it with the config it was '
+                    'trained with (leave --config out to use the run\'s config.json).')
+  splits = task.splits()
+  if split not in splits:
+    raise UserError(f'unknown split {split!r}: the data ({config.data.root or config.data.name}) '
+                    f'declares the splits {list(splits)}; pass --split=<one of them>.')
+  data, info = task.load_split(split)
+  signature = task.data_signature(info)
+  if meta.get('data', signature) != signature:
+    raise UserError(f'The {split!r} split of the data ({config.data.root or config.data.name}) '
+                    f'has {_pairs(signature)} but the checkpoint\'s model in {where} was trained on '
+                    f'{_pairs(meta["data"])}: evaluate on data with the same channels and '
+                    'classes (or train a model for this data).')
+  model = task.build_model(info)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  like = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)['params'],
+                        jax.ShapeDtypeStruct((1, *data['image'].shape[1:]), data['image'].dtype))
+  rep = sharding.replicated(mesh)
+  like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), like)
+  params = checkpointing.restore_params(
+      mngr, step, like, fix='evaluate it with the config it was trained with (leave --config out '
+      'to use the run\'s config.json).')
+  mngr.close()
+  extra = {'method': meta.get('method', ''), **data_provenance(config, split, len(data['id'])),
+           'checkpoint': {'workdir': os.path.abspath(workdir), 'step': int(step)}}
+  os.makedirs(out, exist_ok=True)
+  write_json(os.path.join(out, 'config.json'), json.loads(config.to_json_best_effort()))
+  return evaluate_and_write(make_evaluator(task, model, mesh, config), params, data, config, out,
+                            extra)
+
+
+def _pairs(d: dict) -> str:
+  return ', '.join(f'{k}={v}' for k, v in d.items())
 
 
 def main(argv=None) -> None:

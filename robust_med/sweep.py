@@ -145,9 +145,8 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
                       'overrides to resume it.')
     known = {r['name']: r for r in old['runs']}
     plan['runs'] = list(known.values()) + [r for r in plan['runs'] if r['name'] not in known]
-  with open(path + '.tmp', 'w') as f:
-    json.dump(plan, f, indent=2)
-  os.replace(path + '.tmp', path)
+  from robust_med.evaluate import write_json
+  write_json(path, plan)
 
 
 def _seconds_per_epoch(run_dir: str) -> float:
@@ -230,6 +229,11 @@ def write_csv(rows: list[dict], path: str) -> None:
   os.replace(path + '.tmp', path)
 
 
+def _root(report: dict) -> str:
+  root = report.get('data', {}).get('root')
+  return f' of {root}' if root else ''
+
+
 def _describe(a: dict) -> str:
   return (f'{a["name"]} ({a["norm"].upper()}, step {a["step_size"]}, {a["restarts"]} restart(s), '
           f'random start {a["random_start"]}, data range {a["data_range"]})')
@@ -243,7 +247,7 @@ def markdown(rows: list[dict]) -> str:
   curves.sort(key=lambda c: c != 'worst-case')
   lines = [f'# {metric.upper()} under attack', '',
            f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
-           f'({report.get("split", "val")} split), noise levels in the '
+           f'({report.get("split", "val")} split{_root(report)}), noise levels in the '
            f'{report["attack"]["norm"].upper()} norm. Attacks:', '']
   lines += [f'- {_describe(a)}' for a in report.get('attacks', [report['attack']])]
   if 'worst_case' in report:

@@ -106,16 +106,6 @@ def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int) -
   return evaluate_lib.per_sample_outputs(lambda _, b: fn(params, b), arrays, mesh, batch_size)
 
 
-def evaluation_subset(arrays: dict, max_samples: int) -> dict:
-  """At most `max_samples` records spread evenly over the split (all when 0), so a capped
-  evaluation still covers every volume rather than the first few."""
-  n = len(arrays['id'])
-  if not max_samples or max_samples >= n:
-    return arrays
-  index = np.linspace(0, n - 1, max_samples).round().astype(int)
-  return {k: v[index] for k, v in arrays.items()}
-
-
 class MetricsLog:
   """Appends one JSON object per line to `workdir/metrics.jsonl`."""
 
@@ -142,9 +132,11 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise UserError(f'--workdir={workdir} is a file: pass a folder (new, or a run to resume).')
     self.task = get_task_class(config.task)(config)
-    self.train_data, self.info = self.task.load_split('train')
-    self.val_data, _ = self.task.load_split('val')
+    self.train_data, self.info = self.task.load_split(config.data.train_split)
+    self.eval_data, _ = self.task.load_split(config.data.eval_split)
     self.model = self.task.build_model(self.info)
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
     n_dev = self.mesh.devices.size
@@ -168,7 +160,8 @@ class Trainer:
                           f'leaves no AMAT epochs out of num_epochs = {config.num_epochs}: raise '
                           'num_epochs or lower xi_warmup_epochs.')
     self.meta = {'task': self.task.name, 'method': config.method.name,
-                 'num_train': self.num_train, 'loss_terms': list(self.task.loss_term_names)}
+                 'num_train': self.num_train, 'loss_terms': list(self.task.loss_term_names),
+                 'data': self.task.data_signature(self.info)}
     os.makedirs(workdir, exist_ok=True)
     self.log = MetricsLog(workdir)
 
@@ -185,15 +178,22 @@ class Trainer:
       return state
     checkpointing.check_compatible(checkpointing.read_meta(mngr, step), self.meta,
                                    checkpointing.checkpoint_dir(self.workdir))
+    checkpointing.check_shapes(mngr, step, {'params': state.params},
+                               'use a new --workdir for this model (or the config that wrote it).')
     return checkpointing.restore(mngr, step, state)
 
   def measure_xi(self, params) -> np.ndarray:
     """ξ from per-sample clean training losses of a model trained on clean data."""
     mc = self.config.method
     if mc.xi_source == 'checkpoint':
-      params, meta = checkpointing.restore_params(mc.xi_checkpoint)
-      checkpointing.check_compatible(meta, {'task': self.task.name, 'method': 'std'},
-                                     mc.xi_checkpoint)
+      mngr = checkpointing.reader(mc.xi_checkpoint)
+      step = checkpointing.pick_step(mngr)
+      checkpointing.check_compatible(checkpointing.read_meta(mngr, step),
+                                     {'task': self.task.name, 'method': 'std'}, mc.xi_checkpoint)
+      params = checkpointing.restore_params(
+          mngr, step, params, fix='ξ needs an STD run of the same model: set '
+          'config.method.xi_checkpoint to one.')
+      mngr.close()
     terms = per_sample_clean_terms(self.task, self.model, params, self.train_data, self.mesh,
                                    self.config.eval.batch_size)
     return methods.estimate_xi(terms, mc.xi_stat)
@@ -202,6 +202,9 @@ class Trainer:
     config = self.config
     mngr = checkpointing.manager(self.workdir, max_to_keep=config.keep_checkpoints)
     state = self.restore_or_init(mngr)
+    # Written once the checkpoint is known to match, so a refused resume leaves the run intact.
+    evaluate_lib.write_json(os.path.join(self.workdir, 'config.json'),
+                            json.loads(config.to_json_best_effort()))
     main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx),
                                state, self.mesh)
     std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx),
@@ -259,32 +262,26 @@ class Trainer:
     self.log.write({'type': 'train', 'step': step, 'epoch': epoch,
                     'steps_per_second': len(pending) / max(seconds, 1e-9), **means})
 
-  def evaluate(self, params) -> dict:
-    """Clean metrics, robustness curves and gradient-masking checks on the validation split;
-    writes robustness.json and robustness.png and warns on stderr about failed checks."""
+  def evaluate(self, params, step: int | None = None) -> dict:
+    """Clean metrics, robustness curves, gradient-masking checks and examples on the evaluation
+    split (`config.data.eval_split`); writes robustness.json, robustness.png and examples.png
+    into the workdir and warns on stderr about failed checks."""
     cfg = self.config
-    evaluator = evaluate_lib.Evaluator(self.task, self.model, self.mesh,
-                                       evaluate_lib.evaluation_attacks(cfg.eval, cfg.attack.clip),
-                                       batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
-                                       progress=cfg.progress_bar)
-    data = evaluation_subset(self.val_data, cfg.eval.max_samples)
-    report = evaluate_lib.robustness_report(evaluator, params, data, cfg.eval,
-                                            clip=cfg.attack.clip,
-                                            extra={'method': cfg.method.name, 'split': 'val'})
-    evaluate_lib.write_report(self.workdir, report)
+    evaluator = evaluate_lib.make_evaluator(self.task, self.model, self.mesh, cfg)
+    extra = {'method': cfg.method.name,
+             **evaluate_lib.data_provenance(cfg, cfg.data.eval_split, len(self.eval_data['id'])),
+             'checkpoint': {'workdir': os.path.abspath(self.workdir), 'step': step}}
+    report = evaluate_lib.evaluate_and_write(evaluator, params, self.eval_data, cfg, self.workdir,
+                                             extra)
     for name, rows in report['curves'].items():
       for row in rows:
         self.log.write({'type': 'eval', 'norm': report['attack']['norm'], 'attack': name,
                         **{k: v for k, v in row.items() if k != 'worst_of'}})
-    for line in report.get('warnings', []):
-      print(f'warning: {line}', file=sys.stderr)
     return report
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from `workdir` if it has checkpoints), then evaluates robustness."""
   trainer = Trainer(config, workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
   state = trainer.train()
-  return trainer.evaluate(state.params)
+  return trainer.evaluate(state.params, int(state.step))

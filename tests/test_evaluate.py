@@ -89,7 +89,7 @@ def test_evaluator_metrics_fall_under_attack_and_ignore_padding():
 
 
 def test_capped_evaluation_spreads_over_the_split():
-  from robust_med.train import evaluation_subset
+  from robust_med.evaluate import evaluation_subset
   arrays = {'id': np.arange(100), 'image': np.arange(100) * 2}
   sub = evaluation_subset(arrays, 10)
   assert len(sub['id']) == 10 and sub['id'][0] == 0 and sub['id'][-1] == 99

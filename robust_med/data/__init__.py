@@ -12,18 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from robust_med.data.msd import SegmentationInfo, load_msd_slices, read_msd_info, split_cases
+from robust_med.data.msd import (SegmentationInfo, available_splits, load_msd_slices, read_msd_info,
+                                 split_cases)
 from robust_med.data.source import ArraySource, batches, epoch_order, num_batches
 from robust_med.data.synthetic import make_phantoms
 from robust_med.errors import ConfigError, DataError
 
 __all__ = [
-    'ArraySource', 'SegmentationInfo', 'batches', 'epoch_order', 'load_msd_slices',
+    'ArraySource', 'SegmentationInfo', 'available_splits', 'batches', 'split_names', 'epoch_order', 'load_msd_slices',
     'load_split', 'make_phantoms', 'num_batches', 'read_msd_info', 'split_cases', 'DATASETS',
 ]
 
 DATASETS = ('synthetic', 'msd')
-_SPLITS = ('train', 'val')
+SYNTHETIC_SPLITS = ('train', 'val', 'test')
 _SYNTHETIC_CLASSES = {2: ('background', 'organ'), 3: ('background', 'zone1', 'zone2')}
 
 
@@ -37,12 +38,15 @@ def _required(data_config: Any, key: str) -> Any:
 
 
 def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
-  """Synthetic phantoms: train uses data.seed, val uses data.seed + 1."""
+  """Synthetic phantoms: train, val and test use data.seed + 0, 1, 2; test has num_val samples."""
+  if split not in SYNTHETIC_SPLITS:
+    raise DataError(f'unknown split {split!r}: the synthetic dataset has the splits '
+                    f'{list(SYNTHETIC_SPLITS)}')
   num = int(_required(data_config, 'num_train' if split == 'train' else 'num_val'))
   patch_size = tuple(int(s) for s in data_config.get('patch_size', (64, 64)))
   num_classes = int(data_config.get('num_classes', 3))
   channels = int(data_config.get('channels', 1))
-  seed = int(data_config.get('seed', 0)) + (0 if split == 'train' else 1)
+  seed = int(data_config.get('seed', 0)) + SYNTHETIC_SPLITS.index(split)
   arrays = make_phantoms(num, patch_size=patch_size, num_classes=num_classes,
                          channels=channels, seed=seed)
   arrays['case_index'] = arrays['id'].copy()
@@ -67,14 +71,25 @@ def _load_msd(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Segm
       resize=bool(data_config.get('resize', False)))
 
 
-def load_split(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
-  """Loads `split` ('train' or 'val') of the dataset named by ``data_config.name``."""
+def _dataset_name(data_config: Any) -> str:
   name = data_config.get('name', None)
   if name not in DATASETS:
     raise DataError(f'unknown dataset data.name={name!r}: use one of {list(DATASETS)} '
                     '(e.g. --config.data.name=synthetic)')
-  if split not in _SPLITS:
-    raise DataError(f'unknown split {split!r}: use one of {list(_SPLITS)}')
-  if name == 'synthetic':
+  return name
+
+
+def split_names(data_config: Any) -> tuple[str, ...]:
+  """The splits the dataset declares (for MSD: the lists in splits.json, else train/val)."""
+  if _dataset_name(data_config) == 'synthetic':
+    return SYNTHETIC_SPLITS
+  return tuple(available_splits(data_config.get('root', None),
+                                float(data_config.get('val_fraction', 0.2))))
+
+
+def load_split(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+  """Loads the named `split` of the dataset named by ``data_config.name`` (DataError listing the
+  splits present when the dataset has no such split)."""
+  if _dataset_name(data_config) == 'synthetic':
     return _load_synthetic(data_config, split)
   return _load_msd(data_config, split)

@@ -1,9 +1,11 @@
 """Medical Segmentation Decathlon (MSD) loader: volumes -> normalised 2-D slices.
 
 Layout: ``root/dataset.json``, ``root/imagesTr/``, ``root/labelsTr/`` and optionally
-``root/splits.json`` ({"train": [case, ...], "val": [case, ...]}; a case is a file name without
-``.nii.gz``). Without splits.json, cases are sorted by the sha1 hex digest of their file name and
-the first round(val_fraction * n) form the validation split. Splits are at the volume level.
+``root/splits.json`` ({"train": [case, ...], "val": [case, ...], "test": [...], ...}: every key
+whose value is a list is a named split; a case is a file name without ``.nii.gz`` listed under
+"training" in dataset.json). Without splits.json there are two splits: cases are sorted by the sha1
+hex digest of their file name and the first round(val_fraction * n) form "val", the rest "train".
+Splits are at the volume level.
 Records are ordered by (case name, slice index) and ``id = arange(N)`` in that order.
 """
 
@@ -23,7 +25,6 @@ from scipy import ndimage
 
 from robust_med.errors import ConfigError, DataError
 
-SPLITS = ('train', 'val')
 _LAYOUT = 'the Medical Segmentation Decathlon layout (dataset.json, imagesTr/, labelsTr/)'
 _FETCH = ('download TaskXX from http://medicaldecathlon.com and extract it there, '
           'or pass --config.data.root=PATH')
@@ -147,37 +148,58 @@ def hash_split(cases: Sequence[str], val_fraction: float) -> dict[str, list[str]
 
 
 def _read_splits(path: Path, cases: Sequence[str]) -> dict[str, list[str]]:
-  """Validated splits.json: train/val lists of known, disjoint cases."""
+  """Validated splits.json: every key whose value is a list is a named split of known cases
+  (other keys, such as a "rule" string, are notes); the splits are pairwise disjoint."""
   splits = _load_json(path)
-  if not (isinstance(splits, dict) and all(isinstance(splits.get(s), list) for s in SPLITS)):
-    raise DataError(f'{path} must be {{"train": [case, ...], "val": [case, ...]}}: '
-                    'fix it, or delete it to use the deterministic hash split')
+  if not isinstance(splits, dict):
+    raise DataError(f'{path} must be a JSON object like {{"train": [case, ...], "val": [case, ...], '
+                    '"test": [...]}}: fix it, or delete it to use the deterministic hash split')
+  named = {name: value for name, value in splits.items() if isinstance(value, list)}
+  if not named:
+    raise DataError(f'{path} lists no split: it must map split names to lists of cases, e.g. '
+                    '{"train": [case, ...], "val": [case, ...]}; fix it, or delete it to use the '
+                    'deterministic hash split')
   known = set(cases)
-  for split in SPLITS:
-    unknown = sorted(set(map(str, splits[split])) - known)
+  for name, members in named.items():
+    if not all(isinstance(c, str) for c in members):
+      raise DataError(f'{path} "{name}" must be a list of case names (strings): fix the file')
+    unknown = sorted(set(members) - known)
     if unknown:
-      raise DataError(f'{path} "{split}" names {len(unknown)} cases not in dataset.json '
-                      f'(e.g. {unknown[0]}): use case names = file names without .nii.gz')
-  overlap = sorted(set(splits['train']) & set(splits['val']))
-  if overlap:
-    raise DataError(f'{path} puts {len(overlap)} cases in both train and val (e.g. {overlap[0]}): '
-                    'each case must be in one split only')
-  return {split: sorted(map(str, splits[split])) for split in SPLITS}
+      raise DataError(f'{path} "{name}" names {len(unknown)} cases not in dataset.json '
+                      f'(e.g. {unknown[0]}): use case names = file names without .nii.gz, each '
+                      'listed under "training" in dataset.json')
+  names = list(named)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      overlap = sorted(set(named[a]) & set(named[b]))
+      if overlap:
+        raise DataError(f'{path} puts {len(overlap)} cases in both {a} and {b} (e.g. '
+                        f'{overlap[0]}): each case must be in one split only')
+  return {name: sorted(members) for name, members in named.items()}
 
 
-def split_cases(root: str | os.PathLike, split: str, val_fraction: float = 0.2) -> list[str]:
-  """Case names (sorted) of `split`, from splits.json if present, else the hash rule."""
-  if split not in SPLITS:
-    raise DataError(f'unknown split {split!r}: use one of {list(SPLITS)}')
+def available_splits(root: str | os.PathLike, val_fraction: float = 0.2) -> dict[str, list[str]]:
+  """Every split the folder declares, {name: sorted case names}: the lists in splits.json when
+  present, else train/val by the hash rule."""
   path = _root_dir(root)
   cases = list(_case_files(read_msd_info(path), path))
   splits_path = path / 'splits.json'
   if splits_path.is_file():
-    splits = _read_splits(splits_path, cases)
-  else:
-    splits = hash_split(cases, val_fraction)
+    return _read_splits(splits_path, cases)
+  return hash_split(cases, val_fraction)
+
+
+def split_cases(root: str | os.PathLike, split: str, val_fraction: float = 0.2) -> list[str]:
+  """Case names (sorted) of `split`, from splits.json if present, else the hash rule."""
+  path = _root_dir(root)
+  splits = available_splits(path, val_fraction)
+  splits_path = path / 'splits.json'
+  source = splits_path if splits_path.is_file() else f'the hash rule (val_fraction={val_fraction})'
+  if split not in splits:
+    raise DataError(f'unknown split {split!r}: {path} declares the splits {sorted(splits)} (from '
+                    f'{source}); pick one of them, or list the cases of {split!r} in '
+                    f'{splits_path}')
   if not splits[split]:
-    source = splits_path if splits_path.is_file() else f'val_fraction={val_fraction}'
     raise DataError(f'the {split!r} split of {path} is empty (from {source}): '
                     'list cases for it in splits.json or use a val_fraction in (0, 1)')
   return splits[split]

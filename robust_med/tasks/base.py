@@ -33,14 +33,28 @@ class Task(abc.ABC):
 
   def __init__(self, config):
     self.config = config
+    # A head imported by its dotted path (config.task = 'mypkg.heads.blobs') may leave `name`
+    # unset: the config's name then goes into checkpoints.
+    self.name = self.name or config.task
+
+  def splits(self) -> tuple[str, ...]:
+    """Names of the splits the data declares; `load_split` accepts each of them."""
+    return ('train', 'val')
 
   @abc.abstractmethod
   def load_split(self, split: str) -> tuple[dict[str, np.ndarray], Any]:
-    """Records of `split` ('train' or 'val') as equal-length arrays with ids 0..N-1, and data info."""
+    """Records of the named `split` as equal-length arrays with ids 0..N-1, and data info."""
 
   @abc.abstractmethod
   def build_model(self, info: Any) -> nn.Module:
     """The Flax model for data described by `info`."""
+
+  def data_signature(self, info: Any) -> dict:
+    """What the model built from `info` takes from the data (e.g. input channels and classes), as
+    a JSON-able dict. It is saved in every checkpoint, and evaluating a checkpoint on data whose
+    signature differs is refused with a message naming the difference. Default: nothing (the
+    parameter shapes are still compared)."""
+    return {}
 
   @abc.abstractmethod
   def loss_terms(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
@@ -62,6 +76,23 @@ class Task(abc.ABC):
     """
     return -np.asarray(stats['loss'])
 
+  def draw(self, ax, image: np.ndarray, outputs: Any, item: Mapping[str, np.ndarray]) -> None:
+    """Draws one sample's prediction `outputs` (the model's outputs for that sample) against its
+    ground truth (in `item`, the sample's record) on the matplotlib axes `ax`, over `image`
+    (H, W, C), which may be attacked. Used for `examples.png`. Default: the image alone."""
+    show_image(ax, image)
+
   def metric_floor(self) -> float:
     """The value of the primary metric for a useless model (used by sanity checks)."""
     return 0.0
+
+
+def show_image(ax, image: np.ndarray) -> None:
+  """An (H, W, C) image on `ax`: gray for one channel (the first of several), RGB for three."""
+  image = np.asarray(image, np.float32)
+  if image.shape[-1] == 3:
+    lo, hi = image.min(), image.max()
+    ax.imshow((image - lo) / max(hi - lo, 1e-8))
+  else:
+    ax.imshow(image[..., 0], cmap='gray')
+  ax.set_axis_off()

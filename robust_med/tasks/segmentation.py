@@ -82,10 +82,16 @@ class Task(base.Task):
   sample_score_name = 'per-sample mean Dice over the classes present'
   loss_term_names = ('ce', 'dice')
 
+  def splits(self) -> tuple[str, ...]:
+    return data_lib.split_names(self.config.data)
+
   def load_split(self, split: str):
     arrays, info = data_lib.load_split(self.config.data, split)
     self.info = info
     return {k: arrays[k] for k in ('image', 'label', 'id')}, info
+
+  def data_signature(self, info) -> dict:
+    return {'channels': int(info.channels), 'num_classes': int(info.num_classes)}
 
   def build_model(self, info) -> UNet:
     m = self.config.model
@@ -112,3 +118,18 @@ class Task(base.Task):
 
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     return dice_metrics(stats['tp'], stats['fp'], stats['fn'], getattr(self, 'class_names', ()))
+
+  def draw(self, ax, image, outputs, item) -> None:
+    """The predicted classes filled in colour over the image, the ground truth as outlines of the
+    same colours."""
+    import matplotlib.pyplot as plt
+    base.show_image(ax, image)
+    num_classes = outputs.shape[-1]
+    colors = plt.get_cmap('tab10')(np.arange(num_classes) % 10)
+    pred = np.argmax(np.asarray(outputs), axis=-1)
+    overlay = colors[pred]
+    overlay[..., 3] = np.where(pred > 0, 0.4, 0.0)
+    ax.imshow(overlay)
+    for k in range(1, num_classes):
+      if (item['label'] == k).any():
+        ax.contour(item['label'] == k, levels=[0.5], colors=[colors[k]], linewidths=0.8)
