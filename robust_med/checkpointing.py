@@ -134,16 +134,21 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
         state=ocp.args.StandardRestore(abstract)))['state']
 
 
+def restore_items(mngr: ocp.CheckpointManager, step: int, like: dict, *,
+                  fix: str = 'evaluate it with the config it was trained with.') -> dict:
+  """Some top-level entries alone (e.g. {'params': ...}) of the checkpoint at `step` of a
+  `reader`, on the shapes and shardings of `like`; UserError naming the first difference when
+  they differ (another model). The other entries (optimizer state, margins) are not read."""
+  item = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  check_shapes(mngr, step, item, fix)
+  with _reading(mngr, step):
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))['state']
+
+
 def restore_params(mngr: ocp.CheckpointManager, step: int, like: Any, *,
                    fix: str = 'evaluate it with the config it was trained with.') -> Any:
   """The parameters alone of the checkpoint at `step` of a `reader`, on the shapes and shardings
-  of `like` (e.g. `jax.eval_shape` of the model's init, or another state's params); UserError
-  naming the first difference when the model differs. The optimizer state and the margins are
-  not read."""
-  item = {'params': jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
-  check_shapes(mngr, step, item, fix)
-  with _reading(mngr, step):
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)))['state']
-  return restored['params']
+  of `like` (e.g. `jax.eval_shape` of the model's init, or another state's params)."""
+  return restore_items(mngr, step, {'params': like}, fix=fix)['params']

@@ -13,6 +13,7 @@ import pytest
 from robust_med import data
 from robust_med.data import msd, source, synthetic
 from robust_med.errors import ConfigError, DataError
+from msd_fixture import make_msd, write_nifti
 
 # ----------------------------------------------------------------------------- synthetic
 
@@ -246,32 +247,8 @@ def _assert_one_line(error: Exception, *words: str) -> None:
     assert word in message, (word, message)
 
 
-def _write_nifti(path, array) -> None:
-  nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4)), str(path))
-
-
-def _make_msd(root, cases=('case_a', 'case_b', 'case_c'), *, image_shape=(6, 5, 4),
-              label_shape=None, modalities=('T2',), label_value=1):
-  """Writes a tiny MSD folder; returns its root."""
-  rng = np.random.default_rng(0)
-  (root / 'imagesTr').mkdir(parents=True)
-  (root / 'labelsTr').mkdir()
-  for case in cases:
-    image = rng.uniform(0, 100, size=image_shape).astype(np.float32)
-    label = np.zeros(label_shape or image_shape[:3], np.uint8)
-    label[2:4, 2:4, 1:3] = label_value
-    _write_nifti(root / 'imagesTr' / f'{case}.nii.gz', image)
-    _write_nifti(root / 'labelsTr' / f'{case}.nii.gz', label)
-  info = {'name': 'Tiny', 'modality': {str(i): m for i, m in enumerate(modalities)},
-          'labels': {'0': 'background', '1': 'organ'},
-          'training': [{'image': f'./imagesTr/{c}.nii.gz', 'label': f'./labelsTr/{c}.nii.gz'}
-                       for c in cases]}
-  (root / 'dataset.json').write_text(json.dumps(info))
-  return root
-
-
 def test_tiny_msd_loads(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   arrays, info = msd.load_msd_slices(root, 'train', patch_size=(8, 8), val_fraction=0.34)
   assert info.num_volumes == 2 and info.channels == 1
   assert info.class_names == ('background', 'organ')
@@ -286,7 +263,7 @@ def test_missing_root(tmp_path):
 
 
 def test_missing_dataset_json(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   (root / 'dataset.json').unlink()
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'train')
@@ -294,7 +271,7 @@ def test_missing_dataset_json(tmp_path):
 
 
 def test_malformed_json(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   (root / 'dataset.json').write_text('{"name": "Tiny",')
   with pytest.raises(DataError) as info:
     msd.read_msd_info(root)
@@ -302,7 +279,7 @@ def test_malformed_json(tmp_path):
 
 
 def test_missing_keys(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   (root / 'dataset.json').write_text(json.dumps({'name': 'Tiny', 'training': []}))
   with pytest.raises(DataError) as info:
     msd.read_msd_info(root)
@@ -310,7 +287,7 @@ def test_missing_keys(tmp_path):
 
 
 def test_missing_labels_folder(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   for path in (root / 'labelsTr').iterdir():
     path.unlink()
   (root / 'labelsTr').rmdir()
@@ -320,7 +297,7 @@ def test_missing_labels_folder(tmp_path):
 
 
 def test_listed_file_missing(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   (root / 'labelsTr' / 'case_a.nii.gz').unlink()
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'train', val_fraction=0.0)
@@ -328,21 +305,21 @@ def test_listed_file_missing(tmp_path):
 
 
 def test_shape_mismatch(tmp_path):
-  root = _make_msd(tmp_path / 'tiny', image_shape=(6, 5, 4), label_shape=(6, 5, 3))
+  root = make_msd(tmp_path / 'tiny', image_shape=(6, 5, 4), label_shape=(6, 5, 3))
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'train', val_fraction=0.0)
   _assert_one_line(info.value, 'case_a', '(6, 5, 4)', '(6, 5, 3)', 'does not match')
 
 
 def test_label_out_of_range(tmp_path):
-  root = _make_msd(tmp_path / 'tiny', label_value=3)
+  root = make_msd(tmp_path / 'tiny', label_value=3)
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'train', val_fraction=0.0)
   _assert_one_line(info.value, 'label values', '3', 'background')
 
 
 def test_unknown_and_empty_split(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'test')
   _assert_one_line(info.value, "'test'", 'train', 'val')
@@ -352,7 +329,7 @@ def test_unknown_and_empty_split(tmp_path):
 
 
 def test_splits_json_is_used_and_checked(tmp_path):
-  root = _make_msd(tmp_path / 'tiny')
+  root = make_msd(tmp_path / 'tiny')
   (root / 'splits.json').write_text(json.dumps({'train': ['case_c', 'case_a'], 'val': ['case_b']}))
   assert msd.split_cases(root, 'train') == ['case_a', 'case_c']
   assert msd.split_cases(root, 'val') == ['case_b']
@@ -363,7 +340,7 @@ def test_splits_json_is_used_and_checked(tmp_path):
 
 
 def test_two_modalities_load_as_channels(tmp_path):
-  root = _make_msd(tmp_path / 'tiny', image_shape=(6, 5, 4, 2), modalities=('T2', 'ADC'))
+  root = make_msd(tmp_path / 'tiny', image_shape=(6, 5, 4, 2), modalities=('T2', 'ADC'))
   arrays, info = msd.load_msd_slices(root, 'train', patch_size=(6, 5), val_fraction=0.0,
                                      foreground_only=False)
   assert info.channels == 2
@@ -375,17 +352,63 @@ def test_two_modalities_load_as_channels(tmp_path):
 
 
 def test_modality_count_mismatch(tmp_path):
-  root = _make_msd(tmp_path / 'tiny', image_shape=(6, 5, 4, 2), modalities=('T2',))
+  root = make_msd(tmp_path / 'tiny', image_shape=(6, 5, 4, 2), modalities=('T2',))
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'train', val_fraction=0.0)
   _assert_one_line(info.value, 'channels', 'modalities')
 
 
 def test_non_finite_image(tmp_path):
-  root = _make_msd(tmp_path / 'tiny', cases=('case_a',))
+  root = make_msd(tmp_path / 'tiny', cases=('case_a',))
   image = np.ones((6, 5, 4), np.float32)
   image[0, 0, 0] = np.nan
-  _write_nifti(root / 'imagesTr' / 'case_a.nii.gz', image)
+  write_nifti(root / 'imagesTr' / 'case_a.nii.gz', image)
   with pytest.raises(DataError) as info:
     msd.load_msd_slices(root, 'train', val_fraction=0.0)
   _assert_one_line(info.value, 'case_a', 'NaN')
+
+
+def test_splits_json_declares_any_named_split(tmp_path):
+  root = make_msd(tmp_path / 'tiny', cases=('case_a', 'case_b', 'case_c', 'case_d'), splits={
+      'rule': 'a note, not a split', 'train': ['case_a', 'case_b'], 'val': ['case_c'],
+      'test': ['case_d']})
+  config = ml_collections.ConfigDict(dict(name='msd', root=str(root), patch_size=(8, 8)))
+  assert data.split_names(config) == ('train', 'val', 'test')
+  arrays, info = data.load_split(config, 'test')
+  assert info.cases == ('case_d',) and len(arrays['id']) == 2  # Two foreground slices.
+  np.testing.assert_array_equal(arrays['id'], [0, 1])
+
+
+def test_a_folder_with_only_a_test_list(tmp_path):
+  """Another site's data: labelled held-out cases only, no training split."""
+  root = make_msd(tmp_path / 'site2', cases=('x1', 'x2'), splits={'test': ['x2', 'x1']})
+  assert msd.split_cases(root, 'test') == ['x1', 'x2']
+  with pytest.raises(DataError) as info:
+    msd.split_cases(root, 'train')
+  _assert_one_line(info.value, "unknown split 'train'", "['test']", 'splits.json')
+
+
+@pytest.mark.parametrize('splits, words', [
+    ({'train': ['case_a'], 'test': ['case_a']}, ['both', 'train', 'test', 'case_a']),
+    ({'test': ['case_a', 3]}, ['"test"', 'strings']),
+    ({'test': ['case_z']}, ['"test"', 'case_z', 'not in dataset.json']),
+    ({'rule': 'no lists'}, ['lists no split']),
+    (['case_a'], ['JSON object']),
+])
+def test_bad_splits_json_is_one_line(tmp_path, splits, words):
+  root = make_msd(tmp_path / 'tiny', splits=splits)
+  with pytest.raises(DataError) as info:
+    msd.split_cases(root, 'test')
+  _assert_one_line(info.value, *words)
+
+
+def test_synthetic_declares_a_test_split():
+  config = ml_collections.ConfigDict(dict(name='synthetic', num_train=8, num_val=6,
+                                          patch_size=(16, 16), seed=0))
+  assert data.split_names(config) == ('train', 'val', 'test')
+  val, _ = data.load_split(config, 'val')
+  test, _ = data.load_split(config, 'test')
+  assert len(test['id']) == 6 and not np.array_equal(val['image'], test['image'])
+  with pytest.raises(DataError) as info:
+    data.load_split(config, 'test2')
+  _assert_one_line(info.value, "'test2'", 'test')

@@ -6,37 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from robust_med import config_base
 from robust_med.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG = str(REPO / 'configs' / 'prostate_amat.py')
-# A few-second variant of the synthetic demo.
-TINY = ['--config.data.patch_size=(16,16)', '--config.data.num_train=32',
-        '--config.data.num_val=16', '--config.model.base_width=4', '--config.model.depth=2',
-        '--config.batch_size=8', '--config.num_epochs=3', '--config.attack.steps=2',
-        '--config.eval.steps=3', '--config.eval.apgd_steps=3',
-        '--config.eval.noise_levels=(0.5,1.0)',
-        '--config.log_every_steps=2', '--config.checkpoint_every_steps=2',
-        '--config.progress_bar=False', '--config.mesh.num_devices=1']
-
-
-def _run(module, *args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='')
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-def _error_line(proc) -> str:
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert len(lines) == 1, proc.stderr[-3000:]
-  assert lines[0].startswith('error: ')
-  return lines[0]
+from cli_helpers import CONFIG, REPO, TINY, error_line as _error_line, run as _run
 
 
 @pytest.mark.slow
@@ -63,17 +39,22 @@ def test_main_writes_outputs_and_evaluate_recomputes_them(tmp_path):
   assert {'train', 'epoch', 'xi', 'eval'} <= {r['type'] for r in records}
   assert (work / 'checkpoints').is_dir()
 
-  (work / 'robustness.json').unlink()
+  assert (work / 'examples.png').stat().st_size > 1000
+  assert report['split'] == 'val' and report['data']['split_size'] == 16
+  assert report['checkpoint']['step'] == 12 and report['num_samples'] == 16
+
   # A run made before a config key existed still evaluates: the key takes its default.
   saved = json.loads((work / 'config.json').read_text())
   del saved['eval']['floor_tolerance']
   (work / 'config.json').write_text(json.dumps(saved))
+  own = (work / 'robustness.json').read_bytes()
   proc = _run('robust_med.evaluate', f'--workdir={work}', '--noise_levels=0,2', '--steps=4')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  again = json.loads((work / 'robustness.json').read_text())
+  again = json.loads((work / 'eval' / 'val' / 'robustness.json').read_text())
   assert [r['eps'] for r in again['results']] == [0.0, 2.0]
   assert again['attack']['steps'] == 4
   assert again['results'][0]['adi'] == pytest.approx(report['results'][0]['adi'])
+  assert (work / 'robustness.json').read_bytes() == own  # The run's own report is kept.
 
 
 @pytest.mark.slow
