@@ -141,3 +141,40 @@ def test_restarts_keep_each_samples_best_run():
   best = loss(evaluator.perturb(params, batch, 1.0, key, two))
   assert (best >= single - 1e-6).all() and (best > single + 1e-6).any()
   assert two.describe()['restarts'] == 2
+
+
+def test_example_levels_are_clean_middle_and_largest():
+  from robust_med.evaluate import example_levels
+  assert example_levels((0.0, 1.0, 3.0, 5.0, 7.0)) == [0.0, 3.0, 7.0]
+  assert example_levels((0.0, 2.0)) == [0.0, 2.0]
+  assert example_levels((0.0,)) == [0.0]
+
+
+def test_examples_draw_each_sample_clean_and_attacked_through_the_task(tmp_path):
+  from robust_med.evaluate import write_examples
+  task, data, model, params = untrained_segmenter()
+  calls = []
+
+  class Spy(type(task)):
+    def draw(self, ax, image, outputs, item):
+      calls.append((np.array(image), np.array(outputs), int(item['id'])))
+      super().draw(ax, image, outputs, item)
+
+  spy = Spy(task.config)
+  spy.class_names = ('zone1', 'zone2')
+  evaluator = Evaluator(spy, model, sharding.make_mesh(8), attacks.PGDSettings(steps=3),
+                        batch_size=8, progress=False)
+  path = tmp_path / 'examples.png'
+  write_examples(evaluator, params, data, (0.0, 0.5, 1.0, 2.0), str(path), num=3)
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and not (tmp_path / 'examples.png.tmp').exists()
+  # 3 samples spread over the 16 (first, middle, last) × clean, ε=1 (middle), ε=2 (largest).
+  assert [c[2] for c in calls] == [i for i in (0, 8, 15) for _ in range(3)]
+  for s in range(3):
+    clean, mid, top = calls[3 * s:3 * s + 3]
+    np.testing.assert_array_equal(clean[0], data['image'][clean[2]])
+    for (image, outputs, _), eps in ((mid, 1.0), (top, 2.0)):
+      norm = float(np.linalg.norm(image - clean[0]))
+      assert 0.5 * eps < norm <= eps + 1e-4
+      assert outputs.shape == (16, 16, 3)
+      want = model.apply({'params': params}, image[None])[0]
+      np.testing.assert_allclose(outputs, np.asarray(want), atol=1e-4)
