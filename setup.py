@@ -24,6 +24,7 @@ setup(
         'tqdm',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist'],
+        # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests.
+        'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel'],
     },
 )
