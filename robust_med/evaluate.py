@@ -452,8 +452,8 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
   if meta.get('data', signature) != signature:
     raise UserError(f'The {split!r} split of the data ({config.data.root or config.data.name}) '
                     f'has {_pairs(signature)} but the checkpoint\'s model in {where} was trained on '
-                    f'{_pairs(meta["data"])}: evaluate on data with the same channels and '
-                    'classes (or train a model for this data).')
+                    f'{_pairs(meta["data"])}: evaluate on data with the same '
+                    f'{" and ".join(signature)} (or train a model for this data).')
   model = task.build_model(info)
   mesh = sharding.make_mesh(config.mesh.num_devices)
   like = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)['params'],
