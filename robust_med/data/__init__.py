@@ -1,6 +1,7 @@
 """Data layer: dataset splits as dicts of numpy arrays, plus deterministic batching.
 
-`load_split(config.data, split)` returns ``(arrays, info)`` where `arrays` holds 'image'
+`load_split(config.data, split)` loads a named split (`split_names(config.data)` lists those the
+dataset declares) and returns ``(arrays, info)`` where `arrays` holds 'image'
 (N, H, W, C) float32, 'label' (N, H, W) int32, 'id' (int32 arange(N)), 'case_index' and
 'slice_index' (int32), and `info` is a `SegmentationInfo`. Wrap `arrays` in `ArraySource` and
 iterate it with `batches`.
@@ -19,8 +20,9 @@ from robust_med.data.synthetic import make_phantoms
 from robust_med.errors import ConfigError, DataError
 
 __all__ = [
-    'ArraySource', 'SegmentationInfo', 'available_splits', 'batches', 'split_names', 'epoch_order', 'load_msd_slices',
-    'load_split', 'make_phantoms', 'num_batches', 'read_msd_info', 'split_cases', 'DATASETS',
+    'ArraySource', 'SegmentationInfo', 'available_splits', 'batches', 'epoch_order',
+    'load_msd_slices', 'load_split', 'make_phantoms', 'num_batches', 'read_msd_info', 'split_cases',
+    'split_names', 'DATASETS',
 ]
 
 DATASETS = ('synthetic', 'msd')
