@@ -108,6 +108,17 @@ def amat_margin_update(margins, noisy_terms, xi, perturbation_norms, delta_eps):
   return jnp.where(grow, margins + delta_eps, (perturbation_norms + margins) / 2)
 
 
+def margin_update_metrics(margins, new_margins, noisy_terms, xi) -> dict[str, jax.Array]:
+  """What the update did to the batch: the fraction enlarged, the fraction refined, and the mean
+  change of the refined margins (0 when none was refined)."""
+  grow = jnp.all(noisy_terms < xi, axis=-1)
+  refined = (~grow).astype(jnp.float32)
+  return {'grow_fraction': jnp.mean(grow.astype(jnp.float32)),
+          'refine_fraction': jnp.mean(refined),
+          'refine_delta': jnp.sum((new_margins - margins) * refined) / jnp.maximum(
+              jnp.sum(refined), 1.0)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Amat:
   delta_eps: float
@@ -121,8 +132,8 @@ class Amat:
     noisy_k = jax.lax.stop_gradient(stack_terms(noisy))
     norms = attacks.perturbation_norm(x_adv - x, self.attack.norm)
     new_margins = amat_margin_update(margins, noisy_k, xi, norms, self.delta_eps)
-    metrics.update(margin_mean=jnp.mean(margins),
-                   grow_fraction=jnp.mean(jnp.all(noisy_k < xi, axis=-1).astype(jnp.float32)))
+    metrics.update(margin_mean=jnp.mean(margins), **margin_update_metrics(margins, new_margins,
+                                                                           noisy_k, xi))
     return loss, new_margins, metrics
 
 

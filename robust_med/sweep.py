@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
+from robust_med import margins as margins_lib
 from robust_med.errors import ConfigError, UserError
 
 PLAN_FILE = 'sweep.json'
@@ -196,7 +197,8 @@ def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list
           'metric': metric, 'clean': values[0], 'by_eps': {r['eps']: r[metric] for r in results},
           'mean': float(np.mean(values)), 'seconds_per_epoch': _seconds_per_epoch(run_dir),
           'checks_passed': f'{len(checks) - len(failed)}/{len(checks)}' if checks else 'not run',
-          'checks_failed': failed, 'report': report})
+          'checks_failed': failed, 'margins': margins_lib.final_stats(run_dir),
+          'report': report})
   return rows
 
 
@@ -217,7 +219,8 @@ def write_csv(rows: list[dict], path: str) -> None:
   metric = rows[0]['metric']
   fields = ['model', 'run', 'method', 'curve', 'norm', f'clean_{metric}',
             *[f'{metric}@eps={_fmt(e)}' for e in levels], f'mean_{metric}_over_grid',
-            'train_seconds_per_epoch', 'checks_passed', 'checks_failed']
+            'train_seconds_per_epoch', 'checks_passed', 'checks_failed',
+            *[f'final_margin_{k}' for k in margins_lib.STATS]]
   with open(path + '.tmp', 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(fields)
@@ -225,8 +228,14 @@ def write_csv(rows: list[dict], path: str) -> None:
       w.writerow([r['model'], r['run'], r['method'], r['curve'], r['norm'], f'{r["clean"]:.4f}',
                   *[f'{r["by_eps"][e]:.4f}' for e in levels], f'{r["mean"]:.4f}',
                   f'{r["seconds_per_epoch"]:.1f}', r['checks_passed'],
-                  ';'.join(r['checks_failed'])])
+                  ';'.join(r['checks_failed']),
+                  *[_margin(r, k) for k in margins_lib.STATS]])
   os.replace(path + '.tmp', path)
+
+
+def _margin(row: dict, stat: str) -> str:
+  value = row['margins'].get(f'margin/{stat}')
+  return '' if value is None else f'{value:.4g}'
 
 
 def _root(report: dict) -> str:
@@ -270,6 +279,22 @@ def markdown(rows: list[dict]) -> str:
     for model, cs in checks:
       lines.append(f'| {model} | ' + ' | '.join('pass' if c['passed'] else '**FAIL**'
                                                 for c in cs) + ' |')
+  with_margins = [r for r in rows if r['curve'] == curves[0] and r['margins']]
+  if with_margins:
+    lines += ['', '## Margins at the end of training', '',
+              'Statistics of all training margins at the last logged step; enlarged and refined '
+              'are the fractions of samples per step, and the refine change the mean change of a '
+              'refined margin, averaged over the last logging interval.', '',
+              '| model | step | ' + ' | '.join(margins_lib.STATS)
+              + ' | enlarged | refined | mean refine change |',
+              '|---' * (len(margins_lib.STATS) + 5) + '|']
+    for r in with_margins:
+      m = r['margins']
+      lines.append(f'| {r["model"]} | {m["step"]} | '
+                   + ' | '.join(_margin(r, k) for k in margins_lib.STATS)
+                   + ' | ' + ' | '.join(f'{m[k]:.3f}' if k in m else ''
+                                        for k in ('grow_fraction', 'refine_fraction',
+                                                  'refine_delta')) + ' |')
   warnings = [(r['model'], w) for r in rows if r['curve'] == curves[0]
               for w in r['report'].get('warnings', [])]
   if warnings:

@@ -23,6 +23,7 @@ import optax
 from tqdm.auto import tqdm
 
 from robust_med import checkpointing, methods, sharding
+from robust_med import margins as margins_lib
 from robust_med import data as data_lib
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
@@ -236,22 +237,30 @@ class Trainer:
         pending.append(metrics)
         bar.update(1)
         if step % config.log_every_steps == 0 or step == self.total_steps:
-          self._log_train(pending, step, epoch, t_log)
+          self._log_train(pending, step, epoch, t_log, state)
           bar.set_postfix(loss=f'{self.last_loss:.4f}')
           pending, t_log = [], time.time()
         if step % config.checkpoint_every_steps == 0 or step == self.total_steps:
           if pending:
-            self._log_train(pending, step, epoch, t_log)
+            self._log_train(pending, step, epoch, t_log, state)
             pending, t_log = [], time.time()
           checkpointing.save(mngr, step, state, self.meta)
       if skip == 0:
         self.log.write({'type': 'epoch', 'epoch': epoch, 'step': step,
                         'seconds': time.time() - t_epoch})
+      if self.method.uses_margins:  # A histogram snapshot of all margins per epoch.
+        self.log.write({'type': 'margins', 'epoch': epoch, 'step': step,
+                        **margins_lib.histogram(self.host_margins(state))})
     bar.close()
     mngr.close()
     return state
 
-  def _log_train(self, pending: list[dict], step: int, epoch: int, since: float) -> None:
+  def host_margins(self, state: TrainState) -> np.ndarray:
+    """All N training margins on the host (the padding to the device count dropped)."""
+    return np.asarray(jax.device_get(state.margins))[:self.num_train]
+
+  def _log_train(self, pending: list[dict], step: int, epoch: int, since: float,
+                 state: TrainState) -> None:
     host = jax.device_get(pending)  # Waits for the steps to finish, so the timing is honest.
     seconds = time.time() - since
     means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -259,18 +268,23 @@ class Trainer:
     _check_finite(means, step, self.config.method.name)
     for m in host:
       _check_finite(m, step, self.config.method.name)
+    if self.method.uses_margins:
+      means.update(margins_lib.margin_stats(self.host_margins(state)))
     self.log.write({'type': 'train', 'step': step, 'epoch': epoch,
                     'steps_per_second': len(pending) / max(seconds, 1e-9), **means})
 
   def evaluate(self, params, step: int | None = None) -> dict:
     """Clean metrics, robustness curves, gradient-masking checks and examples on the evaluation
     split (`config.data.eval_split`); writes robustness.json, robustness.png and examples.png
-    into the workdir and warns on stderr about failed checks."""
+    (and margins.png for methods with margins) into the workdir and warns on stderr about failed
+    checks."""
     cfg = self.config
     evaluator = evaluate_lib.make_evaluator(self.task, self.model, self.mesh, cfg)
     extra = {'method': cfg.method.name,
              **evaluate_lib.data_provenance(cfg, cfg.data.eval_split, len(self.eval_data['id'])),
              'checkpoint': {'workdir': os.path.abspath(self.workdir), 'step': step}}
+    if self.method.uses_margins:
+      margins_lib.plot(self.workdir, os.path.join(self.workdir, 'margins.png'))
     report = evaluate_lib.evaluate_and_write(evaluator, params, self.eval_data, cfg, self.workdir,
                                              extra)
     for name, rows in report['curves'].items():

@@ -195,6 +195,10 @@ def test_amat_end_to_end(norm, random_start, factor):
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
   np.testing.assert_allclose(metrics['grow_fraction'], grow.mean(), rtol=1e-6)
   np.testing.assert_allclose(metrics['margin_mean'], np.mean(margins), rtol=1e-6)
+  # Telemetry: the refined fraction and the mean change of a refined margin, by NumPy.
+  np.testing.assert_allclose(metrics['refine_fraction'], 1 - grow.mean(), rtol=1e-6)
+  change = (want_margins - np.asarray(margins))[~grow].mean()
+  np.testing.assert_allclose(metrics['refine_delta'], change, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- other methods

@@ -116,6 +116,9 @@ def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
       assert worst <= min(float(by[m, c][f'adi@eps={e}']) for c in ('pgd-4', 'apgd-3')) + 1e-9
   md = (work / 'summary.md').read_text()
   assert 'pgd-4 (L2' in md and 'Gradient-masking checks' in md
+  # Final margin statistics for AMAT only.
+  assert '## Margins at the end of training' in md and '| AMAT Δε=0.5 | 16 |' in md
+  assert all((r['final_margin_mean'] != '') == (r['method'] == 'amat') for r in rows)
   assert all(m in md for m in models)
   assert (work / 'curves.png').stat().st_size > 5000
 
