@@ -1,4 +1,5 @@
-"""Step time of STD, SAT and AMAT at equal PGD iterations, and the AMAT/SAT ratio (target ≤ 1.05).
+"""Step time of STD, SAT and AMAT (paper refine and boundary refine) at equal PGD iterations, and
+the AMAT/SAT ratios (target ≤ 1.05).
 
 Also times the attack loop unrolled vs `lax.fori_loop` on this backend, which is how
 `robust_med.attacks.default_unroll` was chosen.
@@ -26,7 +27,8 @@ def _config(args, method: str):
   c.data.patch_size = (args.patch, args.patch)
   c.data.num_train, c.data.num_val = args.batch_size * 2, args.batch_size
   c.model.base_width, c.model.depth = args.width, args.depth
-  c.method.name = method
+  c.method.name, _, refine = method.partition(':')  # 'amat:boundary' = AMAT, boundary refine.
+  c.method.refine = refine or 'paper'
   c.method.eps = c.method.delta_eps = 1.0
   c.attack.steps = args.pgd_steps
   c.batch_size = args.batch_size
@@ -54,7 +56,7 @@ def compiled_step(args, method: str):
   return step, state, batch
 
 
-def time_methods(args, names=('std', 'sat', 'amat')) -> dict[str, float]:
+def time_methods(args, names=('std', 'sat', 'amat', 'amat:boundary')) -> dict[str, float]:
   """Best-of-`repeats` seconds per train step, methods interleaved so load hits all alike."""
   runs = {m: list(compiled_step(args, m)) for m in names}
   times = {m: [] for m in names}
@@ -103,8 +105,9 @@ def main():
         f'pgd_steps={args.pgd_steps}')
   times = time_methods(args)
   for m, t in times.items():
-    print(f'{m:5s} step {t * 1000:9.1f} ms')
-  print(f'AMAT/SAT step-time ratio: {times["amat"] / times["sat"]:.3f} (target <= 1.05)')
+    print(f'{m:13s} step {t * 1000:9.1f} ms')
+  for m in ('amat', 'amat:boundary'):
+    print(f'{m}/SAT step-time ratio: {times[m] / times["sat"]:.3f} (target <= 1.05)')
   for unroll in (True, False):
     c, r = time_attack_loop(args, unroll)
     print(f'PGD-{args.pgd_steps} {"unrolled " if unroll else "fori_loop"}: compile {c:6.1f} s, '

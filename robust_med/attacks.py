@@ -176,11 +176,71 @@ def pgd_update(loss_fn: LossFn, x: jax.Array, delta: jax.Array, eps, step_size, 
 
   Exposed so that long evaluation attacks can run as a host loop over jitted chunks of steps.
   """
+  return _ascend(x, delta, _input_grad(loss_fn, x + delta), eps, step_size, norm, clip)
+
+
+def _ascend(x, delta, grad, eps, step_size, norm: Norm, clip) -> jax.Array:
+  """delta + step along the steepest ascent direction, projected onto the ε-ball and clipped."""
   eps_b = per_sample_eps(eps, x)
   alpha = per_sample_eps(step_size, x)
-  g = _input_grad(loss_fn, x + delta)
-  delta = project(delta + alpha * steepest_direction(g, norm), eps_b, norm)
+  delta = project(delta + alpha * steepest_direction(grad, norm), eps_b, norm)
   return _apply(x, delta, clip) - x
+
+
+def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, xi, *,
+                 norm: Norm = 'l2', steps: int = 20, step_size=None,
+                 key: jax.Array | None = None, clip: tuple[float, float] | None = None,
+                 unroll: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """PGD on the summed loss terms that also remembers, per sample, the first iterate at which a
+  term reaches its threshold (`terms_fn(x̃)[i, k] ≥ xi[k]` for some k): where the noise stops
+  being acceptable. The AMAT authors' code (SarielMa/amat_conf, `stop_near_boundary`) refines a
+  margin to the distance of that point; this runs in the same pass as the training attack.
+
+  Args:
+    terms_fn: maps a batch (B, ...) to per-sample per-term losses (B, K).
+    x: the clean batch.
+    eps: budget, a scalar or a (B,) vector.
+    xi: (K,) thresholds.
+    norm, steps, step_size, key, clip, unroll: as for `pgd`.
+
+  Returns:
+    (x_final, x_boundary, crossed): the last PGD iterate (what the adversarial loss uses); per
+    sample the first iterate, start point and last iterate included, at which a term reached its
+    threshold, or the last iterate where none did; and whether one did, (B,) bool.
+  """
+  _check_norm(norm)
+  alpha = default_step_size(eps, x, steps) if step_size is None else step_size
+  xi = jnp.asarray(xi, x.dtype)
+  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+  def remember(terms, delta, boundary, crossed):
+    now = jnp.any(terms >= xi, axis=-1) & ~crossed
+    return jnp.where(expand(now), delta, boundary), crossed | now
+
+  def summed(z):
+    terms = terms_fn(z)
+    return jnp.sum(terms), terms
+
+  def body(_, state):
+    delta, boundary, crossed = state
+    grad, terms = jax.grad(summed, has_aux=True)(x + delta)
+    boundary, crossed = remember(terms, delta, boundary, crossed)
+    return _ascend(x, delta, grad, eps, alpha, norm, clip), boundary, crossed
+
+  delta = pgd_init(x, eps, norm=norm, key=key, clip=clip)
+  state = (delta, delta, jnp.zeros(x.shape[:1], bool))
+  if unroll is None:
+    unroll = default_unroll()
+  if unroll:
+    for i in range(steps):
+      state = body(i, state)
+  else:
+    state = jax.lax.fori_loop(0, steps, body, state)
+  delta, boundary, crossed = state
+  boundary, crossed = remember(terms_fn(x + delta), delta, boundary, crossed)
+  boundary = jnp.where(expand(crossed), boundary, delta)
+  return (jax.lax.stop_gradient(x + delta), jax.lax.stop_gradient(x + boundary),
+          jax.lax.stop_gradient(crossed))
 
 
 def _signed_step(loss_fn: LossFn, x, eps, norm: Norm, clip, sign: float) -> jax.Array:

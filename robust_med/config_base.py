@@ -55,6 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.xi_source = 'warmup'        # amat: 'warmup' (STD epochs first) | 'checkpoint'
   c.method.xi_warmup_epochs = 1        # amat, xi_source=warmup: STD epochs before ξ is measured
   c.method.xi_checkpoint = ''          # amat, xi_source=checkpoint: workdir of a trained STD run
+  c.method.refine = 'paper'            # amat: 'paper' ((‖x̃−x‖+E)/2) | 'boundary' (min(E, distance
+                                       # of the first PGD iterate past ξ), the authors' code)
+  c.method.max_margin = 0.0            # amat: clamp margins to [0, max_margin]; 0 = no clamp
+  c.method.adv_only_correct = False    # amat: no adversarial loss (and margin kept) for samples
+                                       # whose clean loss terms are not all below ξ
 
   # The attack used while training (PGD for sat and amat); its budget comes from the method.
   c.attack = ml_collections.ConfigDict()
@@ -147,6 +152,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
          'margin growth step Δε (e.g. 10 for MSD Prostate).')
     need(config.method.xi_stat in methods.XI_STATS,
          f'Unknown config.method.xi_stat {config.method.xi_stat!r}: use one of {methods.XI_STATS}.')
+    need(config.method.refine in methods.REFINE_RULES,
+         f'Unknown config.method.refine {config.method.refine!r}: use one of '
+         f'{methods.REFINE_RULES}.')
+    need(config.method.max_margin >= 0, f'config.method.max_margin = '
+         f'{config.method.max_margin} is negative: use 0 (no clamp) or the largest margin.')
     need(config.method.xi_source in ('warmup', 'checkpoint'),
          f'Unknown config.method.xi_source {config.method.xi_source!r}: use warmup or checkpoint.')
     if config.method.xi_source == 'checkpoint':

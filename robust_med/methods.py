@@ -38,9 +38,12 @@ Terms = Mapping[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """The losses a method combines: `terms` trains the model, `attack_loss` drives attacks."""
+  """The losses a method combines: `terms` trains the model, `attack_loss` drives attacks, and
+  `attack_terms` (optional) gives the per-term losses the attacks see (parameters held constant),
+  for attacks that watch each term against its threshold."""
   terms: Callable[[jax.Array], Terms]
   attack_loss: Callable[[jax.Array], jax.Array]
+  attack_terms: Callable[[jax.Array], Terms] | None = None
 
 
 AttackSettings = attacks.PGDSettings  # The training attack; its budget comes from the method.
@@ -108,32 +111,76 @@ def amat_margin_update(margins, noisy_terms, xi, perturbation_norms, delta_eps):
   return jnp.where(grow, margins + delta_eps, (perturbation_norms + margins) / 2)
 
 
-def margin_update_metrics(margins, new_margins, noisy_terms, xi) -> dict[str, jax.Array]:
-  """What the update did to the batch: the fraction enlarged, the fraction refined, and the mean
-  change of the refined margins (0 when none was refined)."""
-  grow = jnp.all(noisy_terms < xi, axis=-1)
-  refined = (~grow).astype(jnp.float32)
+def margin_update_metrics(margins, new_margins, grow, refine) -> dict[str, jax.Array]:
+  """What the update did to the batch: the fraction enlarged (`grow`), the fraction refined
+  (`refine`), and the mean change of the refined margins (0 when none was refined)."""
+  refined = refine.astype(jnp.float32)
   return {'grow_fraction': jnp.mean(grow.astype(jnp.float32)),
           'refine_fraction': jnp.mean(refined),
           'refine_delta': jnp.sum((new_margins - margins) * refined) / jnp.maximum(
               jnp.sum(refined), 1.0)}
 
 
+REFINE_RULES = ('paper', 'boundary')
+
+
 @dataclasses.dataclass(frozen=True)
 class Amat:
+  """AMAT. `refine` picks how a margin shrinks when the noise was not acceptable:
+
+  * 'paper' (Ma & Liang, as written): E(i) = (‖x̃_i − x_i‖ + E(i)) / 2 with x̃ the last PGD
+    iterate. That iterate lies on the ball's boundary, so this leaves E(i) (nearly) unchanged.
+  * 'boundary' (the authors' code, SarielMa/amat_conf: `stop_near_boundary` and
+    `AMAT_update_margin`): PGD also remembers the first iterate at which a noisy term reaches its
+    threshold (`attacks.boundary_pgd`); E(i) grows by Δε when no iterate did, else
+    E(i) = min(E(i), distance of that iterate), which can shrink it.
+
+  `max_margin` > 0 clamps the margins to [0, max_margin] (the authors' `max_margin`).
+  `adv_only_correct` (the authors' AMAT_loss): a sample whose clean loss terms are not all below
+  ξ gets no adversarial loss and keeps its margin; the loss is
+  (mean clean loss + mean noisy loss over the other samples) / 2.
+  """
   delta_eps: float
   attack: AttackSettings
+  refine: str = 'paper'
+  max_margin: float = 0.0
+  adv_only_correct: bool = False
   uses_margins = True
   needs_xi = True
 
   def __call__(self, objective: Objective, x, margins, xi, key):
-    x_adv = self.attack(objective.attack_loss, x, margins, key)
+    if self.refine == 'boundary':
+      if objective.attack_terms is None:
+        raise ValueError("refine='boundary' needs Objective.attack_terms.")
+      a = self.attack
+      x_adv, x_boundary, crossed = attacks.boundary_pgd(
+          lambda z: stack_terms(objective.attack_terms(z)), x, margins, xi, norm=a.norm,
+          steps=a.steps, step_size=a.step_size(margins, x),
+          key=key if a.random_start else None, clip=a.clip)
+    else:
+      x_adv = self.attack(objective.attack_loss, x, margins, key)
     loss, clean, noisy, metrics = clean_and_noisy_loss(objective, x, x_adv)
+    correct = jnp.ones(x.shape[:1], bool)
+    if self.adv_only_correct:
+      correct = jax.lax.stop_gradient(jnp.all(stack_terms(clean) < xi, axis=-1))
+      weight = correct.astype(x.dtype)
+      noisy_mean = jnp.sum(total(noisy) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+      loss = (jnp.mean(total(clean)) + noisy_mean) / 2
+      metrics.update(loss=loss, correct_fraction=jnp.mean(weight))
     noisy_k = jax.lax.stop_gradient(stack_terms(noisy))
-    norms = attacks.perturbation_norm(x_adv - x, self.attack.norm)
-    new_margins = amat_margin_update(margins, noisy_k, xi, norms, self.delta_eps)
-    metrics.update(margin_mean=jnp.mean(margins), **margin_update_metrics(margins, new_margins,
-                                                                           noisy_k, xi))
+    if self.refine == 'boundary':
+      grow = ~crossed
+      distance = attacks.perturbation_norm(x_boundary - x, self.attack.norm)
+      new_margins = jnp.where(grow, margins + self.delta_eps, jnp.minimum(margins, distance))
+    else:
+      grow = jnp.all(noisy_k < xi, axis=-1)
+      norms = attacks.perturbation_norm(x_adv - x, self.attack.norm)
+      new_margins = amat_margin_update(margins, noisy_k, xi, norms, self.delta_eps)
+    new_margins = jnp.where(correct, new_margins, margins)
+    if self.max_margin > 0:
+      new_margins = jnp.clip(new_margins, 0.0, self.max_margin)
+    metrics.update(margin_mean=jnp.mean(margins), **margin_update_metrics(
+        margins, new_margins, grow & correct, ~grow & correct))
     return loss, new_margins, metrics
 
 
@@ -175,7 +222,9 @@ def build_method(method_config, attack_config):
   if name == 'sat':
     return Sat(eps=method_config.eps, attack=settings)
   if name == 'amat':
-    return Amat(delta_eps=method_config.delta_eps, attack=settings)
+    return Amat(delta_eps=method_config.delta_eps, attack=settings,
+                refine=method_config.refine, max_margin=method_config.max_margin,
+                adv_only_correct=method_config.adv_only_correct)
   augment = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
              'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
   if name in augment:

@@ -75,13 +75,13 @@ def make_train_step(task, model, method, tx):
     ids = batch['id']
     margins = state.margins[ids]
 
-    def attack_loss(x):  # Parameters held constant: attacks only move the input.
-      return methods.total(task.loss_terms(model.apply({'params': state.params}, x), batch))
+    def attack_terms(x):  # Parameters held constant: attacks only move the input.
+      return task.loss_terms(model.apply({'params': state.params}, x), batch)
 
     def loss_fn(params):
       terms = lambda x: task.loss_terms(model.apply({'params': params}, x), batch)
-      loss, new_margins, metrics = method(methods.Objective(terms, attack_loss), batch['image'],
-                                          margins, state.xi, key)
+      objective = methods.Objective(terms, lambda x: methods.total(attack_terms(x)), attack_terms)
+      loss, new_margins, metrics = method(objective, batch['image'], margins, state.xi, key)
       return loss, (new_margins, metrics)
 
     (_, (new_margins, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -358,3 +358,57 @@ def test_project_onto_balls():
                              rtol=1e-6)
   np.testing.assert_allclose(attacks.project(delta, eps, 'linf'),
                              [[1.0, 1.0], [0.3, 0.4], [-1.0, 0.5]], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- boundary PGD
+
+
+def _linear_terms(x0, base, w):
+  """One term per sample, L_i(z) = base_i + <w_i, z_i − x0_i>: it crosses ξ at distance
+  ε*_i = (ξ − base_i) / ‖w_i‖ along w_i, PGD's L2 direction."""
+  return lambda z: (base + jnp.sum(w * (z - x0), axis=(1, 2, 3)))[:, None]
+
+
+@pytest.mark.parametrize('unroll', [True, False])
+def test_boundary_pgd_returns_the_first_iterate_past_the_known_crossing(unroll):
+  rng = np.random.default_rng(0)
+  b = 6
+  x = jnp.asarray(rng.normal(size=(b, 4, 4, 1)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(b, 4, 4, 1)), jnp.float32)
+  w_norm = np.linalg.norm(np.asarray(w).reshape(b, -1), axis=1)
+  xi = np.float32(2.0)
+  crossing = np.array([0.0, 0.3, 0.55, 0.95, 1.5, 0.7])  # ε*; the last sample has ε = 0.
+  eps = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0], np.float32)
+  base = jnp.asarray(xi - crossing * w_norm, jnp.float32)
+  steps, alpha = 20, 0.125
+  x_final, x_b, crossed = attacks.boundary_pgd(
+      _linear_terms(x, base, w), x, jnp.asarray(eps), jnp.asarray([xi]), norm='l2', steps=steps,
+      step_size=alpha, unroll=unroll)
+  b_norm = np.asarray(attacks.perturbation_norm(x_b - x, 'l2'))
+  final_norm = np.asarray(attacks.perturbation_norm(x_final - x, 'l2'))
+  # Iterate t has norm min(t·α, ε); the first t with t·α ≥ ε* is ceil(ε*/α).
+  want = np.minimum(np.ceil(crossing / alpha) * alpha, eps)
+  np.testing.assert_array_equal(np.asarray(crossed), [True, True, True, True, False, False])
+  np.testing.assert_allclose(b_norm[:4], want[:4], atol=1e-4)
+  assert (b_norm[:4] >= crossing[:4] - 1e-5).all() and (b_norm[:4] < crossing[:4] + alpha).all()
+  # A sample that never crosses returns the final iterate; ε = 0 leaves the sample unchanged.
+  np.testing.assert_allclose(np.asarray(x_b[4]), np.asarray(x_final[4]))
+  np.testing.assert_allclose(final_norm[:5], 1.0, atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(x_final[5]), np.asarray(x[5]))
+  np.testing.assert_array_equal(np.asarray(x_b[5]), np.asarray(x[5]))
+  # The final iterate is plain PGD's.
+  plain = attacks.pgd(lambda z: _linear_terms(x, base, w)(z)[:, 0], x, jnp.asarray(eps),
+                      norm='l2', steps=steps, step_size=alpha, unroll=unroll)
+  np.testing.assert_allclose(np.asarray(x_final), np.asarray(plain), atol=1e-5)
+
+
+def test_boundary_pgd_any_term_crosses():
+  x = jnp.zeros((2, 2, 2, 1))
+  w = jnp.ones((2, 2, 2, 1)) / 2  # Unit norm per sample (4 pixels).
+  # Term 0 never crosses; term 1 crosses at 0.5 for sample 0 and never for sample 1.
+  terms = lambda z: jnp.stack([jnp.zeros(2), jnp.array([0.5, -5.0]) + jnp.sum(w * z, (1, 2, 3))],
+                              axis=1)
+  _, x_b, crossed = attacks.boundary_pgd(terms, x, 1.0, jnp.array([1.0, 1.0]), steps=10,
+                                         step_size=0.1)
+  assert np.asarray(crossed).tolist() == [True, False]
+  assert float(attacks.perturbation_norm(x_b - x)[0]) == pytest.approx(0.5, abs=0.1 + 1e-5)

@@ -63,3 +63,17 @@ def test_std_run_has_no_margin_telemetry(tmp_path):
   assert 'margin/' not in text and '"margins"' not in text
   assert not (tmp_path / 'margins.png').exists()
   assert margins.final_stats(str(tmp_path)) == {}
+
+
+@pytest.mark.slow
+def test_amat_boundary_refine_trains_and_never_grows_a_refined_margin(tmp_path):
+  config = tiny_config('amat', num_epochs=3, **{
+      'eval.masking_checks': False, 'method.refine': 'boundary', 'method.adv_only_correct': True,
+      'method.max_margin': 2.0})
+  report = train.train_and_evaluate(config, str(tmp_path))
+  assert report['method'] == 'amat'
+  records = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  amat_steps = [r for r in records if r['type'] == 'train' and 'refine_delta' in r]
+  assert amat_steps and all(r['refine_delta'] <= 1e-6 for r in amat_steps)
+  assert all(0 <= r['correct_fraction'] <= 1 for r in amat_steps)
+  assert all(r['margin/max'] <= 2.0 + 1e-6 for r in amat_steps)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from robust_med import attacks, methods
+from robust_med import config_base
 from robust_med.config_base import base_config
 from robust_med.errors import ConfigError
 
@@ -395,3 +396,70 @@ def test_augmentation_gradient_treats_attack_as_constant():
   x_up = np.asarray(x) + eps * u / np.linalg.norm(u)
   want = np.mean((np.asarray(x) + x_up) / 2, axis=0)
   np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- AMAT refine rules
+
+
+def _linear_amat_setup():
+  """Samples x_i = c_i·w with a unit w and one term L(z) = z·w, so L(x_i) = c_i and L crosses
+  ξ = 1 at distance ε*_i = 1 − c_i along PGD's L2 direction."""
+  w = jnp.asarray([0.6, 0.0, 0.8, 0.0, 0.0])
+  c = jnp.asarray([0.7, 0.95, -1.0, 0.5, 1.2])
+  x = c[:, None] * w[None]
+  margins = jnp.asarray([1.0, 1.0, 1.0, 0.2, 1.0])
+  terms = lambda z: {'lin': z @ w}
+  return methods.Objective(terms, lambda z: z @ w, terms), x, margins, jnp.asarray([1.0])
+
+
+def _amat(**kwargs):
+  return methods.Amat(delta_eps=0.5, attack=attacks.PGDSettings(norm='l2', steps=20), **kwargs)
+
+
+def test_boundary_refine_shrinks_to_the_crossing_and_paper_refine_cannot():
+  objective, x, margins, xi = _linear_amat_setup()
+  _, new, metrics = _call(_amat(refine='boundary'), objective, x, margins, xi)
+  # Steps of 2.5·E/20 = 0.125·E. Sample 0 crosses at 0.3: first iterate 3·0.125 = 0.375.
+  # Sample 1 at 0.05: 0.125. Sample 2 (ε* = 2) and sample 3 (ε* = 0.5 > E = 0.2) never cross:
+  # they grow by Δε. Sample 4 is past ξ on clean data: its distance is 0.
+  np.testing.assert_allclose(np.asarray(new), [0.375, 0.125, 1.5, 0.7, 0.0], atol=1e-5)
+  refined = np.array([True, True, False, False, True])
+  assert (np.asarray(new)[refined] <= np.asarray(margins)[refined]).all()  # Never grows.
+  assert float(metrics['grow_fraction']) == pytest.approx(0.4)
+  assert float(metrics['refine_delta']) == pytest.approx((-0.625 - 0.875 - 1.0) / 3, abs=1e-5)
+  # The paper's rule refines to (‖x̃ − x‖ + E) / 2 with x̃ on the ball's boundary: no change.
+  _, paper, _ = _call(_amat(refine='paper'), objective, x, margins, xi)
+  np.testing.assert_allclose(np.asarray(paper), [1.0, 1.0, 1.5, 0.7, 1.0], atol=1e-5)
+
+
+def test_max_margin_clamps():
+  objective, x, margins, xi = _linear_amat_setup()
+  for refine in methods.REFINE_RULES:
+    _, new, _ = _call(_amat(refine=refine, max_margin=1.1), objective, x, margins, xi)
+    assert float(np.max(new)) == pytest.approx(1.1) and float(np.min(new)) >= 0
+
+
+def test_adv_only_correct_keeps_wrong_samples_out_of_the_noisy_loss_and_their_margins():
+  objective, x, margins, xi = _linear_amat_setup()
+  method = _amat(refine='boundary', adv_only_correct=True)
+  loss, new, metrics = _call(method, objective, x, margins, xi)
+  # Sample 4 (clean loss 1.2 ≥ ξ) keeps its margin instead of collapsing to 0.
+  np.testing.assert_allclose(np.asarray(new), [0.375, 0.125, 1.5, 0.7, 1.0], atol=1e-5)
+  a = method.attack
+  x_adv, _, _ = attacks.boundary_pgd(lambda z: methods.stack_terms(objective.attack_terms(z)),
+                                     x, margins, xi, norm='l2', steps=a.steps,
+                                     step_size=a.step_size(margins, x))
+  clean, noisy = np.asarray(objective.attack_loss(x)), np.asarray(objective.attack_loss(x_adv))
+  want = (clean.mean() + noisy[:4].mean()) / 2
+  assert float(loss) == pytest.approx(want, rel=1e-5)
+  assert float(metrics['correct_fraction']) == pytest.approx(0.8)
+
+
+def test_refine_options_are_validated():
+  c = base_config()
+  c.method.refine = 'halve'
+  with pytest.raises(ConfigError, match='halve'):
+    config_base.validate(c)
+  c.method.refine, c.method.max_margin = 'boundary', -1.0
+  with pytest.raises(ConfigError, match='max_margin'):
+    config_base.validate(c)
