@@ -20,6 +20,11 @@ def execute(path: Path, workdir: Path, monkeypatch, timeout: int = 600):
   monkeypatch.setenv('PYTHONPATH', str(REPO))
   monkeypatch.setenv('XLA_FLAGS', '')  # One CPU device: the tiny runs are fastest there.
   monkeypatch.setenv('MPLBACKEND', 'Agg')
+  # Compilation is most of a fast run, and each run of a sweep (and each re-evaluation) compiles
+  # the same attack and evaluation programs again from fresh closures: a persistent compilation
+  # cache, new for every test (so CI never depends on an earlier run), compiles them once.
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(workdir / 'jax_cache'))
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   nb = nbformat.read(path, as_version=4)
   NotebookClient(nb, timeout=timeout, kernel_name='python3',
                  resources={'metadata': {'path': str(workdir)}}).execute()
