@@ -146,14 +146,19 @@ def pgd(loss_fn: LossFn,
   def body(_, delta):
     return pgd_update(loss_fn, x, delta, eps, alpha, norm=norm, clip=clip)
 
+  return jax.lax.stop_gradient(x + loop(body, delta, steps, unroll))
+
+
+def loop(body, state, steps: int, unroll: bool | None = None):
+  """`body(i, state)` for i = 0..steps-1: a Python-unrolled loop or a `lax.fori_loop`
+  (default `default_unroll()`)."""
   if unroll is None:
     unroll = default_unroll()
   if unroll:
     for i in range(steps):
-      delta = body(i, delta)
-  else:
-    delta = jax.lax.fori_loop(0, steps, body, delta)
-  return jax.lax.stop_gradient(x + delta)
+      state = body(i, state)
+    return state
+  return jax.lax.fori_loop(0, steps, body, state)
 
 
 def default_step_size(eps, x: jax.Array, steps: int, factor: float = 2.5) -> jax.Array:
@@ -228,15 +233,8 @@ def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, 
     return _ascend(x, delta, grad, eps, alpha, norm, clip), boundary, crossed
 
   delta = pgd_init(x, eps, norm=norm, key=key, clip=clip)
-  state = (delta, delta, jnp.zeros(x.shape[:1], bool))
-  if unroll is None:
-    unroll = default_unroll()
-  if unroll:
-    for i in range(steps):
-      state = body(i, state)
-  else:
-    state = jax.lax.fori_loop(0, steps, body, state)
-  delta, boundary, crossed = state
+  delta, boundary, crossed = loop(body, (delta, delta, jnp.zeros(x.shape[:1], bool)), steps,
+                                  unroll)
   boundary, crossed = remember(terms_fn(x + delta), delta, boundary, crossed)
   boundary = jnp.where(expand(crossed), boundary, delta)
   return (jax.lax.stop_gradient(x + delta), jax.lax.stop_gradient(x + boundary),
