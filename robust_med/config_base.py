@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.slice_axis = 2                # msd: spatial axis the 2-D slices are taken along
   c.data.foreground_only = True        # msd: keep only slices with foreground
   c.data.val_fraction = 0.2            # msd: volume-level split when there is no splits.json
+  c.data.tune_fraction = 0.0           # > 0: a 'tune' split carved from train_split (msd: this
+                                       # fraction of its volumes by the hash rule), for choosing
+                                       # hyper-parameters without touching val or test
   c.data.max_volumes = 0               # msd: first k volumes of each split (0 = all), for CPU runs
   c.data.resize = False                # msd: resize slices to patch_size instead of pad/crop
   c.data.num_train = 256               # synthetic
@@ -92,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.max_samples = 0               # 0 = every sample of the split; else k spread over it
   c.eval.seed = 0
+  c.eval.every_epochs = 0              # > 0: clean metrics on eval_split after every k epochs
+                                       # ('val' records in metrics.jsonl: the learning curve)
   # Attacks run at every level; the report has each curve and their per-sample worst case.
   c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve) and 'apgd'
   c.eval.apgd_steps = 100              # APGD iterations (Croce & Hein 2020; no step size to tune)
@@ -140,6 +145,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.train_split != config.data.eval_split,
        f'config.data.train_split and config.data.eval_split are both {config.data.eval_split!r}: '
        'evaluating on the training data overstates the model; evaluate on another split.')
+  need(0 <= config.data.tune_fraction < 1, f'config.data.tune_fraction = '
+       f'{config.data.tune_fraction} is outside [0, 1): use e.g. 0.2, or 0 for no tuning split.')
+  need(config.eval.every_epochs >= 0, f'config.eval.every_epochs = {config.eval.every_epochs} is '
+       'negative: use 0 (no learning curve) or k ≥ 1.')
   need(config.method.name in methods.METHODS,
        f'Unknown method {config.method.name!r}: set config.method.name to one of {methods.METHODS}.')
   for key in ('method.eps', 'method.delta_eps'):

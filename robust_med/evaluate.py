@@ -118,6 +118,10 @@ class Evaluator:
       return self._stats(params, batch, x)
     return per_sample_outputs(attacked_stats, arrays, self.mesh, self.batch_size)
 
+  def clean(self, params, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """Clean metrics (and mean loss) of `params` on `arrays`."""
+    return self._row(0.0, self.sample_stats(params, arrays, 0.0))
+
   def _row(self, eps: float, stats) -> dict[str, float]:
     return {'eps': float(eps), **self.task.summarize(stats), 'loss': float(stats['loss'].mean())}
 

@@ -29,7 +29,8 @@ def histogram(margins: np.ndarray, bins: int = 30) -> dict[str, list[float]]:
   return {'counts': counts.tolist(), 'edges': edges.tolist()}
 
 
-def _records(workdir: str) -> list[dict]:
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `workdir/metrics.jsonl` ([] when there is none)."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
@@ -40,7 +41,7 @@ def _records(workdir: str) -> list[dict]:
 def final_stats(workdir: str) -> dict[str, float]:
   """The margin statistics of the last logged training step of the run in `workdir` (with the
   step and the last step's enlarged and refined fractions); {} for runs without margins."""
-  train = [r for r in _records(workdir) if r.get('type') == 'train' and 'margin/mean' in r]
+  train = [r for r in read_metrics(workdir) if r.get('type') == 'train' and 'margin/mean' in r]
   if not train:
     return {}
   last = train[-1]
@@ -52,7 +53,7 @@ def plot(workdir: str, path: str) -> bool:
   """margins.png: the margin histogram at the end of each epoch, and the mean, median, p10-p90
   band and max of the margins against the training step. False (nothing written) when the run
   logged no margins."""
-  records = _records(workdir)
+  records = read_metrics(workdir)
   train = [r for r in records if r.get('type') == 'train' and 'margin/mean' in r]
   snapshots = [r for r in records if r.get('type') == 'margins']
   if not train:

@@ -11,7 +11,12 @@ one continues from its last checkpoint. AMAT's thresholds ξ come from the sweep
 
 Outputs: `DIR/summary.csv` (one row per model and curve), `DIR/summary.md` (the paper's Table 2:
 clean metric, metric at each noise level, mean over the grid, training seconds per epoch, and the
-gradient-masking checks) and `DIR/curves.png` (metric vs noise, one line per model).
+gradient-masking checks), `DIR/curves.png` (metric vs noise, one line per model) and
+`DIR/training.png` (learning curves when config.eval.every_epochs > 0; AMAT's mean margins).
+
+AMAT variants: `--xi_from=std,warmup` gives one AMAT run per source of ξ, and each
+`--amat_variant=refine=boundary,max_margin=12` one run per variant (and source), named after
+what it changes (e.g. `amat_refine-boundary_max_margin-12_xi-std`).
 
 Python API: `plan_runs(config, ...)` lists the runs, `run_sweep(config, workdir, ...)` trains and
 evaluates what is missing and writes the summary, `summarize(workdir)` rewrites the summary from
@@ -49,14 +54,52 @@ def _fmt(x: float) -> str:
   return f'{x:g}'
 
 
+XI_SOURCES = ('std', 'warmup')
+
+
+def parse_variant(text: str, method_config) -> dict:
+  """'refine=boundary,max_margin=12' → {'refine': 'boundary', 'max_margin': 12.0}: method keys,
+  each value read as the type of the key's default (ConfigError for unknown keys or values)."""
+  variant = {}
+  for item in filter(None, (t.strip() for t in text.split(','))):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if not sep or key not in method_config or key == 'name':
+      raise ConfigError(f'--amat_variant={text!r}: {item!r} is not <method key>=<value> with a key '
+                        f'of config.method (e.g. refine=boundary,max_margin=12).')
+    default = method_config[key]
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ('true', 'false'):
+          raise ValueError(value)
+        variant[key] = value.lower() == 'true'
+      else:
+        variant[key] = type(default)(value)
+    except ValueError:
+      raise ConfigError(f'--amat_variant={text!r}: {key}={value!r} is not a '
+                        f'{type(default).__name__}.') from None
+  return variant
+
+
+def _variant_suffix(variant: dict) -> tuple[str, str]:
+  """(folder suffix, label suffix) of an AMAT variant."""
+  folder = ''.join(f'_{k}-{_fmt(v) if isinstance(v, float) else v}' for k, v in variant.items())
+  label = ', '.join(f'{k}={_fmt(v) if isinstance(v, float) else v}' for k, v in variant.items())
+  return folder, label
+
+
 def plan_runs(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
               methods: Sequence[str] = ('std', 'sat', 'amat'),
-              xi_from_std: bool = True) -> list[Run]:
+              xi_from_std: bool = True, xi_sources: Sequence[str] | None = None,
+              amat_variants: Sequence[dict] = ({},)) -> list[Run]:
   """The runs of a sweep: `config` with only the method section changed per run, STD first.
 
   SAT gets one run per ε in `sat_eps`; AMAT keeps the config's Δε; the FGSM augmentations keep
   the config's `method.eps`. With `xi_from_std` (and STD in the sweep) AMAT measures ξ on the
-  sweep's STD model instead of warming up on its own.
+  sweep's STD model instead of warming up on its own. `xi_sources` (a subset of 'std',
+  'warmup') gives one AMAT run per source instead, and `amat_variants` (dicts of method keys, e.g.
+  {'refine': 'boundary'}) one per variant and source; with more than one, the folder and label
+  name each run's changes.
   """
   from robust_med import methods as methods_lib
   unknown = [m for m in methods if m not in methods_lib.METHODS]
@@ -82,14 +125,41 @@ def plan_runs(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
       c.method.eps = 0.0
       runs.append(Run('std', 'STD', c))
     elif method == 'amat':
-      if xi_from_std and 'std' in methods:
-        c.method.xi_source = 'checkpoint'
-        c.method.xi_checkpoint = os.path.abspath(os.path.join(workdir, 'std'))
-      runs.append(Run('amat', f'AMAT Δε={_fmt(c.method.delta_eps)}', c))
+      runs += _amat_runs(c, workdir, methods, xi_from_std, xi_sources, amat_variants)
     elif method in METHODS_WITH_EPS:
       runs.append(Run(f'{method}_eps{_fmt(c.method.eps)}', f'{method} ε={_fmt(c.method.eps)}', c))
     else:
       runs.append(Run(method, method, c))
+  return runs
+
+
+def _amat_runs(config, workdir: str, methods, xi_from_std: bool, xi_sources, variants) -> list[Run]:
+  if xi_sources is None:
+    xi_sources = ['std' if xi_from_std and 'std' in methods else '']  # '': the config's.
+  bad = [s for s in xi_sources if s not in XI_SOURCES + ('',)]
+  if bad:
+    raise ConfigError(f'--xi_from={",".join(xi_sources)}: use sources from {XI_SOURCES}.')
+  if 'std' in xi_sources and 'std' not in methods:
+    raise ConfigError("--xi_from=std needs STD in the sweep: add std to --methods.")
+  variants = list(variants) or [{}]
+  several = len(variants) > 1 or len(xi_sources) > 1
+  runs = []
+  for variant in variants:
+    for source in xi_sources:
+      c = _with_method(config, 'amat', **variant)
+      if source == 'std':
+        c.method.xi_source = 'checkpoint'
+        c.method.xi_checkpoint = os.path.abspath(os.path.join(workdir, 'std'))
+      elif source == 'warmup':
+        c.method.xi_source = 'warmup'
+      name, label = 'amat', f'AMAT Δε={_fmt(c.method.delta_eps)}'
+      if several:
+        folder, words = _variant_suffix(variant)
+        name += folder + (f'_xi-{source}' if len(xi_sources) > 1 else '')
+        words = [w for w in (words, {'std': 'ξ from STD', 'warmup': 'ξ from warm-up'}.get(source)
+                             if len(xi_sources) > 1 else '') if w]
+        label += f' ({"; ".join(words)})' if words else ''
+      runs.append(Run(name, label, c))
   return runs
 
 
@@ -110,11 +180,13 @@ def _shared_settings(config) -> dict:
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
               methods: Sequence[str] = ('std', 'sat', 'amat'), xi_from_std: bool = True,
+              xi_sources: Sequence[str] | None = None, amat_variants: Sequence[dict] = ({},),
               log: Callable[[str], None] = print) -> list[dict]:
   """Trains and evaluates every run of the sweep that has no report yet, then writes the
   summary. Returns the summary rows (see `summary_rows`)."""
   from robust_med import config_base, train
-  runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std)
+  runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std,
+                   xi_sources=xi_sources, amat_variants=amat_variants)
   for run in runs:
     config_base.validate(run.config)
   os.makedirs(workdir, exist_ok=True)
@@ -151,11 +223,7 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
 
 
 def _seconds_per_epoch(run_dir: str) -> float:
-  seconds = []
-  path = os.path.join(run_dir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      seconds = [r['seconds'] for r in map(json.loads, f) if r['type'] == 'epoch']
+  seconds = [r['seconds'] for r in margins_lib.read_metrics(run_dir) if r['type'] == 'epoch']
   return float(np.mean(seconds)) if seconds else float('nan')
 
 
@@ -203,7 +271,8 @@ def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list
 
 
 def summarize(workdir: str) -> list[dict]:
-  """Writes summary.csv, summary.md and curves.png from the finished runs; returns the rows."""
+  """Writes summary.csv, summary.md, curves.png and training.png from the finished runs; returns
+  the rows."""
   rows = summary_rows(workdir)
   if not rows:
     return rows
@@ -211,7 +280,51 @@ def summarize(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
     f.write(markdown(rows))
   plot(rows, os.path.join(workdir, 'curves.png'))
+  with open(os.path.join(workdir, PLAN_FILE)) as f:
+    runs = [(r['label'], os.path.join(workdir, r['name'])) for r in json.load(f)['runs']]
+  plot_training(runs, rows[0]['metric'], os.path.join(workdir, 'training.png'))
   return rows
+
+
+def plot_training(runs: Sequence[tuple[str, str]], metric: str, path: str) -> bool:
+  """training.png: the learning curves (clean `metric` on the evaluation split per epoch, from
+  config.eval.every_epochs) and the mean margin against the step (runs with margins, p10-p90
+  band), one line per run. False (nothing written) when no run logged either."""
+  logs = [(label, margins_lib.read_metrics(d)) for label, d in runs]
+  curves = [(label, [r for r in log if r.get('type') == 'val']) for label, log in logs]
+  margin = [(label, [r for r in log if r.get('type') == 'train' and 'margin/mean' in r])
+            for label, log in logs]
+  curves, margin = [c for c in curves if c[1]], [m for m in margin if m[1]]
+  if not curves and not margin:
+    return False
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from robust_med.evaluate import save_figure
+  panels = [p for p in (('curve', curves), ('margin', margin)) if p[1]]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+  for ax, (kind, series) in zip(axes[0], panels):
+    for label, recs in series:
+      if kind == 'curve':
+        ax.plot([r['epoch'] + 1 for r in recs], [r[metric] for r in recs], marker='o', ms=2,
+                label=label)
+      else:
+        steps = [r['step'] for r in recs]
+        line, = ax.plot(steps, [r['margin/mean'] for r in recs], label=label)
+        ax.fill_between(steps, [r['margin/p10'] for r in recs], [r['margin/p90'] for r in recs],
+                        color=line.get_color(), alpha=0.15)
+    if kind == 'curve':
+      split = series[0][1][0].get('split', 'val')
+      ax.set(xlabel='epoch', ylabel=f'clean {metric.upper()}',
+             title=f'learning curves ({split} split)')
+    else:
+      ax.set(xlabel='training step', ylabel='margin', title='mean margin (band: p10-p90)')
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  save_figure(fig, path)
+  return True
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -339,6 +452,11 @@ def main(argv=None) -> None:
   flags.DEFINE_list('methods', ['std', 'sat', 'amat'], 'Methods to compare.')
   flags.DEFINE_bool('xi_from_std', True, "AMAT's ξ from the sweep's STD model (else the config's "
                     'xi_source).')
+  flags.DEFINE_list('xi_from', [], "AMAT runs per source of ξ: std (the sweep's STD model), "
+                    'warmup (its own STD warm-up epochs), or both; overrides --xi_from_std.')
+  flags.DEFINE_multi_string('amat_variant', [], 'One AMAT run per use, with these method keys '
+                            'changed, e.g. --amat_variant=refine=paper '
+                            '--amat_variant=refine=boundary,max_margin=12.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
   @cli.guard
@@ -352,10 +470,12 @@ def main(argv=None) -> None:
     except ValueError:
       raise ConfigError(f'--sat_eps={",".join(f.sat_eps)} is not a list of numbers: use e.g. '
                         '--sat_eps=1,5,10,15.') from None
+    variants = [parse_variant(v, f.config.method) for v in f.amat_variant] or [{}]
     rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
-                     xi_from_std=f.xi_from_std, log=lambda s: print(s, file=sys.stderr))
+                     xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
+                     amat_variants=variants, log=lambda s: print(s, file=sys.stderr))
     print(markdown(rows) if rows else 'No finished runs.')
-    print(f'Done: {os.path.abspath(f.workdir)}/summary.md, summary.csv, curves.png')
+    print(f'Done: {os.path.abspath(f.workdir)}/summary.md, summary.csv, curves.png, training.png')
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)
 

@@ -165,6 +165,7 @@ class Trainer:
                  'data': self.task.data_signature(self.info)}
     os.makedirs(workdir, exist_ok=True)
     self.log = MetricsLog(workdir)
+    self._curve_evaluator = self._curve_data = None
 
   def fresh_state(self) -> TrainState:
     return init_state(self.model, self.tx, self.train_data['image'], num_train=self.num_train,
@@ -248,12 +249,27 @@ class Trainer:
       if skip == 0:
         self.log.write({'type': 'epoch', 'epoch': epoch, 'step': step,
                         'seconds': time.time() - t_epoch})
+      every = config.eval.every_epochs
+      if every and ((epoch + 1) % every == 0 or step == self.total_steps):
+        self.log_learning_curve(state.params, epoch, step)
       if self.method.uses_margins:  # A histogram snapshot of all margins per epoch.
         self.log.write({'type': 'margins', 'epoch': epoch, 'step': step,
                         **margins_lib.histogram(self.host_margins(state))})
     bar.close()
     mngr.close()
     return state
+
+  def log_learning_curve(self, params, epoch: int, step: int) -> None:
+    """Clean metrics on the evaluation subset (config.eval.max_samples of eval_split) as a 'val'
+    record: the learning curve that tells whether a run has reached its plateau."""
+    if self._curve_evaluator is None:
+      self._curve_evaluator = evaluate_lib.make_evaluator(self.task, self.model, self.mesh,
+                                                          self.config)
+      self._curve_data = evaluate_lib.evaluation_subset(self.eval_data,
+                                                        self.config.eval.max_samples)
+    row = self._curve_evaluator.clean(params, self._curve_data)
+    self.log.write({'type': 'val', 'epoch': epoch, 'step': step,
+                    'split': self.config.data.eval_split, **row})
 
   def host_margins(self, state: TrainState) -> np.ndarray:
     """All N training margins on the host (the padding to the device count dropped)."""

@@ -412,3 +412,58 @@ def test_synthetic_declares_a_test_split():
   with pytest.raises(DataError) as info:
     data.load_split(config, 'test2')
   _assert_one_line(info.value, "'test2'", 'test')
+
+
+# ----------------------------------------------------------------------------- tuning split
+
+
+def test_tune_split_is_carved_from_train_volumes(tmp_path):
+  cases = tuple(f'case_{i:02d}' for i in range(10))
+  root = make_msd(tmp_path / 'tiny', cases=cases,
+                  splits={'train': list(cases[:8]), 'val': list(cases[8:])})
+  splits = msd.available_splits(root, tune_fraction=0.25)
+  assert set(splits) == {'train', 'val', 'tune'}
+  assert len(splits['tune']) == 2 and len(splits['train']) == 6
+  assert sorted(splits['train'] + splits['tune']) == list(cases[:8])  # only training volumes,
+  assert splits['val'] == list(cases[8:])                              # val untouched,
+  assert splits == msd.available_splits(root, tune_fraction=0.25)      # and deterministic.
+  assert msd.available_splits(root) == {'train': list(cases[:8]), 'val': list(cases[8:])}
+  # Volume level: no case of the tune split contributes a slice to train.
+  config = ml_collections.ConfigDict({'name': 'msd', 'root': str(root), 'patch_size': (6, 5),
+                                      'tune_fraction': 0.25, 'train_split': 'train'})
+  assert data.split_names(config) == ('train', 'val', 'tune')
+  train, info_train = data.load_split(config, 'train')
+  tune, info_tune = data.load_split(config, 'tune')
+  assert not set(info_train.cases) & set(info_tune.cases)
+  assert set(info_tune.cases) == set(splits['tune'])
+
+
+@pytest.mark.parametrize('splits, kwargs, error, words', [
+    ({'train': ['case_a', 'case_b'], 'tune': ['case_c']}, dict(tune_fraction=0.5), DataError,
+     ["'tune'", 'tune_fraction=0']),
+    ({'trn': ['case_a', 'case_b'], 'val': ['case_c']}, dict(tune_fraction=0.5), DataError,
+     ["'train'", 'train_split']),
+    ({'train': ['case_a'], 'val': ['case_b', 'case_c']}, dict(tune_fraction=0.5), DataError,
+     ['empty']),
+    ({'train': ['case_a', 'case_b'], 'val': ['case_c']}, dict(tune_fraction=1.5), ConfigError,
+     ['tune_fraction']),
+])
+def test_bad_tune_settings_are_one_line(tmp_path, splits, kwargs, error, words):
+  root = make_msd(tmp_path / 'tiny', splits=splits)
+  with pytest.raises(error) as info:
+    msd.available_splits(root, **kwargs)
+  _assert_one_line(info.value, *words)
+
+
+def test_synthetic_tune_split_takes_its_share_of_train():
+  c = ml_collections.ConfigDict({'name': 'synthetic', 'num_train': 40, 'num_val': 8,
+                                 'patch_size': (16, 16), 'tune_fraction': 0.25})
+  assert data.split_names(c) == ('train', 'val', 'test', 'tune')
+  train, _ = data.load_split(c, 'train')
+  tune, _ = data.load_split(c, 'tune')
+  assert len(train['id']) == 30 and len(tune['id']) == 10
+  assert not np.allclose(train['image'][:10], tune['image'])
+  c.tune_fraction = 0.0
+  with pytest.raises(DataError) as info:
+    data.load_split(c, 'tune')
+  _assert_one_line(info.value, 'tune_fraction')

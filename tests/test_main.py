@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from robust_med import config_base
+from robust_med import config_base, presets
 from robust_med.errors import ConfigError
 
 from cli_helpers import CONFIG, REPO, TINY, error_line as _error_line, run as _run
@@ -131,5 +131,5 @@ def test_every_config_file_is_valid():
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for arg in ('', 'cpu', 'synthetic'):
+    for arg in presets.VARIANTS:
       config_base.validate(module.get_config(arg))

@@ -53,7 +53,8 @@ def _write_config(tmp_path) -> str:
       'from tiny import tiny_config\n\n\n'
       'def get_config():\n'
       "  c = tiny_config('amat', **{'mesh.num_devices': 1, 'eval.steps': 4,\n"
-      "                            'eval.noise_levels': (0.5, 1.0), 'num_epochs': 4})\n"
+      "                            'eval.noise_levels': (0.5, 1.0), 'num_epochs': 4,\n"
+      "                            'eval.every_epochs': 2})\n"
       '  return c\n')
   return str(path)
 
@@ -121,6 +122,12 @@ def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
   assert all((r['final_margin_mean'] != '') == (r['method'] == 'amat') for r in rows)
   assert all(m in md for m in models)
   assert (work / 'curves.png').stat().st_size > 5000
+  # Learning curves every 2nd epoch for every run, drawn with AMAT's margins in training.png.
+  for run in ('std', 'sat_eps0.5', 'sat_eps1', 'amat'):
+    curve = [r['epoch'] for r in map(json.loads, (work / run / 'metrics.jsonl').open())
+             if r['type'] == 'val']
+    assert curve == [1, 3], run
+  assert (work / 'training.png').stat().st_size > 5000
 
   # A third call finds everything done and only rewrites the summary.
   again = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=_env(), capture_output=True,
@@ -138,3 +145,56 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = proc.stderr.strip().splitlines()[-1]
   assert line.startswith('error: ') and 'other settings' in line and 'eval' in line
+
+
+def test_amat_variants_and_xi_sources_give_one_run_each():
+  config = tiny_config('amat')
+  variants = [sweep.parse_variant('refine=paper', config.method),
+              sweep.parse_variant('refine=boundary, max_margin=12', config.method)]
+  assert variants[1] == {'refine': 'boundary', 'max_margin': 12.0}
+  runs = sweep.plan_runs(config, '/tmp/sw', methods=('std', 'amat'), xi_sources=('std', 'warmup'),
+                         amat_variants=variants)
+  assert [r.name for r in runs] == [
+      'std', 'amat_refine-paper_xi-std', 'amat_refine-paper_xi-warmup',
+      'amat_refine-boundary_max_margin-12_xi-std', 'amat_refine-boundary_max_margin-12_xi-warmup']
+  assert len({r.label for r in runs}) == 5
+  m = {r.name: r.config.method for r in runs}
+  assert m['amat_refine-boundary_max_margin-12_xi-std'].max_margin == 12.0
+  assert m['amat_refine-boundary_max_margin-12_xi-std'].refine == 'boundary'
+  assert m['amat_refine-paper_xi-std'].max_margin == config.method.max_margin
+  assert m['amat_refine-paper_xi-std'].xi_checkpoint == '/tmp/sw/std'
+  assert m['amat_refine-paper_xi-warmup'].xi_source == 'warmup'
+  for r in runs:
+    assert sweep._shared_settings(r.config) == sweep._shared_settings(config)
+  # One variant and one source keep the plain name.
+  assert [r.name for r in sweep.plan_runs(config, '/tmp/sw', methods=('std', 'amat'))] == [
+      'std', 'amat']
+
+
+@pytest.mark.parametrize('text, words', [
+    ('refine', ['refine']), ('bogus=1', ['bogus']), ('max_margin=big', ['max_margin', 'float']),
+    ('adv_only_correct=maybe', ['adv_only_correct']), ('name=sat', ['name=sat']),
+])
+def test_bad_amat_variants_are_refused(text, words):
+  with pytest.raises(ConfigError) as e:
+    sweep.parse_variant(text, tiny_config('amat').method)
+  assert all(w in str(e.value) for w in words) and '\n' not in str(e.value)
+
+
+def test_xi_from_std_needs_std_in_the_sweep():
+  with pytest.raises(ConfigError) as e:
+    sweep.plan_runs(tiny_config('amat'), '/tmp/sw', methods=('amat',), xi_sources=('std',))
+  assert 'std' in str(e.value)
+
+
+def test_training_plot_needs_curves_or_margins(tmp_path):
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'metrics.jsonl').write_text(json.dumps({'type': 'epoch', 'epoch': 0, 'seconds': 1}) + '\n')
+  assert not sweep.plot_training([('STD', str(run))], 'adi', str(tmp_path / 't.png'))
+  assert not (tmp_path / 't.png').exists()
+  with (run / 'metrics.jsonl').open('a') as f:
+    for e in range(3):
+      f.write(json.dumps({'type': 'val', 'epoch': e, 'step': e, 'adi': 0.1 * e}) + '\n')
+  assert sweep.plot_training([('STD', str(run))], 'adi', str(tmp_path / 't.png'))
+  assert (tmp_path / 't.png').stat().st_size > 3000

@@ -1,5 +1,6 @@
 """The sharded train step, AMAT's margins in the state, checkpoints and resume."""
 
+import json
 import os
 import shutil
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from robust_med import checkpointing, train
+from robust_med import checkpointing, evaluate, train
 from robust_med.errors import UserError
 from tiny import tiny_config
 
@@ -124,3 +125,21 @@ def test_augmentation_methods_train(tmp_path, method):
   lines = (tmp_path / 'metrics.jsonl').read_text()
   attack = 'inverse_fgsm' if method == 'inverse_fgsm_aug' else 'fgsm'
   assert f'"{attack}/ce"' in lines
+
+
+def test_learning_curve_records_clean_validation_metrics(tmp_path):
+  config = tiny_config('std', **{'eval.every_epochs': 2, 'eval.max_samples': 8})
+  trainer, state = _train(config, tmp_path / 'std')
+  records = [json.loads(line) for line in open(tmp_path / 'std' / 'metrics.jsonl')]
+  curve = [r for r in records if r['type'] == 'val']
+  # Every 2nd epoch, and always after the last one.
+  assert [r['epoch'] for r in curve] == [1, 2]
+  assert curve[-1]['step'] == trainer.total_steps and curve[-1]['split'] == 'val'
+  metric = trainer.task.primary_metric
+  evaluator = evaluate.make_evaluator(trainer.task, trainer.model, trainer.mesh, config)
+  subset = evaluate.evaluation_subset(trainer.eval_data, 8)
+  expected = evaluator.clean(state.params, subset)
+  assert curve[-1][metric] == pytest.approx(expected[metric], abs=1e-6)
+  assert curve[-1]['loss'] == pytest.approx(expected['loss'], rel=1e-5)
+  off = [json.loads(line) for line in open(_train(tiny_config('std'), tmp_path / 'off')[0].log.path)]
+  assert not any(r['type'] == 'val' for r in off)

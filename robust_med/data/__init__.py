@@ -39,16 +39,28 @@ def _required(data_config: Any, key: str) -> Any:
   return value
 
 
+def _synthetic_tune_size(data_config: Any) -> int:
+  """Samples of the synthetic 'tune' split: data.tune_fraction of num_train (0 = no such split)."""
+  fraction = float(data_config.get('tune_fraction', 0.0) or 0.0)
+  return round(fraction * int(data_config.get('num_train', 0) or 0)) if fraction else 0
+
+
 def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
-  """Synthetic phantoms: train, val and test use data.seed + 0, 1, 2; test has num_val samples."""
-  if split not in SYNTHETIC_SPLITS:
+  """Synthetic phantoms: train, val and test use data.seed + 0, 1, 2; test has num_val samples.
+  With data.tune_fraction > 0, 'tune' (seed + 3) takes that fraction of num_train from train."""
+  if split not in SYNTHETIC_SPLITS + ('tune',):
     raise DataError(f'unknown split {split!r}: the synthetic dataset has the splits '
                     f'{list(SYNTHETIC_SPLITS)}')
-  num = int(_required(data_config, 'num_train' if split == 'train' else 'num_val'))
+  tune = _synthetic_tune_size(data_config)
+  if split == 'tune' and not tune:
+    raise DataError("unknown split 'tune': set data.tune_fraction > 0 to carve it from the "
+                    f'synthetic training split (splits: {list(SYNTHETIC_SPLITS)})')
+  num = int(_required(data_config, 'num_train' if split in ('train', 'tune') else 'num_val'))
+  num = {'train': num - tune, 'tune': tune}.get(split, num)
   patch_size = tuple(int(s) for s in data_config.get('patch_size', (64, 64)))
   num_classes = int(data_config.get('num_classes', 3))
   channels = int(data_config.get('channels', 1))
-  seed = int(data_config.get('seed', 0)) + SYNTHETIC_SPLITS.index(split)
+  seed = int(data_config.get('seed', 0)) + (SYNTHETIC_SPLITS + ('tune',)).index(split)
   arrays = make_phantoms(num, patch_size=patch_size, num_classes=num_classes,
                          channels=channels, seed=seed)
   arrays['case_index'] = arrays['id'].copy()
@@ -70,7 +82,13 @@ def _load_msd(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Segm
       foreground_only=bool(data_config.get('foreground_only', True)),
       val_fraction=float(data_config.get('val_fraction', 0.2)),
       max_volumes=max_volumes or None,
-      resize=bool(data_config.get('resize', False)))
+      resize=bool(data_config.get('resize', False)),
+      **_tune(data_config))
+
+
+def _tune(data_config: Any) -> dict:
+  return {'tune_fraction': float(data_config.get('tune_fraction', 0.0) or 0.0),
+          'tune_from': str(data_config.get('train_split', 'train'))}
 
 
 def _dataset_name(data_config: Any) -> str:
@@ -84,9 +102,9 @@ def _dataset_name(data_config: Any) -> str:
 def split_names(data_config: Any) -> tuple[str, ...]:
   """The splits the dataset declares (for MSD: the lists in splits.json, else train/val)."""
   if _dataset_name(data_config) == 'synthetic':
-    return SYNTHETIC_SPLITS
+    return SYNTHETIC_SPLITS + (('tune',) if _synthetic_tune_size(data_config) else ())
   return tuple(available_splits(data_config.get('root', None),
-                                float(data_config.get('val_fraction', 0.2))))
+                                float(data_config.get('val_fraction', 0.2)), **_tune(data_config)))
 
 
 def load_split(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:

@@ -178,21 +178,50 @@ def _read_splits(path: Path, cases: Sequence[str]) -> dict[str, list[str]]:
   return {name: sorted(members) for name, members in named.items()}
 
 
-def available_splits(root: str | os.PathLike, val_fraction: float = 0.2) -> dict[str, list[str]]:
+def carve_tune(splits: dict[str, list[str]], tune_fraction: float,
+               tune_from: str = 'train') -> dict[str, list[str]]:
+  """`splits` with a 'tune' split carved from `tune_from`: the first `tune_fraction` of its cases
+  in sha1 order (the hash rule), removed from `tune_from`. Hyper-parameters chosen on 'tune' never
+  see the validation or test volumes. `tune_fraction` = 0 leaves `splits` unchanged."""
+  if not tune_fraction:
+    return splits
+  if not 0 < tune_fraction < 1:
+    raise ConfigError(f'data.tune_fraction = {tune_fraction} is outside [0, 1): use e.g. 0.2, or '
+                      '0 for no tuning split')
+  if 'tune' in splits:
+    raise DataError(f"the folder already declares a 'tune' split: set data.tune_fraction=0 to use "
+                    'it, or rename it in splits.json')
+  if tune_from not in splits:
+    raise DataError(f'cannot carve a tuning split from {tune_from!r}: the folder declares '
+                    f'{sorted(splits)}; set data.train_split to one of them')
+  carved = hash_split(splits[tune_from], tune_fraction)
+  if not carved['val'] or not carved['train']:
+    raise DataError(f'data.tune_fraction = {tune_fraction} of the {len(splits[tune_from])} '
+                    f'{tune_from!r} volumes leaves an empty split: pick a fraction that keeps at '
+                    'least one volume on each side')
+  return {**splits, tune_from: carved['train'], 'tune': carved['val']}
+
+
+def available_splits(root: str | os.PathLike, val_fraction: float = 0.2, *,
+                     tune_fraction: float = 0.0, tune_from: str = 'train') -> dict[str, list[str]]:
   """Every split the folder declares, {name: sorted case names}: the lists in splits.json when
-  present, else train/val by the hash rule."""
+  present, else train/val by the hash rule; plus 'tune' (carved from `tune_from`) when
+  `tune_fraction` > 0."""
   path = _root_dir(root)
   cases = list(_case_files(read_msd_info(path), path))
   splits_path = path / 'splits.json'
   if splits_path.is_file():
-    return _read_splits(splits_path, cases)
-  return hash_split(cases, val_fraction)
+    splits = _read_splits(splits_path, cases)
+  else:
+    splits = hash_split(cases, val_fraction)
+  return carve_tune(splits, tune_fraction, tune_from)
 
 
-def split_cases(root: str | os.PathLike, split: str, val_fraction: float = 0.2) -> list[str]:
+def split_cases(root: str | os.PathLike, split: str, val_fraction: float = 0.2, *,
+                tune_fraction: float = 0.0, tune_from: str = 'train') -> list[str]:
   """Case names (sorted) of `split`, from splits.json if present, else the hash rule."""
   path = _root_dir(root)
-  splits = available_splits(path, val_fraction)
+  splits = available_splits(path, val_fraction, tune_fraction=tune_fraction, tune_from=tune_from)
   splits_path = path / 'splits.json'
   source = splits_path if splits_path.is_file() else f'the hash rule (val_fraction={val_fraction})'
   if split not in splits:
@@ -302,13 +331,15 @@ def _check_settings(patch_size: tuple[int, ...], slice_axis: int,
 def load_msd_slices(root: str | os.PathLike, split: str, *,
                     patch_size: Sequence[int] = (64, 64), slice_axis: int = 2,
                     foreground_only: bool = True, val_fraction: float = 0.2,
-                    max_volumes: int | None = None,
-                    resize: bool = False) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+                    max_volumes: int | None = None, resize: bool = False,
+                    tune_fraction: float = 0.0,
+                    tune_from: str = 'train') -> tuple[dict[str, np.ndarray], SegmentationInfo]:
   """Loads one split as 2-D slices.
 
   Returns ({'image': float32 (N, H, W, C), 'label': int32 (N, H, W), 'id': int32 arange(N),
   'case_index': int32, 'slice_index': int32}, info). Records are ordered by (case name, slice
-  index); `max_volumes` (None or 0 = all) keeps the first k cases by name.
+  index); `max_volumes` (None or 0 = all) keeps the first k cases by name. `tune_fraction` > 0
+  carves a 'tune' split from `tune_from` first (see `carve_tune`).
   """
   patch_size = tuple(int(s) for s in patch_size)
   _check_settings(patch_size, slice_axis, max_volumes)
@@ -317,7 +348,8 @@ def load_msd_slices(root: str | os.PathLike, split: str, *,
   files = _case_files(info, path)
   class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
   channels = len(info['modality'])
-  cases = split_cases(path, split, val_fraction)[:max_volumes or None]
+  cases = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
+                      tune_from=tune_from)[:max_volumes or None]
   images, labels, case_index, slice_index = [], [], [], []
   for index, case in enumerate(cases):
     image, label = _load_case(case, files[case], class_names, channels)
