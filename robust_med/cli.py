@@ -90,8 +90,9 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   from robust_med import config_base
   with open(path) as f:
     saved = json.load(f)
-  # Keys added to robust_med after the run was made take their defaults.
-  config = config_base.base_config()
+  # Keys added to robust_med after the run was made take their defaults (the head's included).
+  task = saved.get('task', 'segmentation') if isinstance(saved, dict) else 'segmentation'
+  config = config_base.task_config(task)
   flat = config_base.flat_keys(ml_collections.ConfigDict(saved))
   unknown = sorted(set(flat) - set(config_base.flat_keys(config)))
   if unknown:

@@ -113,6 +113,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def task_config(task: str) -> ml_collections.ConfigDict:
+  """`base_config()` for the head `task`, with the head's own keys (`Task.default_config`) added."""
+  from robust_med.tasks import get_task_class  # Local import keeps this module light.
+  c = base_config()
+  c.task = task
+  for section, values in get_task_class(task).default_config().items():
+    if section not in c:
+      c[section] = ml_collections.ConfigDict()
+    for key, value in values.items():
+      c[section][key] = value
+  return c
+
+
 def flat_keys(c, prefix='') -> dict:
   """{'a.b.c': value} for every leaf of a ConfigDict."""
   out = {}
@@ -128,12 +141,15 @@ def flat_keys(c, prefix='') -> dict:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` (one line: problem and fix) for unknown keys and impossible values."""
   from robust_med import attacks, methods  # Local import keeps this module light.
-  known = flat_keys(base_config())
+  from robust_med.tasks import get_task_class
+  task = get_task_class(config.task)
+  known = flat_keys(task_config(config.task))
   given = flat_keys(config)
   unknown = sorted(set(given) - set(known))
   if unknown:
     raise ConfigError(f'Unknown config key(s) {", ".join(unknown)}: check the spelling; the known '
-                      f'keys and their defaults are in robust_med/config_base.py.')
+                      f'keys and their defaults are in robust_med/config_base.py and the '
+                      f'default_config() of the {config.task!r} head.')
 
   def need(ok: bool, message: str) -> None:
     if not ok:
@@ -200,3 +216,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(all(s % 2 ** (config.model.depth - 1) == 0 for s in config.data.patch_size),
        f'config.data.patch_size = {tuple(config.data.patch_size)} must be divisible by '
        f'2^(depth-1) = {2 ** (config.model.depth - 1)} for the U-Net to restore its size.')
+  task.check_config(config)

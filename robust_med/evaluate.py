@@ -389,6 +389,11 @@ def write_report(workdir: str, report: dict) -> None:
   write_json(os.path.join(workdir, 'robustness.json'), report)
 
 
+def metric_label(metric: str, higher_is_better: bool = True) -> str:
+  """A metric's name for axes and tables, with its direction: 'MRE_MM (lower is better)'."""
+  return f'{metric.upper()} ({"higher" if higher_is_better else "lower"} is better)'
+
+
 def plot_curve(report: dict, path: str) -> None:
   """Metric vs noise level: every attack's curve, the worst case, and random noise if checked."""
   import matplotlib
@@ -409,7 +414,7 @@ def plot_curve(report: dict, path: str) -> None:
     ax.plot([r['eps'] for r in rows], ys, marker='o', ms=3, label=name,
             **styles.get(name, {}))
   ax.set_xlabel(f'noise level ε ({norm} norm)')
-  ax.set_ylabel(metric.upper())
+  ax.set_ylabel(metric_label(metric, report.get('higher_is_better', True)))
   if report.get('higher_is_better', True) and values and 0 <= min(values) and max(values) <= 1:
     ax.set_ylim(0, 1.0)
   failed = [c['name'] for c in report.get('checks', []) if not c['passed']]

@@ -367,7 +367,9 @@ def markdown(rows: list[dict]) -> str:
   metric, levels = rows[0]['metric'], list(rows[0]['by_eps'])
   curves = list(dict.fromkeys(r['curve'] for r in rows))
   curves.sort(key=lambda c: c != 'worst-case')
-  lines = [f'# {metric.upper()} under attack', '',
+  from robust_med.evaluate import metric_label
+  label = metric_label(metric, report.get('higher_is_better', True))
+  lines = [f'# {label} under attack', '',
            f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
            f'({report.get("split", "val")} split{_root(report)}), noise levels in the '
            f'{report["attack"]["norm"].upper()} norm. Attacks:', '']
@@ -433,7 +435,9 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title(f'{curve}', fontsize=10)
     ax.set_xlabel(f'noise level ε ({norm})')
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel(metric.upper())
+  from robust_med.evaluate import metric_label
+  axes[0][0].set_ylabel(metric_label(
+      metric, rows[0]['report'].get('higher_is_better', True)))
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

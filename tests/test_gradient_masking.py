@@ -162,6 +162,13 @@ def test_checks_follow_the_metric_direction():
   bad = check({'pgd': [2.0, 10.0, 8.0]}, weak=[2.0, 12.0, 25.0], random=[2.0, 3.0, 40.0],
               huge=20.0, higher_is_better=False, floor=100.0)
   assert not any(bad.values())
+  # An error past the useless model's passes (the check is one-sided); short of it fails.
+  past = check({'pgd': [2.0, 10.0, 30.0]}, weak=[2.0, 8.0, 25.0], random=[2.0, 3.0, 4.0],
+               huge=180.0, higher_is_better=False, floor=100.0)
+  assert past['huge_eps_reaches_floor']
+  short = check({'pgd': [2.0, 10.0, 30.0]}, weak=[2.0, 8.0, 25.0], random=[2.0, 3.0, 4.0],
+                huge=85.0, higher_is_better=False, floor=100.0)
+  assert not short['huge_eps_reaches_floor']
 
 
 def test_auto_huge_eps_scales_with_the_data():

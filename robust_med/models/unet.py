@@ -8,6 +8,7 @@ margins rely on (batch norm would let one sample's noise change another's predic
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -42,17 +43,47 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    skips = []
-    for level, f in enumerate(self.features):
-      x = ConvBlock(f, strides=1 if level == 0 else 2)(x)
-      x = ConvBlock(f)(x)
-      skips.append(x)
-    for f, skip in zip(reversed(self.features[:-1]), reversed(skips[:-1])):
-      x = nn.ConvTranspose(f, (2, 2), strides=(2, 2))(x)
-      x = jax.numpy.concatenate([x, skip], axis=-1)
-      x = ConvBlock(f)(x)
-      x = ConvBlock(f)(x)
-    return nn.Conv(self.num_classes, (1, 1))(x)
+    return nn.Conv(self.num_classes, (1, 1))(unet_trunk(x, self.features))
+
+
+def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
+  """The encoder-decoder body shared by every U-Net here: full-resolution features of width
+  `features[0]`. Called inside a compact `__call__`, its layers belong to the calling module (so a
+  plain U-Net's parameter names do not change)."""
+  skips = []
+  for level, f in enumerate(features):
+    x = ConvBlock(f, strides=1 if level == 0 else 2)(x)
+    x = ConvBlock(f)(x)
+    skips.append(x)
+  for f, skip in zip(reversed(features[:-1]), reversed(skips[:-1])):
+    x = nn.ConvTranspose(f, (2, 2), strides=(2, 2))(x)
+    x = jax.numpy.concatenate([x, skip], axis=-1)
+    x = ConvBlock(f)(x)
+    x = ConvBlock(f)(x)
+  return x
+
+
+class MultiTaskUNet(nn.Module):
+  """The Multi-Task U-Net of Yao et al. (MICCAI 2020) for landmark detection: one shared
+  encoder-decoder and three 1×1 heads, returning a dict of (B, H, W, num_landmarks) arrays:
+  'heatmap' (logits of "this pixel lies within r of the landmark"), 'offset_x' and 'offset_y'
+  (landmark − pixel, in units of r)."""
+  num_landmarks: int
+  features: Sequence[int] = (16, 32, 64, 128)
+  #: Initial heatmap probability everywhere (the bias of the heatmap head, as in RetinaNet's
+  #: prior): a disk covers ~1% of the image, and starting at 0.5 everywhere makes the first
+  #: hundreds of steps spend themselves on turning the background off.
+  heatmap_prior: float = 0.01
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    x = unet_trunk(x, self.features)
+    prior = math.log(self.heatmap_prior / (1 - self.heatmap_prior))
+    out = {'heatmap': nn.Conv(self.num_landmarks, (1, 1), name='heatmap',
+                              bias_init=nn.initializers.constant(prior))(x)}
+    for name in ('offset_x', 'offset_y'):
+      out[name] = nn.Conv(self.num_landmarks, (1, 1), name=name)(x)
+    return out
 
 
 def unet_features(base_width: int, depth: int, max_width: int = 320) -> tuple[int, ...]:

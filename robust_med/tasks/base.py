@@ -31,6 +31,19 @@ class Task(abc.ABC):
   #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
   loss_term_names: tuple[str, ...] = ()
 
+  @classmethod
+  def default_config(cls) -> dict[str, dict[str, Any]]:
+    """The head's own config keys and their defaults, by section, e.g.
+    ``{'data': {'annotation': 'mean'}, 'landmarks': {'radius': 10}}``. `config_base.task_config`
+    adds them to the base keys, and `config_base.validate` accepts them (a section may be new).
+    Default: none."""
+    return {}
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """Raises `ConfigError` (one line: problem and fix) for values of the head's keys that cannot
+    work. Called by `config_base.validate` after the generic checks. Default: nothing to check."""
+
   def __init__(self, config):
     self.config = config
     # A head imported by its dotted path (config.task = 'mypkg.heads.blobs') may leave `name`
