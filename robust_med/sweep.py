@@ -368,7 +368,8 @@ def markdown(rows: list[dict]) -> str:
   curves = list(dict.fromkeys(r['curve'] for r in rows))
   curves.sort(key=lambda c: c != 'worst-case')
   from robust_med.evaluate import metric_label
-  label = metric_label(metric, report.get('higher_is_better', True))
+  label = (metric_label(metric, report.get('higher_is_better', True))
+           if metric == report['metric'] else metric.upper())  # The direction is the primary's.
   lines = [f'# {label} under attack', '',
            f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
            f'({report.get("split", "val")} split{_root(report)}), noise levels in the '
@@ -436,8 +437,9 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xlabel(f'noise level ε ({norm})')
     ax.grid(alpha=0.3)
   from robust_med.evaluate import metric_label
-  axes[0][0].set_ylabel(metric_label(
-      metric, rows[0]['report'].get('higher_is_better', True)))
+  report = rows[0]['report']
+  axes[0][0].set_ylabel(metric_label(metric, report.get('higher_is_better', True))
+                        if metric == report['metric'] else metric.upper())
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

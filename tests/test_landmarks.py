@@ -57,7 +57,7 @@ def test_encode_then_decode_recovers_sub_pixel_landmarks(decoder):
   points = np.stack([rng.uniform(0, size[1] - 1, (4, 6)), rng.uniform(0, size[0] - 1, (4, 6))], -1)
   points[0, 0] = (0.2, 0.3)  # At the border the disk is cut; its pixels still point right.
   outputs = perfect_outputs(points, size, radius)
-  decode = (lambda o: lm.decode_vote(o, radius, 0.5)) if decoder == 'vote' else (
+  decode = (lambda o: lm.decode_vote(o, radius)) if decoder == 'vote' else (
       lambda o: lm.decode_argmax(o, radius))
   decoded = np.asarray(jax.jit(decode)(outputs))
   assert decoded.shape == (4, 6, 2)
@@ -74,12 +74,35 @@ def test_targets_are_disks_with_offsets_pointing_at_the_landmark():
   np.testing.assert_allclose(np.asarray(t['offset_y'][0, ..., 0]), disk * (6 - yy) / 3.0)
 
 
+def test_votes_are_weighted_by_probability_and_thresholded():
+  size, radius = (32, 32), 4.0
+  points = np.array([[[20.3, 11.6], [8.0, 25.0]]], np.float32)
+  outputs = dict(perfect_outputs(points, size, radius))
+  # Landmark 2: its disk is unsure (p ≈ 0.27) and a second, wrong disk just as large is less sure
+  # (p ≈ 0.12): weighted votes pick the right one; above a 0.5 threshold nothing votes and the
+  # decoder falls back to argmax + offset, which is still right.
+  wrong = lm.encode(jnp.asarray([[[24.0, 26.0]]]), size, radius)
+  heat = jnp.where(outputs['heatmap'][..., 1] > 0, -1.0, -10.0)
+  heat = jnp.where(wrong['disk'][..., 0] > 0, -2.0, heat)
+  outputs['heatmap'] = outputs['heatmap'].at[..., 1].set(heat)
+  outputs['offset_x'] = outputs['offset_x'].at[..., 1].add(wrong['offset_x'][..., 0])
+  outputs['offset_y'] = outputs['offset_y'].at[..., 1].add(wrong['offset_y'][..., 0])
+  for threshold in (0.0, 0.5):
+    decoded = np.asarray(lm.decode_vote(outputs, radius, threshold))
+    np.testing.assert_allclose(decoded, points, atol=1e-3)
+  # Unweighted, the two disks tie; weighted by 0.27 vs 0.12 the right one wins clearly.
+  outputs['heatmap'] = outputs['heatmap'].at[..., 1].set(
+      jnp.where(wrong['disk'][..., 0] > 0, 0.5, heat))  # Now the wrong disk is surer.
+  np.testing.assert_allclose(np.asarray(lm.decode_vote(outputs, radius))[0, 1], (24.0, 26.0),
+                             atol=1e-3)
+
+
 def test_vote_decoder_ignores_a_stray_hot_pixel_that_argmax_picks():
   size, radius = (32, 32), 4.0
   points = np.array([[[20.3, 11.6]]], np.float32)
   outputs = dict(perfect_outputs(points, size, radius))
   outputs['heatmap'] = outputs['heatmap'].at[0, 2, 3, 0].set(30.0)  # One confident wrong pixel.
-  vote = np.asarray(lm.decode_vote(outputs, radius, 0.5))[0, 0]
+  vote = np.asarray(lm.decode_vote(outputs, radius))[0, 0]
   argmax = np.asarray(lm.decode_argmax(outputs, radius))[0, 0]
   np.testing.assert_allclose(vote, points[0, 0], atol=1e-4)
   np.testing.assert_allclose(argmax, (3.0, 2.0), atol=1e-4)

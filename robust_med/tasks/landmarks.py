@@ -10,9 +10,13 @@ Loss terms, each per sample (B,) — AMAT keeps one ξ per term:
 * `offset_x`, `offset_y`: L1 error of the offset maps, averaged over the pixels inside the disks.
 
 Decoding (`landmarks.decoder`), jitted and batched:
-* 'vote' (Yao et al.): every pixel whose heatmap probability exceeds `landmarks.vote_threshold`
-  votes at pixel + r·offset; the landmark is the vote map's argmax, refined to the mean of the
-  votes that fell into that pixel (sub-pixel). With no pixel above the threshold: as 'argmax'.
+* 'vote' (after Yao et al.): every pixel votes at pixel + r·offset, weighted by its heatmap
+  probability (with `landmarks.vote_threshold` > 0 only pixels above it vote); the landmark is the
+  vote map's argmax, refined to the weighted mean of the votes that fell into that pixel
+  (sub-pixel). With no vote at all: as 'argmax'. Yao et al.'s code lets the π r² most probable
+  pixels vote unweighted; on the validation split of two 40-epoch STD models (96×80, experiments/
+  README.md) weighted voting gave MRE 2.46 mm (Dice) and 8.84 mm (BCE) against 4.14 and 15.6 for
+  the top-π r² rule and 2.46 and 28.3 for pixels above probability 0.5.
 * 'argmax': the heatmap's most probable pixel plus r·offset there.
 Predictions are mapped to full-resolution pixels (`to_full`, per axis) and then to mm (`spacing`).
 
@@ -94,14 +98,17 @@ def decode_argmax(outputs: Mapping[str, jax.Array], radius: float) -> jax.Array:
 
 
 def decode_vote(outputs: Mapping[str, jax.Array], radius: float,
-                threshold: float = 0.5) -> jax.Array:
-  """(B, L, 2) landmarks by offset voting (see the module docstring)."""
+                threshold: float = 0.0) -> jax.Array:
+  """(B, L, 2) landmarks by offset voting (see the module docstring): every pixel (above
+  `threshold` in probability, when it is > 0) votes at pixel + r·offset with its heatmap
+  probability as the weight."""
   b, h, w, l = outputs['heatmap'].shape
   flat = lambda a: jnp.moveaxis(a, -1, 1).reshape(b, l, h * w)
   x, y = (c.reshape(1, 1, h * w) for c in pixel_grid(h, w))
   vx = x + radius * flat(outputs['offset_x'])
   vy = y + radius * flat(outputs['offset_y'])
-  votes = (jax.nn.sigmoid(flat(outputs['heatmap'])) > threshold).astype(jnp.float32)
+  prob = jax.nn.sigmoid(flat(outputs['heatmap']))
+  votes = jnp.where(prob > threshold, prob, 0.0) if threshold > 0 else prob
   bx = jnp.clip(jnp.round(vx), 0, w - 1).astype(jnp.int32)
   by = jnp.clip(jnp.round(vy), 0, h - 1).astype(jnp.int32)
   cell = by * w + bx                                                   # (B, L, H·W)
@@ -109,10 +116,10 @@ def decode_vote(outputs: Mapping[str, jax.Array], radius: float,
   vote_map = jnp.zeros((b * l, h * w), jnp.float32).at[rows, cell].add(votes)
   winner = jnp.argmax(vote_map.reshape(b, l, h * w), axis=-1)          # (B, L)
   chosen = votes * (cell == winner[..., None])
-  count = jnp.maximum(jnp.sum(chosen, axis=-1), 1.0)
+  weight = jnp.sum(chosen, axis=-1)
+  count = jnp.maximum(weight, 1e-12)
   voted = jnp.stack([jnp.sum(chosen * vx, -1) / count, jnp.sum(chosen * vy, -1) / count], -1)
-  any_vote = (jnp.sum(votes, axis=-1) > 0)[..., None]
-  return jnp.where(any_vote, voted, decode_argmax(outputs, radius))
+  return jnp.where((weight > 0)[..., None], voted, decode_argmax(outputs, radius))
 
 
 def radial_errors_mm(pred: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
@@ -157,7 +164,7 @@ class Task(base.Task):
             'heatmap_loss': 'dice',    # 'dice' | 'bce' (Ma & Liang: Dice is far more robust)
             'heatmap_weight': 2.0,     # weight of the heatmap term (Yao et al.'s λ = 2)
             'decoder': 'vote',         # 'vote' | 'argmax'
-            'vote_threshold': 0.5,     # heatmap probability above which a pixel votes
+            'vote_threshold': 0.0,     # > 0: only pixels above this heatmap probability vote
         },
     }
 
@@ -169,9 +176,9 @@ class Task(base.Task):
                         f'{HEATMAP_LOSSES}.')
     if lm.decoder not in DECODERS:
       raise ConfigError(f'config.landmarks.decoder = {lm.decoder!r}: use one of {DECODERS}.')
-    if not 0 < lm.vote_threshold < 1:
+    if not 0 <= lm.vote_threshold < 1:
       raise ConfigError(f'config.landmarks.vote_threshold = {lm.vote_threshold} is outside '
-                        '(0, 1): it is a heatmap probability, e.g. 0.5.')
+                        '[0, 1): it is a heatmap probability, e.g. 0.5, or 0 for none.')
     if lm.radius <= 0 or lm.heatmap_weight <= 0:
       raise ConfigError(f'config.landmarks.radius = {lm.radius} and heatmap_weight = '
                         f'{lm.heatmap_weight} must both be > 0.')
