@@ -7,6 +7,8 @@ Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/p
 
 from robust_med import presets
 
+VARIANTS = presets.CEPH_VARIANTS  # What may follow the colon.
+
 
 def get_config(arg: str = ''):
   return presets.ceph_config('sat', arg)

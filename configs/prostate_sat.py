@@ -6,6 +6,8 @@
 
 from robust_med import presets
 
+VARIANTS = presets.VARIANTS  # What may follow the colon.
+
 
 def get_config(arg: str = ''):
   return presets.msd_config('prostate', 'sat', arg)
