@@ -198,7 +198,7 @@ class APGDSettings:
             'step_size': (f'adaptive: 2*eps halved at checkpoints (rho={self.rho}, '
                           f'momentum={self.momentum})'),
             'restarts': self.restarts, 'random_start': self.random_start,
-            'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}
+            'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
 
 
 def apgd(loss_fn: LossFn,

@@ -330,7 +330,7 @@ class PGDSettings:
     return {'name': f'pgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
             'step_size': f'{self.step_size_factor}*eps/{self.steps}', 'restarts': 1,
             'random_start': self.random_start,
-            'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}
+            'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,4 +356,4 @@ class RandomNoise:
   def describe(self) -> dict[str, Any]:
     return {'name': 'random-noise', 'norm': self.norm, 'steps': 0, 'step_size': 'none',
             'restarts': 1, 'random_start': True,
-            'data_range': list(self.clip) if self.clip else 'unbounded (z-scored inputs)'}
+            'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}

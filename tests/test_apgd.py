@@ -248,4 +248,4 @@ def test_describe_and_from_config():
       'step_size': 'adaptive: 2*eps halved at checkpoints (rho=0.75, momentum=0.75)',
       'restarts': 1, 'random_start': True, 'data_range': [0.0, 1.0]}
   assert set(settings.describe()) == set(attacks.PGDSettings().describe())
-  assert apgd.APGDSettings.from_config(c).describe()['data_range'] == 'unbounded (z-scored inputs)'
+  assert apgd.APGDSettings.from_config(c).describe()['data_range'] == 'unbounded (no clipping)'
