@@ -14,6 +14,7 @@ import pytest
 from robust_med import config_base, evaluate, methods, presets, train
 from robust_med.errors import ConfigError
 from robust_med.tasks import landmarks as lm
+from tiny import set_keys
 
 
 def tiny_landmark_config(method: str = 'std', **overrides):
@@ -34,12 +35,7 @@ def tiny_landmark_config(method: str = 'std', **overrides):
   c.eval.steps = c.eval.apgd_steps = 3
   c.eval.weak_steps = 1
   c.eval.batch_size = 8
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
+  set_keys(c, overrides)
   return c
 
 

@@ -25,11 +25,16 @@ def tiny_config(method: str = 'amat', **overrides):
   c.eval.batch_size = 8
   c.eval.apgd_steps = 3
   c.eval.weak_steps = 1
+  set_keys(c, overrides)
+  c.lock()
+  return c
+
+
+def set_keys(config, overrides: dict) -> None:
+  """Sets dotted keys ('eval.steps': 3) of `config` in place."""
   for key, value in overrides.items():
-    node = c
+    node = config
     *path, last = key.split('.')
     for p in path:
       node = node[p]
     node[last] = value
-  c.lock()
-  return c
