@@ -6,13 +6,14 @@
 # MRE has plateaued: experiments/README.md), PGD-5 while training. Every model is evaluated on
 # the `test` split (the 100 Test1 images after the 50 that validate) with L2 PGD-100 and APGD-100,
 # their per-image worst case and the masking checks. Resumable: rerun the same command after a kill.
-#   bash experiments/ceph_sweep.sh [DATA_ROOT] [OUT_DIR] [SAT_EPS]
+#   bash experiments/ceph_sweep.sh [DATA_ROOT] [OUT_DIR] [SAT_EPS] [--config.<key>=<value> ...]
+# (overrides after the third argument apply to every run, e.g. a smaller evaluation).
 set -euo pipefail
 root=${1:-../shared/data/isbi2015_ceph}
 out=${2:-runs/ceph}
 sat_eps=${3:-1,3}
 common=(--config.data.root="$root" --config.data.eval_split=test --config.eval.every_epochs=0
-        --config.progress_bar=False)
+        --config.progress_bar=False "${@:4}")
 python -m robust_med.sweep --config=configs/ceph_std_bce.py:cpu --methods=std \
   --workdir="$out/bce" "${common[@]}"
 python -m robust_med.sweep --config=configs/ceph_amat.py:cpu --sat_eps="$sat_eps" \
@@ -20,5 +21,5 @@ python -m robust_med.sweep --config=configs/ceph_amat.py:cpu --sat_eps="$sat_eps
 runs=("STD(BCE)=$out/bce/std" "STD(Dice)=$out/dice/std")
 for eps in ${sat_eps//,/ }; do runs+=("SAT ε=$eps=$out/dice/sat_eps$eps"); done
 runs+=("AMAT=$out/dice/amat")
-python experiments/compare.py "${runs[@]}" > "$out/summary.md"
-echo "wrote $out/summary.md"
+python experiments/compare.py "${runs[@]}" --out="$out" > /dev/null
+echo "wrote $out/summary.md, curves.png, curves_sdr_2mm.png, training.png"

@@ -3,6 +3,10 @@ same tables itself, in its summary.md). Each argument is a run folder, or LABEL=
 
   python experiments/compare.py runs/hippocampus/std runs/hippocampus/amat
   python experiments/compare.py 'STD(BCE)=runs/ceph/bce/std' 'STD(Dice)=runs/ceph/dice/std'
+
+With --out=DIR it also writes DIR/summary.md (the same tables), DIR/curves.png (primary metric
+vs noise, one line per run), DIR/curves_<metric>.png for each secondary metric and
+DIR/training.png (learning curves and margins, where the runs logged them).
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from robust_med import sweep
 SECONDARY = ('tvdi', 'sdr_2mm')
 
 if __name__ == '__main__':
+  out = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out=')]
   runs = [tuple(a.split('=', 1)) if '=' in a else (os.path.basename(os.path.normpath(a)), a)
-          for a in sys.argv[1:]]
+          for a in sys.argv[1:] if not a.startswith('--out=')]
   rows = sweep.rows_for(runs)
   if not rows:
     raise SystemExit('None of these folders has a robustness.json: run robust_med.main first.')
-  print(sweep.markdown(rows))
-  for metric in SECONDARY:
-    if metric in rows[0]['report']['results'][0]:
-      print(sweep.markdown(sweep.rows_for(runs, metric)))
+  tables = [sweep.markdown(rows)]
+  secondary = [(m, sweep.rows_for(runs, m)) for m in SECONDARY
+               if m in rows[0]['report']['results'][0]]
+  tables += [sweep.markdown(r) for _, r in secondary]
+  print('\n'.join(tables))
+  if out:
+    os.makedirs(out[-1], exist_ok=True)
+    with open(os.path.join(out[-1], 'summary.md'), 'w') as f:
+      f.write('\n'.join(tables))
+    sweep.plot(rows, os.path.join(out[-1], 'curves.png'))
+    for metric, r in secondary:
+      sweep.plot(r, os.path.join(out[-1], f'curves_{metric}.png'))
+    sweep.plot_training(runs, rows[0]['metric'], os.path.join(out[-1], 'training.png'))

@@ -157,6 +157,22 @@ def test_mre_and_sdr_against_hand_computed_values():
                              [-11.4 / 4, -10.0 / 4])
 
 
+def test_the_masking_floor_is_the_mean_shape_mre_in_mm():
+  # Two images, one landmark, unequal mm per pixel: (0, 0) and (10, 20) px at (0.1, 0.2) mm/px
+  # are (0, 0) and (1, 4) mm; the mean shape (0.5, 2) mm is √(0.25 + 4) mm from both.
+  full = np.array([[[0., 0.]], [[10., 20.]]])
+  spacing = np.array([[0.1, 0.2], [0.1, 0.2]])
+  assert lm.mean_shape_mre_mm(full, spacing) == pytest.approx(np.sqrt(4.25))
+  # Another constant prediction is worse (here: every landmark at (0.5, 0) mm).
+  assert lm.mean_shape_mre_mm(full, spacing) < np.mean([0.5, np.hypot(0.5, 4.0)])
+  # The task's floor is that of the split it loaded last.
+  task = lm.Task(tiny_landmark_config())
+  arrays, _ = task.load_split('val')
+  assert task.metric_floor() == pytest.approx(
+      lm.mean_shape_mre_mm(arrays['landmarks_full'], arrays['spacing']))
+  assert task.metric_floor() > 0
+
+
 def test_xi_is_a_three_vector_from_the_training_split_only(monkeypatch):
   config = tiny_landmark_config('amat', **{'method.xi_stat': 'mean+2std'})
   trainer = train.Trainer(config, '/tmp/unused_landmark_xi')
@@ -191,7 +207,7 @@ def test_bce_and_dice_variants_both_train(heatmap_loss, tmp_path):
   first = evaluator.clean(before, trainer.eval_data)['mre_mm']
   last = evaluator.clean(state.params, trainer.eval_data)['mre_mm']
   assert last < 0.6 * first, (first, last)
-  assert last < 0.8 * trainer.task.metric_floor()  # Better than every landmark at the centre.
+  assert last < 0.8 * trainer.task.metric_floor()  # Better than the mean shape.
 
 
 def test_config_checks_are_one_line():
