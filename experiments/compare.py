@@ -1,5 +1,6 @@
 """Prints Markdown tables comparing the robustness reports of separate runs (a sweep writes the
-same tables itself, in its summary.md). Each argument is a run folder, or LABEL=FOLDER to name it.
+same tables itself, in its summary.md). Each argument is a run folder, or LABEL=FOLDER to name it
+(split at the last '=').
 
   python experiments/compare.py runs/hippocampus/std runs/hippocampus/amat
   python experiments/compare.py 'STD(BCE)=runs/ceph/bce/std' 'STD(Dice)=runs/ceph/dice/std'
@@ -21,7 +22,8 @@ SECONDARY = ('tvdi', 'sdr_2mm')
 
 if __name__ == '__main__':
   out = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out=')]
-  runs = [tuple(a.split('=', 1)) if '=' in a else (os.path.basename(os.path.normpath(a)), a)
+  # LABEL=FOLDER splits at the last '=': labels such as 'SAT ε=1' may hold one, folders do not.
+  runs = [tuple(a.rsplit('=', 1)) if '=' in a else (os.path.basename(os.path.normpath(a)), a)
           for a in sys.argv[1:] if not a.startswith('--out=')]
   rows = sweep.rows_for(runs)
   if not rows:

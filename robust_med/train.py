@@ -247,6 +247,7 @@ class Trainer:
             pending, t_log = [], time.time()
           checkpointing.save(mngr, step, state, self.meta)
       if skip == 0:
+        jax.block_until_ready(state)  # Time the epoch's work, not its dispatch.
         self.log.write({'type': 'epoch', 'epoch': epoch, 'step': step,
                         'seconds': time.time() - t_epoch})
       every = config.eval.every_epochs
