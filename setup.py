@@ -24,7 +24,8 @@ setup(
         'tqdm',
     ],
     extras_require={
-        # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests.
-        'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel'],
+        # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests; pycocotools
+        # is the reference the detection mAP is checked against.
+        'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'pycocotools'],
     },
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -16,10 +17,14 @@ from robust_med.errors import UserError
 def fail(message: str) -> None:
   """Prints one line, `error: <problem and fix>`, and exits with status 2 at once: reads of a
   damaged checkpoint may leave TensorStore callbacks behind that would print tracebacks while
-  the interpreter shuts down."""
-  print(f'error: {message}', file=sys.stderr)
+  the interpreter shuts down (and are silenced here)."""
   sys.stdout.flush()
   sys.stderr.flush()
+  # Silence every other writer first (a TensorStore or asyncio callback thread may be printing
+  # a traceback right now), then write the line straight to the file descriptor.
+  std_logging.disable(std_logging.CRITICAL)
+  sys.stderr = open(os.devnull, 'w')
+  os.write(2, f'error: {message}\n'.encode())
   os._exit(2)
 
 
