@@ -48,12 +48,8 @@ class DetectionInfo:
     return len(self.class_names)
 
 
-def _setting(data_config: Any, key: str, default: Any) -> Any:
-  return data_config[key] if key in data_config else default
-
-
 def _image_size(data_config: Any) -> int:
-  size = _setting(data_config, 'image_size', 320)
+  size = data_config.get('image_size', 320)
   if isinstance(size, bool) or not isinstance(size, int) or size < 8:
     raise ConfigError(f'config.data.image_size = {size!r} must be an integer ≥ 8 (the square '
                       'input side in pixels, e.g. 320).')
@@ -61,7 +57,7 @@ def _image_size(data_config: Any) -> int:
 
 
 def _max_boxes(data_config: Any) -> int:
-  m = _setting(data_config, 'max_boxes', 32)
+  m = data_config.get('max_boxes', 32)
   if isinstance(m, bool) or not isinstance(m, int) or m < 1:
     raise ConfigError(f'config.data.max_boxes = {m!r} must be an integer ≥ 1.')
   return m
@@ -115,15 +111,14 @@ def _voc_splits(root: Path) -> tuple[str, ...]:
   return splits
 
 
-def _parse_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int], list, list]:
-  """((width, height), [(xmin, ymin, xmax, ymax)], [class index]) of one VOC annotation."""
+def _parse_xml(path: Path, class_names: tuple[str, ...]) -> tuple[list, list]:
+  """([(xmin, ymin, xmax, ymax)], [class index]) of one VOC annotation (the image size comes from
+  the pixels, not the XML's <size>)."""
   if not path.is_file():
     raise DataError(f'Annotation {path} not found: each image listed in a split needs '
                     'Annotations/<stem>.xml.')
   try:
     root = ET.parse(path).getroot()
-    size = root.find('size')
-    width, height = (int(float(size.find(k).text)) for k in ('width', 'height'))
     boxes, labels = [], []
     for obj in root.iter('object'):
       name = (obj.find('name').text or '').strip()
@@ -133,12 +128,10 @@ def _parse_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, int
       box = obj.find('bndbox')
       boxes.append(tuple(float(box.find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax')))
       labels.append(class_names.index(name))
-  except DataError:
-    raise
   except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
     raise DataError(f'{path} is not a valid VOC annotation ({type(e).__name__}: {e}): fix or '
                     'remove the file and its line in the split file.') from None
-  return (width, height), boxes, labels
+  return boxes, labels
 
 
 def _clean_boxes(boxes: list, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,7 +155,7 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
            .splitlines() if s.strip()]
   if not stems:
     raise DataError(f'Split file ImageSets/Main/{split}.txt in {root} lists no image.')
-  class_names = tuple(_setting(data_config, 'class_names', BCCD_CLASSES))
+  class_names = tuple(data_config.get('class_names', BCCD_CLASSES))
   size, max_boxes = _image_size(data_config), _max_boxes(data_config)
   n = len(stems)
   arrays = {'image': np.zeros((n, size, size, 3), np.float32),
@@ -175,17 +168,15 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
             'original_size': np.zeros((n, 2), np.int32)}
   dropped, clipped = [], []
   for i, stem in enumerate(stems):
-    (width, height), boxes, labels = _parse_xml(root / 'Annotations' / f'{stem}.xml', class_names)
+    boxes, labels = _parse_xml(root / 'Annotations' / f'{stem}.xml', class_names)
     path = root / 'JPEGImages' / f'{stem}.jpg'
     if not path.is_file():
       raise DataError(f'Image {path} (listed in ImageSets/Main/{split}.txt) not found: add it or '
                       'remove its line from the split file.')
     with Image.open(path) as im:
-      if (im.width, im.height) != (width, height):
-        width, height = im.width, im.height  # The pixels win over the XML's <size>.
+      width, height = im.width, im.height
       image, scale, pad = letterbox(im, size)
-    boxes, degenerate, changed = _clean_boxes(boxes, width, height) if boxes else (
-        np.zeros((0, 4)), np.zeros(0, bool), np.zeros(0, bool))
+    boxes, degenerate, changed = _clean_boxes(boxes, width, height)
     if degenerate.any():
       dropped.append(stem)
     if changed.any():
@@ -206,7 +197,7 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
     warnings.warn(f'{root}, split {split}: dropped zero-area boxes in {", ".join(dropped) or "-"}; '
                   f'clipped boxes past the border in {len(clipped)} image(s) '
                   f'({", ".join(clipped[:5])}{", ..." if len(clipped) > 5 else ""}).', stacklevel=2)
-  info = DetectionInfo(name=str(_setting(data_config, 'name', 'bccd')), split=split,
+  info = DetectionInfo(name=str(data_config.get('name', 'bccd')), split=split,
                        class_names=class_names, image_size=size, max_boxes=max_boxes,
                        files=tuple(f'{s}.jpg' for s in stems))
   return arrays, info
@@ -267,9 +258,9 @@ def make_detection_set(num: int, *, image_size: int = 64, max_boxes: int = 8, se
 
 
 def _synthetic_sizes(data_config: Any) -> dict[str, int]:
-  return {'train': int(_setting(data_config, 'num_train', 256)),
-          'val': int(_setting(data_config, 'num_val', 64)),
-          'test': int(_setting(data_config, 'num_val', 64))}
+  return {'train': int(data_config.get('num_train', 256)),
+          'val': int(data_config.get('num_val', 64)),
+          'test': int(data_config.get('num_val', 64))}
 
 
 def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], DetectionInfo]:
@@ -280,7 +271,7 @@ def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray]
   offset = {'train': 0, 'val': 1_000_000, 'test': 2_000_000}[split]
   size, max_boxes = _image_size(data_config), _max_boxes(data_config)
   arrays = make_detection_set(sizes[split], image_size=size, max_boxes=max_boxes,
-                              seed=int(_setting(data_config, 'seed', 0)), offset=offset)
+                              seed=int(data_config.get('seed', 0)), offset=offset)
   info = DetectionInfo(name='synthetic', split=split, class_names=SYNTHETIC_CLASSES,
                        image_size=size, max_boxes=max_boxes)
   return arrays, info
@@ -290,7 +281,7 @@ def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray]
 
 
 def _is_synthetic(data_config: Any) -> bool:
-  name = _setting(data_config, 'name', 'bccd')
+  name = data_config.get('name', 'bccd')
   if name not in ('bccd', 'voc', 'synthetic'):
     raise ConfigError(f"config.data.name = {name!r} is not a detection dataset: use 'bccd' (or "
                       "'voc', any Pascal-VOC folder) or 'synthetic'.")
