@@ -10,7 +10,10 @@ written by another model (different parameter shapes) or a corrupt one (truncate
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import sys
+import time
 from typing import Any
 
 import jax
@@ -66,19 +69,49 @@ def pick_step(mngr: ocp.CheckpointManager, step: int | None = None) -> int:
   return step
 
 
+class _Held(io.TextIOBase):
+  """A stand-in for sys.stderr that keeps what is written to it."""
+
+  def __init__(self):
+    super().__init__()
+    self.parts: list[str] = []
+
+  def write(self, text: str) -> int:
+    self.parts.append(text)
+    return len(text)
+
+
+# How long a failed read waits for TensorStore's callbacks to finish printing (they land on the
+# closed asyncio loop of the failed restore and print 'Event loop is closed' tracebacks).
+_STRAY_CALLBACK_GRACE_S = 0.5
+
+
 @contextlib.contextmanager
 def _reading(mngr: ocp.CheckpointManager, step: int):
-  """Turns a failure to read the checkpoint at `step` into one line naming it and the fix."""
+  """Turns a failure to read the checkpoint at `step` into one line naming it and the fix.
+
+  While reading, stderr is held: after a success it is passed on; after a failure TensorStore
+  callbacks of the aborted read print tracebacks from other threads for a moment, and what
+  was held (those tracebacks) is dropped after a short grace period so that the failure stays
+  one line."""
+  held, real = _Held(), sys.stderr
+  sys.stderr, failed = held, False
   try:
     yield
   except UserError:
     raise
   except Exception as e:  # Orbax, TensorStore and json raise many types for damaged files.
+    failed = True
+    time.sleep(_STRAY_CALLBACK_GRACE_S)
     detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no detail'
     folder = os.path.join(str(mngr.directory), str(step))
     raise UserError(f'The checkpoint at step {step} in {mngr.directory} cannot be read '
                     f'({type(e).__name__}: {detail}): it is corrupt or incomplete; delete {folder} '
                     'to fall back to the previous checkpoint, or use another step.') from None
+  finally:
+    sys.stderr = real
+    if not failed:
+      real.write(''.join(held.parts))
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
