@@ -1,5 +1,5 @@
 """Step time of STD, SAT and AMAT (paper refine and boundary refine) at equal PGD iterations, and
-the AMAT/SAT ratios (target ≤ 1.05; ≤ 1.02 for the landmark head), for any head.
+the AMAT/SAT ratios (target ≤ 1.05; ≤ 1.02 for the landmark and detection heads), for any head.
 
 Also times the attack loop unrolled vs `lax.fori_loop` on this backend, which is how
 `robust_med.attacks.default_unroll` was chosen.
@@ -7,6 +7,7 @@ Also times the attack loop unrolled vs `lax.fori_loop` on this backend, which is
   python experiments/benchmark_step.py                      # synthetic 48×48, U-Net 8×3
   python experiments/benchmark_step.py --pgd_steps=20 --batch_size=32 --patch=128 --width=32 --depth=5
   python experiments/benchmark_step.py --config=configs/ceph_amat.py:synthetic --target=1.02
+  python experiments/benchmark_step.py --config=configs/bccd_amat.py:synthetic --target=1.02
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def _config(args, method: str):
     c.data.name = 'synthetic'
     c.data.patch_size = (48, 48)
     c.model.base_width, c.model.depth = 8, 3
-  if args.patch:
-    c.data.patch_size = (args.patch, args.patch)
+  if args.patch:  # A head with a square letterbox (detection) has data.image_size instead.
+    if 'image_size' in c.data:
+      c.data.image_size = args.patch
+    else:
+      c.data.patch_size = (args.patch, args.patch)
   if c.data.name == 'synthetic':
     c.data.num_train, c.data.num_val = args.batch_size * 2, args.batch_size
   c.model.base_width = args.width or c.model.base_width
@@ -49,6 +53,11 @@ def _config(args, method: str):
   c.batch_size = args.batch_size
   c.mesh.num_devices = args.devices
   return c
+
+
+def _input_size(c) -> tuple[int, int]:
+  side = c.data.get('image_size', None)
+  return (side, side) if side else tuple(c.data.patch_size)
 
 
 def compiled_step(args, method: str):
@@ -113,16 +122,16 @@ def main():
   p.add_argument('--config', default='', help='a config file[:variant] (default: synthetic '
                  'segmentation phantoms, 48×48, U-Net 8×3)')
   p.add_argument('--patch', type=int, default=0, help='square input size (0: the config\'s)')
-  p.add_argument('--width', type=int, default=0, help='U-Net base width (0: the config\'s)')
-  p.add_argument('--depth', type=int, default=0, help='U-Net depth (0: the config\'s)')
+  p.add_argument('--width', type=int, default=0, help='model.base_width (0: the config\'s)')
+  p.add_argument('--depth', type=int, default=0, help='model.depth (0: the config\'s)')
   p.add_argument('--target', type=float, default=1.05, help='the AMAT/SAT ratio to meet')
   p.add_argument('--devices', type=int, default=0)
   p.add_argument('--repeats', type=int, default=10)
   args = p.parse_args()
   c = _config(args, 'std')
   print(f'backend={jax.default_backend()} devices={len(jax.devices())} task={c.task} '
-        f'data={c.data.name} batch={args.batch_size} input={tuple(c.data.patch_size)} '
-        f'unet={c.model.base_width}x{c.model.depth} pgd_steps={args.pgd_steps}')
+        f'data={c.data.name} batch={args.batch_size} input={_input_size(c)} '
+        f'model={c.model.base_width}x{c.model.depth} pgd_steps={args.pgd_steps}')
   times = time_methods(args)
   for m, t in times.items():
     print(f'{m:13s} step {t * 1000:9.1f} ms')

@@ -66,6 +66,18 @@ def ciou(a, b, eps: float = 1e-9):
   return overlap - rho2 / c2 - alpha * v
 
 
+def ltrb_to_box(points, distances):
+  """Boxes (..., 4) x1 y1 x2 y2 from anchor points (..., 2) (x, y) and their distances (..., 4)
+  to the box's left, top, right and bottom edges (the anchor-free detector's box encoding)."""
+  return jnp.concatenate([points - distances[..., :2], points + distances[..., 2:]], axis=-1)
+
+
+def box_to_ltrb(points, boxes):
+  """The inverse of `ltrb_to_box`: distances (..., 4) from points (..., 2) to the box edges
+  (negative where the point lies outside the box)."""
+  return jnp.concatenate([points - boxes[..., :2], boxes[..., 2:] - points], axis=-1)
+
+
 def nms(boxes, scores, labels, *, iou_threshold: float = 0.5, score_threshold: float = 0.0,
         max_detections: int = 100):
   """Class-wise greedy non-maximum suppression on static shapes (jittable; `vmap` it over a

@@ -6,6 +6,7 @@ import json
 import logging as std_logging
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 import ml_collections
@@ -28,9 +29,21 @@ def fail(message: str) -> None:
   os._exit(2)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+  """Data-quirk warnings (robust_med's UserWarnings) as `warning: ...`, without the source line
+  that Python's default format adds."""
+  if issubclass(category, UserWarning) and not issubclass(category, DeprecationWarning):
+    return f'warning: {message}\n'
+  return _default_format(message, category, filename, lineno, line)
+
+
+_default_format = warnings.formatwarning
+
+
 def guard(fn):
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+    warnings.formatwarning = _one_line_warning
     try:
       fn(argv)
     except UserError as e:

@@ -85,7 +85,8 @@ def test_letterbox_maps_boxes_onto_their_pixels(folder):
     assert image[0, y1 + 1:y1 + 2, x0:x1].mean() < 0.6
   # 'b' (40×80) has a box past the bottom-right corner: clipped to the image.
   np.testing.assert_allclose(boxes[1, 1], np.array([19, 59, 40, 80]) * 0.4 + [8, 0, 8, 0])
-  assert arrays['id'].tolist() == [voc.stable_id('a'), voc.stable_id('b')]
+  assert arrays['image_key'].tolist() == [voc.stable_id('a'), voc.stable_id('b')]
+  assert arrays['id'].tolist() == [0, 1]
 
 
 def test_quirks_are_one_warning_naming_the_files(folder):
@@ -135,7 +136,7 @@ def test_synthetic_set_is_deterministic_and_boxes_hold_their_cells():
   b, _ = voc.load_split(ml_collections.ConfigDict({**c.to_dict(), 'num_train': 3}), 'train')
   np.testing.assert_array_equal(a['image'][:3], b['image'])  # Image k does not depend on num.
   val, _ = voc.load_split(c, 'val')
-  assert not set(a['id']) & set(val['id'])
+  assert not set(a['image_key']) & set(val['image_key'])
   assert info.class_names == voc.SYNTHETIC_CLASSES and a['image'].shape == (6, 64, 64, 3)
   counts = a['valid'].sum(axis=1)
   assert (counts >= 2).all() and (counts <= 8).all()
@@ -155,7 +156,7 @@ def test_real_bccd_splits_and_quirks():
   assert voc.split_names(c) == ('train', 'trainval', 'val')
   with pytest.warns(UserWarning, match='BloodImage_00343'):
     train, info = voc.load_split(c, 'train')
-  assert len(train['id']) == 205 and len(set(train['id'])) == 205
+  assert len(train['id']) == 205 and len(set(train['image_key'])) == 205
   assert info.files[0] == 'BloodImage_00001.jpg'
   # 640×480 → scale 0.5, 40 rows of padding above and below.
   np.testing.assert_allclose(train['scale'], 0.5)
@@ -168,5 +169,5 @@ def test_real_bccd_splits_and_quirks():
   assert b[:, [1, 3]].min() >= 40 and b[:, [1, 3]].max() <= 280
   with pytest.warns(UserWarning, match='BloodImage_00338'):
     val, _ = voc.load_split(c, 'val')
-  assert len(val['id']) == 87 and not set(val['id']) & set(train['id'])
+  assert len(val['id']) == 87 and not set(val['image_key']) & set(train['image_key'])
   assert int(train['valid'].sum() + val['valid'].sum()) == 3943 - 2

@@ -162,7 +162,8 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
             'boxes': np.zeros((n, max_boxes, 4), np.float32),
             'labels': np.zeros((n, max_boxes), np.int32),
             'valid': np.zeros((n, max_boxes), bool),
-            'id': np.array([stable_id(s) for s in stems], np.int32),
+            'id': np.arange(n, dtype=np.int32),
+            'image_key': np.array([stable_id(s) for s in stems], np.int32),
             'scale': np.zeros((n,), np.float32),
             'pad': np.zeros((n, 2), np.float32),
             'original_size': np.zeros((n, 2), np.int32)}
@@ -194,9 +195,12 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
     arrays['scale'][i], arrays['pad'][i] = scale, pad
     arrays['original_size'][i] = (width, height)
   if dropped or clipped:
-    warnings.warn(f'{root}, split {split}: dropped zero-area boxes in {", ".join(dropped) or "-"}; '
-                  f'clipped boxes past the border in {len(clipped)} image(s) '
-                  f'({", ".join(clipped[:5])}{", ..." if len(clipped) > 5 else ""}).', stacklevel=2)
+    parts = [f'dropped zero-area boxes in {", ".join(dropped)}'] if dropped else []
+    if clipped:
+      more = ', ...' if len(clipped) > 5 else ''
+      parts.append(f'clipped boxes past the border in {len(clipped)} image(s) '
+                   f'({", ".join(clipped[:5])}{more})')
+    warnings.warn(f'{root}, split {split}: {"; ".join(parts)}.', stacklevel=3)
   info = DetectionInfo(name=str(data_config.get('name', 'bccd')), split=split,
                        class_names=class_names, image_size=size, max_boxes=max_boxes,
                        files=tuple(f'{s}.jpg' for s in stems))
@@ -225,7 +229,8 @@ def make_detection_set(num: int, *, image_size: int = 64, max_boxes: int = 8, se
   out = {'image': np.zeros((num, s, s, 3), np.float32),
          'boxes': np.zeros((num, max_boxes, 4), np.float32),
          'labels': np.zeros((num, max_boxes), np.int32), 'valid': np.zeros((num, max_boxes), bool),
-         'id': np.arange(offset, offset + num, dtype=np.int32),
+         'id': np.arange(num, dtype=np.int32),
+         'image_key': np.arange(offset, offset + num, dtype=np.int32),
          'scale': np.ones((num,), np.float32), 'pad': np.zeros((num, 2), np.float32),
          'original_size': np.full((num, 2), s, np.int32)}
   for k in range(num):
@@ -297,7 +302,9 @@ def split_names(data_config: Any) -> tuple[str, ...]:
 
 def load_split(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], DetectionInfo]:
   """(arrays, info): image (N, S, S, 3) in [0, 1], boxes (N, M, 4) x1 y1 x2 y2 in input pixels,
-  labels (N, M), valid (N, M), stable id (N,), letterbox scale (N,) and pad (N, 2), original
+  labels (N, M), valid (N, M), id (N,) = 0..N−1 (the row, which indexes AMAT's margins),
+  image_key (N,) a stable id of the image (the same in every split and folder), letterbox scale
+  (N,) and pad (N, 2), original
   (width, height) (N, 2)."""
   if _is_synthetic(data_config):
     return _load_synthetic(data_config, split)

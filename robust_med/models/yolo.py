@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_med.boxes import ltrb_to_box
+
 STRIDES = (8, 16, 32)
 
 
@@ -121,6 +123,5 @@ class Detector(nn.Module):
       cls.append(nn.Conv(self.num_classes, (1, 1), bias_init=nn.initializers.constant(prior))(
           cls_branch).reshape(-1, n, self.num_classes))
     distances = nn.softplus(jnp.concatenate(boxes, axis=1)) * strides[None, :, None]
-    centre = jnp.asarray(points)[None]
-    box = jnp.concatenate([centre - distances[..., :2], centre + distances[..., 2:]], axis=-1)
+    box = ltrb_to_box(jnp.asarray(points)[None], distances)
     return {'box': box, 'obj': jnp.concatenate(obj, axis=1), 'cls': jnp.concatenate(cls, axis=1)}
