@@ -18,7 +18,7 @@ import sys
 from robust_med import sweep
 
 # Secondary metrics printed as tables of their own when the reports have them.
-SECONDARY = ('tvdi', 'sdr_2mm')
+SECONDARY = ('tvdi', 'sdr_2mm', 'map50_95')
 
 if __name__ == '__main__':
   out = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--out=')]

@@ -253,6 +253,7 @@ def test_config_checks_are_one_line():
   assert 'nms_iou' in bad(**{'detection.nms_iou': 1.5})
   assert 'top_k' in bad(**{'detection.top_k': 0})
   assert 'class_names' in bad(**{'data.class_names': ()})
+  assert 'tune.txt' in bad(**{'data.tune_fraction': 0.2})
 
 
 CONFIG = str(REPO / 'configs' / 'bccd_std.py')
@@ -299,3 +300,24 @@ def test_bad_detection_input_is_one_error_line(tmp_path, how, words):
   for w in words:
     assert w in line, line
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+@pytest.mark.slow
+def test_train_on_a_voc_folder_then_evaluate_its_test_split(tmp_path):
+  root = make_voc(tmp_path / 'voc', CLEAN, CLEAN_SPLITS)
+  work = tmp_path / 'run'
+  proc = run('robust_med.main', f'--config={CONFIG}:cpu', f'--workdir={work}',
+             f'--config.data.root={root}', '--config.data.max_boxes=4', *FAST,
+             '--config.eval.masking_checks=False')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json
+  report = json.loads((work / 'robustness.json').read_text())
+  assert report['task'] == 'detection' and report['metric'] == 'avg_iou'
+  row = report['curves']['pgd-1'][0]
+  assert {'avg_iou', 'map50_95', 'map50'} <= set(row)
+  proc = run('robust_med.evaluate', f'--workdir={work}', '--split=test')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((work / 'eval' / 'test' / 'robustness.json').read_text())
+  assert report['split'] == 'test' and report['num_samples'] == 1
+  assert report['data']['root'] == str(root)
+  assert (work / 'eval' / 'test' / 'examples.png').stat().st_size > 1000

@@ -194,6 +194,10 @@ class Task(base.Task):
     for key in ('center_radius', 'box_weight', 'align_alpha', 'align_beta'):
       if d[key] <= 0:
         raise ConfigError(f'config.detection.{key} = {d[key]} must be > 0.')
+    if config.data.tune_fraction:
+      raise ConfigError(f'config.data.tune_fraction = {config.data.tune_fraction}: the detection '
+                        'head reads its splits from the VOC split files; add a '
+                        'ImageSets/Main/tune.txt and pass --config.data.eval_split=tune instead.')
     if not config.data.class_names:
       raise ConfigError('config.data.class_names is empty: list the VOC class names in label '
                         "order, e.g. ('RBC', 'WBC', 'Platelets').")
