@@ -232,7 +232,6 @@ def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PG
                    curves: dict, levels: list[float]) -> dict:
   """Runs the extra attacks the gradient-masking checks need and the checks themselves."""
   task = evaluator.task
-  metric = task.primary_metric
   weak = dataclasses.replace(pgd, steps=eval_cfg.weak_steps or max(1, pgd.steps // 5))
   noise = attacks.RandomNoise(norm=pgd.norm, clip=pgd.clip)
   pgd_name, weak_name, noise_name = (a.describe()['name'] for a in (pgd, weak, noise))
@@ -242,12 +241,8 @@ def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PG
   huge_eps = eval_cfg.huge_eps or gradient_masking.auto_huge_eps(data['image'], pgd.norm,
                                                                  pgd.clip)
   huge = evaluator.curves(params, data, [huge_eps], (pgd,), desc='huge ε')[pgd_name][0]
-  clean = curves[pgd_name][0]
-  checks = gradient_masking.run_checks(
-      metric=metric, higher_is_better=task.higher_is_better, floor=task.metric_floor(),
-      clean=clean[metric], curves=curves, strong=pgd_name,
-      weak=extra[weak_name], weak_name=weak_name, random=extra[noise_name], huge=huge,
-      tolerance=eval_cfg.check_tolerance, floor_tolerance=eval_cfg.floor_tolerance)
+  checks = checks_from_curves(task, eval_cfg, curves, pgd_name, extra[weak_name], weak_name,
+                              extra[noise_name], huge)
   return {'checks': checks,
           'check_attacks': {'weak': weak.describe(), 'random': noise.describe(),
                             'huge': {**pgd.describe(), 'eps': huge_eps,
@@ -256,6 +251,35 @@ def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PG
           'check_curves': {weak_name: extra[weak_name], noise_name: extra[noise_name],
                            'huge-eps': [huge]},
           'warnings': gradient_masking.warnings_for(checks)}
+
+
+def checks_from_curves(task, eval_cfg, curves: dict, pgd_name: str, weak: list, weak_name: str,
+                       noise: list, huge: dict) -> list[dict]:
+  """The gradient-masking checks of a report's curves (the attacks already run)."""
+  metric = task.primary_metric
+  clean = curves[pgd_name][0]
+  return gradient_masking.run_checks(
+      metric=metric, higher_is_better=task.higher_is_better, floor=task.metric_floor(),
+      clean=clean[metric], curves=curves, strong=pgd_name, weak=weak, weak_name=weak_name,
+      random=noise, huge=huge, tolerance=eval_cfg.check_tolerance,
+      floor_tolerance=eval_cfg.floor_tolerance, floor_metric=task.floor_metric,
+      floor_clean=clean.get(task.floor_metric or metric))
+
+
+def recheck(task, eval_cfg, report: dict) -> dict:
+  """`report` with its masking checks recomputed by the current rules from the curves it
+  stores (no attack is rerun; the task's floor must be set, e.g. by loading the report's
+  split), and the fact recorded under 'checks_recomputed'."""
+  stored = report['check_curves']
+  pgd_name = report['attack']['name']
+  weak_name = report['check_attacks']['weak']['name']
+  noise_name = report['check_attacks']['random']['name']
+  checks = checks_from_curves(task, eval_cfg, report['curves'], pgd_name, stored[weak_name],
+                              weak_name, stored[noise_name], stored['huge-eps'][0])
+  before = {c['name']: c['passed'] for c in report['checks']}
+  return {**report, 'checks': checks, 'warnings': gradient_masking.warnings_for(checks),
+          'checks_recomputed': {'from': 'the stored curves (no attack rerun)',
+                                'before': before}}
 
 
 def evaluation_subset(arrays: dict, max_samples: int) -> dict:

@@ -46,7 +46,8 @@ def _entry(name: str, passed: bool, **figures) -> dict:
 def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: float,
                curves: dict[str, Rows], strong: str, weak: Rows, weak_name: str,
                random: Rows, huge: dict, tolerance: float = 0.02,
-               floor_tolerance: float = 0.1) -> list[dict]:
+               floor_tolerance: float = 0.1, floor_metric: str = '',
+               floor_clean: float | None = None) -> list[dict]:
   """The four named checks, each `{'name', 'passed', 'description', 'figures'}`.
 
   Args:
@@ -62,6 +63,10 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
     huge: `{'eps': e, metric: value}` under the attack at a very large budget.
     tolerance: allowed violation, as a fraction of |clean − floor|.
     floor_tolerance: how close to the floor `huge` must get, as a fraction of |clean − floor|.
+    floor_metric: the metric the huge-budget check reads, when not `metric` (a head whose primary
+      metric has no input-independent floor names one that has; `floor` is then its floor, in
+      the same direction as `metric`).
+    floor_clean: that metric without noise (needed with `floor_metric`).
   """
   span = abs(clean - floor)
   tol = tolerance * span + 1e-6
@@ -95,13 +100,17 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
   checks.append(compare(weak, weak_name, 'more_steps_not_weaker'))
   checks.append(compare(random, 'random noise', 'random_noise_weaker'))
 
-  value = float(huge[metric])
+  name = floor_metric or metric
+  start = clean if not floor_metric else float(floor_clean)
+  value = float(huge[name])
   # One-sided: an unbounded error (e.g. landmark MRE in mm) may go past a useless model's value.
-  distance = max(0.0, _damage(floor, clean, higher_is_better) - _damage(value, clean,
+  distance = max(0.0, _damage(floor, start, higher_is_better) - _damage(value, start,
                                                                        higher_is_better))
-  checks.append(_entry('huge_eps_reaches_floor', distance <= floor_tolerance * span + 1e-6,
-                       eps=huge['eps'], metric=value, floor=floor, clean=clean,
-                       allowed_distance=floor_tolerance * span))
+  allowed = floor_tolerance * abs(start - floor)
+  figures = {'metric_name': name} if floor_metric else {}
+  checks.append(_entry('huge_eps_reaches_floor', distance <= allowed + 1e-6,
+                       eps=huge['eps'], **figures, metric=value, floor=floor, clean=start,
+                       allowed_distance=allowed))
   return checks
 
 

@@ -321,3 +321,28 @@ def test_train_on_a_voc_folder_then_evaluate_its_test_split(tmp_path):
   assert report['split'] == 'test' and report['num_samples'] == 1
   assert report['data']['root'] == str(root)
   assert (work / 'eval' / 'test' / 'examples.png').stat().st_size > 1000
+
+
+def test_the_huge_budget_check_reads_map_and_old_reports_can_be_rechecked():
+  """Under a huge budget average IoU keeps ~0.11 from a flood of false boxes while mAP is gone:
+  the head's floor metric is mAP@0.5:0.95, and a report judged by average IoU is rechecked from
+  its stored curves."""
+  from robust_med import evaluate
+  task = detection.Task(tiny_detection_config())
+  assert task.floor_metric == 'map50_95' and task.metric_floor() == 0.0
+  row = lambda e, iou, m: {'eps': e, 'avg_iou': iou, 'map50_95': m}
+  report = {
+      'attack': {'name': 'pgd-100'},
+      'curves': {'pgd-100': [row(0.0, 0.59, 0.25), row(1.0, 0.56, 0.23)]},
+      'check_attacks': {'weak': {'name': 'pgd-20'}, 'random': {'name': 'random-noise'}},
+      'check_curves': {'pgd-20': [row(1.0, 0.57, 0.23)], 'random-noise': [row(1.0, 0.59, 0.25)],
+                       'huge-eps': [row(389.0, 0.113, 0.0001)]},
+      'checks': [{'name': 'huge_eps_reaches_floor', 'passed': False}]}
+  new = evaluate.recheck(task, tiny_detection_config().eval, report)
+  checks = {c['name']: c for c in new['checks']}
+  assert all(c['passed'] for c in checks.values()) and not new['warnings']
+  assert checks['huge_eps_reaches_floor']['figures']['metric_name'] == 'map50_95'
+  assert new['checks_recomputed']['before'] == {'huge_eps_reaches_floor': False}
+  report['check_curves']['huge-eps'] = [row(389.0, 0.0, 0.2)]  # mAP not driven down: fails.
+  assert not {c['name']: c['passed'] for c in evaluate.recheck(
+      task, tiny_detection_config().eval, report)['checks']}['huge_eps_reaches_floor']

@@ -171,6 +171,28 @@ def test_checks_follow_the_metric_direction():
   assert not short['huge_eps_reaches_floor']
 
 
+def test_the_huge_budget_check_can_read_another_metric():
+  # Detection: average IoU stays at 0.11 under a huge budget (a flood of false boxes overlaps the
+  # cells), while mAP, the head's floor metric, is gone; the check reads mAP.
+  def huge_check(map_value):
+    curves = {'pgd': [{'eps': 0.0, 'm': 0.6, 'map': 0.3}, {'eps': 1.0, 'm': 0.5, 'map': 0.2}]}
+    weak = [{'eps': 1.0, 'm': 0.55}]
+    random = [{'eps': 1.0, 'm': 0.6}]
+    checks = gradient_masking.run_checks(
+        metric='m', higher_is_better=True, floor=0.0, clean=0.6, curves=curves, strong='pgd',
+        weak=weak, weak_name='pgd-2', random=random, huge={'eps': 99.0, 'm': 0.11,
+                                                            'map': map_value},
+        floor_metric='map', floor_clean=0.3)
+    return {c['name']: c for c in checks}['huge_eps_reaches_floor']
+  passed = huge_check(0.0001)
+  assert passed['passed'] and passed['figures']['metric_name'] == 'map'
+  assert passed['figures']['allowed_distance'] == pytest.approx(0.03)  # 10 % of mAP's span.
+  assert not huge_check(0.1)['passed']
+  # The same report judged by average IoU (no floor metric) fails: 0.11 is far from 0.
+  assert not check({'pgd': [0.6, 0.5, 0.4]}, weak=[0.6, 0.55, 0.45], random=[0.6, 0.6, 0.6],
+                   huge=0.11)['huge_eps_reaches_floor']
+
+
 def test_auto_huge_eps_scales_with_the_data():
   images = np.random.default_rng(0).normal(0, 2.0, (8, 16, 16, 1))
   assert gradient_masking.auto_huge_eps(images, 'linf') == pytest.approx(20.0, rel=0.05)

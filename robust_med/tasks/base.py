@@ -96,8 +96,14 @@ class Task(abc.ABC):
     show_image(ax, image)
 
   def metric_floor(self) -> float:
-    """The value of the primary metric for a useless model (used by sanity checks)."""
+    """The value of the primary metric (or of `floor_metric`) for a useless model (used by the
+    huge-budget masking check)."""
     return 0.0
+
+  #: The metric the huge-budget masking check drives to `metric_floor()`; '' = the primary one.
+  #: A head whose primary metric has no input-independent floor names one that has (detection:
+  #: average IoU rewards a flood of false boxes, mAP does not).
+  floor_metric: str = ''
 
 
 def show_image(ax, image: np.ndarray) -> None:
