@@ -107,6 +107,10 @@ def _input_grad(loss_fn: LossFn, x: jax.Array) -> jax.Array:
   return jax.grad(lambda z: jnp.sum(loss_fn(z)))(x)
 
 
+# config.attack.unroll: how the training attack's loop is compiled.
+UNROLL_CHOICES = {'auto': None, 'unrolled': True, 'loop': False}
+
+
 def default_unroll() -> bool:
   """Unroll attack loops on CPU (faster convolutions there), loop elsewhere (faster compiles)."""
   return jax.default_backend() == 'cpu'
@@ -294,13 +298,16 @@ class PGDSettings:
   step_size_factor: float = 2.5   # step = factor · ε / steps
   random_start: bool = False
   clip: tuple[float, float] | None = None
+  unroll: bool | None = None      # None: `default_unroll()`
 
   @classmethod
   def from_config(cls, c, clip=None) -> 'PGDSettings':
-    """From a config section with norm, steps, step_size_factor and random_start."""
+    """From a config section with norm, steps, step_size_factor, random_start and optionally
+    unroll ('auto', 'unrolled' or 'loop')."""
     clip = tuple(clip) if clip else None
     return cls(norm=c.norm, steps=c.steps, step_size_factor=c.step_size_factor,
-               random_start=c.random_start, clip=clip)
+               random_start=c.random_start, clip=clip,
+               unroll=UNROLL_CHOICES[c.get('unroll', 'auto')])
 
   def step_size(self, eps, x: jax.Array) -> jax.Array:
     return default_step_size(eps, x, self.steps, self.step_size_factor)
@@ -323,7 +330,7 @@ class PGDSettings:
                unroll: bool | None = None) -> jax.Array:
     return pgd(loss_fn, x, eps, norm=self.norm, steps=self.steps,
                step_size=self.step_size(eps, x), key=key if self.random_start else None,
-               clip=self.clip, unroll=unroll)
+               clip=self.clip, unroll=self.unroll if unroll is None else unroll)
 
   def describe(self) -> dict[str, Any]:
     """What a report records so a number never travels without the attack that produced it."""

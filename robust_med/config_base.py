@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.step_size_factor = 2.5      # step = factor · ε / steps
   c.attack.random_start = False
   c.attack.clip = ()                   # () = no clipping, else (lo, hi)
+  c.attack.unroll = 'auto'             # 'auto' (unrolled on CPU: faster convolutions, slower
+                                       # compiles; a loop elsewhere) | 'unrolled' | 'loop'
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3
@@ -95,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.max_samples = 0               # 0 = every sample of the split; else k spread over it
   c.eval.seed = 0
+  c.eval.chunk_steps = 0               # attack steps per jitted call: 0 = auto (10 unrolled on
+                                       # CPU, the whole attack as one loop elsewhere); fewer
+                                       # compile faster (a large model unrolled compiles slowly)
   c.eval.every_epochs = 0              # > 0: clean metrics on eval_split after every k epochs
                                        # ('val' records in metrics.jsonl: the learning curve)
   # Attacks run at every level; the report has each curve and their per-sample worst case.
@@ -203,6 +208,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.weak_steps < config.eval.steps,
          f'config.eval.weak_steps = {config.eval.weak_steps} must be below config.eval.steps = '
          f'{config.eval.steps}: the check compares a short PGD against the long one.')
+  need(config.attack.unroll in attacks.UNROLL_CHOICES,
+       f'config.attack.unroll = {config.attack.unroll!r}: use one of '
+       f'{tuple(attacks.UNROLL_CHOICES)}.')
+  need(config.eval.chunk_steps >= 0, f'config.eval.chunk_steps = {config.eval.chunk_steps} is '
+       'negative: use 0 (auto) or the number of attack steps per compiled call.')
   for key in ('attack.norm', 'eval.norm', 'method.fgsm_norm'):
     need(given[key] in attacks.NORMS, f'config.{key} = {given[key]!r}: use one of {attacks.NORMS}.')
   for key in ('attack.steps', 'eval.steps', 'eval.apgd_steps', 'eval.apgd_restarts',

@@ -36,7 +36,7 @@ class Evaluator:
   """
 
   def __init__(self, task, model, mesh, attack, *, batch_size: int = 64, seed: int = 0,
-               progress: bool = True):
+               progress: bool = True, chunk_steps: int = 0):
     self.task, self.model, self.mesh = task, model, mesh
     self.attacks = tuple(attack) if isinstance(attack, (list, tuple)) else (attack,)
     self.attack = self.attacks[0]
@@ -47,7 +47,7 @@ class Evaluator:
     # On CPU the attack runs as a host loop over jitted chunks of unrolled steps (fast convolutions,
     # bounded compile time); elsewhere as one fori_loop per attack.
     self.unroll = attacks.default_unroll()
-    self.chunk = 10 if self.unroll else 1 << 30
+    self.chunk = chunk_steps or (10 if self.unroll else 1 << 30)
     self._stats = jax.jit(self._stats_impl)
     self._apply = jax.jit(lambda params, x: model.apply({'params': params}, x))
     self._init = jax.jit(self._init_impl, static_argnames=('attack',))
@@ -296,7 +296,7 @@ def make_evaluator(task, model, mesh, config) -> Evaluator:
   """The evaluator of `config.eval`'s attacks."""
   return Evaluator(task, model, mesh, evaluation_attacks(config.eval, config.attack.clip),
                    batch_size=config.eval.batch_size, seed=config.eval.seed,
-                   progress=config.progress_bar)
+                   progress=config.progress_bar, chunk_steps=config.eval.get('chunk_steps', 0))
 
 
 def data_provenance(config, split: str, split_size: int) -> dict:

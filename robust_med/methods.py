@@ -156,7 +156,7 @@ class Amat:
       x_adv, x_boundary, crossed = attacks.boundary_pgd(
           lambda z: stack_terms(objective.attack_terms(z)), x, margins, xi, norm=a.norm,
           steps=a.steps, step_size=a.step_size(margins, x),
-          key=key if a.random_start else None, clip=a.clip)
+          key=key if a.random_start else None, clip=a.clip, unroll=a.unroll)
     else:
       x_adv = self.attack(objective.attack_loss, x, margins, key)
     loss, clean, noisy, metrics = clean_and_noisy_loss(objective, x, x_adv)

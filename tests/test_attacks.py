@@ -412,3 +412,16 @@ def test_boundary_pgd_any_term_crosses():
                                          step_size=0.1)
   assert np.asarray(crossed).tolist() == [True, False]
   assert float(attacks.perturbation_norm(x_b - x)[0]) == pytest.approx(0.5, abs=0.1 + 1e-5)
+
+
+@pytest.mark.parametrize('choice', ['auto', 'unrolled', 'loop'])
+def test_the_training_attack_loop_is_configurable_and_gives_the_same_perturbation(choice):
+  import ml_collections
+  c = ml_collections.ConfigDict({'norm': 'l2', 'steps': 4, 'step_size_factor': 2.5,
+                                 'random_start': False, 'unroll': choice})
+  settings = attacks.PGDSettings.from_config(c)
+  assert settings.unroll is attacks.UNROLL_CHOICES[choice]
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5)), jnp.float32)
+  loss = lambda z: jnp.sum(jnp.sin(z) * z, axis=1)
+  reference = attacks.pgd(loss, x, 0.5, steps=4, unroll=True)
+  np.testing.assert_allclose(settings(loss, x, 0.5), reference, atol=1e-6)

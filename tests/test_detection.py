@@ -346,3 +346,18 @@ def test_the_huge_budget_check_reads_map_and_old_reports_can_be_rechecked():
   report['check_curves']['huge-eps'] = [row(389.0, 0.0, 0.2)]  # mAP not driven down: fails.
   assert not {c['name']: c['passed'] for c in evaluate.recheck(
       task, tiny_detection_config().eval, report)['checks']}['huge_eps_reaches_floor']
+
+
+def test_evaluation_chunks_and_loop_settings_are_checked():
+  with pytest.raises(ConfigError, match='attack.unroll'):
+    config_base.validate(tiny_detection_config(**{'attack.unroll': 'sometimes'}))
+  with pytest.raises(ConfigError, match='chunk_steps'):
+    config_base.validate(tiny_detection_config(**{'eval.chunk_steps': -1}))
+  from robust_med import evaluate
+  task = detection.Task(tiny_detection_config())
+  import flax.linen as nn
+  from robust_med import sharding
+  mesh = sharding.make_mesh(1)
+  evaluator = evaluate.make_evaluator(task, nn.Dense(1), mesh, tiny_detection_config(
+      **{'eval.chunk_steps': 3}))
+  assert evaluator.chunk == 3
