@@ -32,7 +32,7 @@ def fail(message: str) -> None:
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
   """Data-quirk warnings (robust_med's UserWarnings) as `warning: ...`, without the source line
   that Python's default format adds."""
-  if issubclass(category, UserWarning) and not issubclass(category, DeprecationWarning):
+  if issubclass(category, UserWarning):
     return f'warning: {message}\n'
   return _default_format(message, category, filename, lineno, line)
 

@@ -16,7 +16,7 @@ from robust_med.errors import ConfigError
 from robust_med.models.yolo import anchor_points
 from robust_med.tasks import detection
 from test_voc_data import IMAGES, make_voc, write_xml
-from tiny import set_keys
+from tiny import assert_xi_from_the_training_split_only, set_keys
 
 
 def tiny_detection_config(method: str = 'std', **overrides):
@@ -172,22 +172,8 @@ def test_average_iou_and_map_by_hand():
 
 
 def test_xi_is_a_three_vector_from_the_training_split_only():
-  config = tiny_detection_config('amat', **{'method.xi_stat': 'mean+2std'})
-  trainer = train.Trainer(config, '/tmp/unused_detection_xi')
-  # Make the validation split very different, so ξ computed with it would show.
-  trainer.eval_data = dict(trainer.eval_data, image=np.ones_like(trainer.eval_data['image']))
-  params = trainer.fresh_state().params
-  xi = trainer.measure_xi(params)
-  assert xi.shape == (3,)
-  terms = train.per_sample_clean_terms(trainer.task, trainer.model, params, trainer.train_data,
-                                       trainer.mesh, 8)
-  assert sorted(terms) == ['box', 'cls', 'obj']
-  expected = [np.mean(terms[k]) + 2 * np.std(terms[k]) for k in sorted(terms)]
-  np.testing.assert_allclose(xi, expected, rtol=1e-5)
-  val_terms = train.per_sample_clean_terms(trainer.task, trainer.model, params, trainer.eval_data,
-                                           trainer.mesh, 8)
-  both = {k: np.concatenate([terms[k], val_terms[k]]) for k in terms}
-  assert not np.allclose(methods.estimate_xi(both, 'mean+2std'), xi, rtol=1e-3)
+  assert_xi_from_the_training_split_only(
+      tiny_detection_config('amat', **{'method.xi_stat': 'mean+2std'}), num_terms=3)
 
 
 def test_attacking_sample_0_leaves_sample_1_unchanged():

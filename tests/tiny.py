@@ -38,3 +38,25 @@ def set_keys(config, overrides: dict) -> None:
     for p in path:
       node = node[p]
     node[last] = value
+
+
+def assert_xi_from_the_training_split_only(config, num_terms: int) -> None:
+  """ξ of an AMAT `config` (xi_stat mean+2std) is a vector with one entry per loss term, computed
+  from the training split's clean per-sample losses; the validation split, made very different
+  here, would change it if it leaked in."""
+  import numpy as np
+  from robust_med import methods, train
+  trainer = train.Trainer(config, '/tmp/unused_xi_workdir')
+  trainer.eval_data = dict(trainer.eval_data, image=np.ones_like(trainer.eval_data['image']))
+  params = trainer.fresh_state().params
+  xi = trainer.measure_xi(params)
+  assert xi.shape == (num_terms,)
+  terms = train.per_sample_clean_terms(trainer.task, trainer.model, params, trainer.train_data,
+                                       trainer.mesh, 8)
+  assert sorted(terms) == sorted(trainer.task.loss_term_names)
+  expected = [np.mean(terms[k]) + 2 * np.std(terms[k]) for k in sorted(terms)]
+  np.testing.assert_allclose(xi, expected, rtol=1e-5)
+  val_terms = train.per_sample_clean_terms(trainer.task, trainer.model, params, trainer.eval_data,
+                                           trainer.mesh, 8)
+  both = {k: np.concatenate([terms[k], val_terms[k]]) for k in terms}
+  assert not np.allclose(methods.estimate_xi(both, 'mean+2std'), xi, rtol=1e-3)
