@@ -16,6 +16,7 @@ setup(
         'orbax-checkpoint>=0.11',
         'ml-collections>=1.0',
         'chex>=0.1.89',
+        'dm-pix>=0.4',
         'absl-py',
         'numpy',
         'scipy',
@@ -24,8 +25,12 @@ setup(
         'tqdm',
     ],
     extras_require={
+        # DICOM files in image folders (classification head).
+        'dicom': ['pydicom>=2.4'],
         # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests; pycocotools
-        # is the reference the detection mAP is checked against.
-        'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'pycocotools'],
+        # is the reference the detection mAP is checked against, scikit-learn the reference for
+        # AUC and balanced accuracy; pydicom reads the DICOM test fixture.
+        'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'pycocotools',
+                 'scikit-learn', 'pydicom>=2.4'],
     },
 )

@@ -8,6 +8,14 @@ Also times the attack loop unrolled vs `lax.fori_loop` on this backend, which is
   python experiments/benchmark_step.py --pgd_steps=20 --batch_size=32 --patch=128 --width=32 --depth=5
   python experiments/benchmark_step.py --config=configs/ceph_amat.py:synthetic --target=1.02
   python experiments/benchmark_step.py --config=configs/bccd_amat.py:synthetic --target=1.02
+
+With `--method_configs` it times the method section of each listed config file instead (the whole
+section: budgets, weights, augmentation; `--pgd_steps` is ignored, each keeps the config's
+attack), and prints each step time relative to `--reference` (the classification head's eight
+methods, RTDA's cost relative to AT):
+
+  python experiments/benchmark_step.py --config=configs/busi_rtda.py:cpu --reference=at \
+      --method_configs=configs/busi_{std,at,gradreg,aug,at_aug,at_gradreg,rtda,amat}.py:cpu
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ def _config(args, method: str):
     c.data.name = 'synthetic'
     c.data.patch_size = (48, 48)
     c.model.base_width, c.model.depth = 8, 3
+  if args.data_root:
+    c.data.root = args.data_root
   if args.patch:  # A head with a square letterbox (detection) has data.image_size instead.
     if 'image_size' in c.data:
       c.data.image_size = args.patch
@@ -46,10 +56,15 @@ def _config(args, method: str):
     c.data.num_train, c.data.num_val = args.batch_size * 2, args.batch_size
   c.model.base_width = args.width or c.model.base_width
   c.model.depth = args.depth or c.model.depth
-  c.method.name, _, refine = method.partition(':')  # 'amat:boundary' = AMAT, boundary refine.
-  c.method.refine = refine or 'paper'
-  c.method.eps = c.method.delta_eps = 1.0
-  c.attack.steps = args.pgd_steps
+  if method.endswith('.py') or '.py:' in method:  # A config file's whole method section.
+    from robust_med import sweep
+    for k, v in sweep.load_config_file(method).method.items():
+      c.method[k] = v
+  else:
+    c.method.name, _, refine = method.partition(':')  # 'amat:boundary' = AMAT, boundary refine.
+    c.method.refine = refine or 'paper'
+    c.method.eps = c.method.delta_eps = 1.0
+    c.attack.steps = args.pgd_steps
   c.batch_size = args.batch_size
   c.mesh.num_devices = args.devices
   return c
@@ -73,8 +88,8 @@ def compiled_step(args, method: str):
                            initial_margin=1.0, seed=0, mesh=mesh)
   state = state.replace(xi=jax.device_put(jnp.full((terms,), 0.5), sharding.replicated(mesh)))
   step = train.jit_train_step(
-      train.make_train_step(task, model, methods.build_method(config.method, config.attack), tx),
-      state, mesh)
+      train.make_train_step(task, model, methods.build_method(config.method, config.attack), tx,
+                            *train.augment_settings(config)), state, mesh)
   batch = sharding.put_batch({k: v[:args.batch_size] for k, v in data.items()}, mesh)
   state, m = step(state, batch)
   jax.block_until_ready(m)
@@ -115,6 +130,23 @@ def time_attack_loop(args, unroll: bool) -> tuple[float, float]:
   return compile_s, (time.perf_counter() - t) / args.repeats
 
 
+def time_method_configs(args) -> None:
+  """Step time of each config file's method section, and its ratio to the reference's."""
+  import os
+  files = [f for f in args.method_configs.split(',') if f]
+  c = _config(args, files[0])
+  print(f'backend={jax.default_backend()} devices={len(jax.devices())} task={c.task} '
+        f'data={c.data.name} batch={args.batch_size} input={_input_size(c)} '
+        f'model={c.model.base_width}x{c.model.depth} train attack PGD-{c.attack.steps} '
+        f'{c.attack.norm}')
+  name = lambda f: os.path.splitext(os.path.basename(f.partition(':')[0]))[0].split('_', 1)[-1]
+  times = {name(f): t for f, t in time_methods(args, files).items()}
+  ref = times.get(args.reference)
+  for m, t in times.items():
+    ratio = f'  {m}/{args.reference} = {t / ref:.2f}' if ref else ''
+    print(f'{m:12s} step {t * 1000:9.1f} ms{ratio}')
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pgd_steps', type=int, default=10)
@@ -127,7 +159,15 @@ def main():
   p.add_argument('--target', type=float, default=1.05, help='the AMAT/SAT ratio to meet')
   p.add_argument('--devices', type=int, default=0)
   p.add_argument('--repeats', type=int, default=10)
+  p.add_argument('--data_root', default='', help='config.data.root (default: the config\'s)')
+  p.add_argument('--method_configs', default='', help='comma-separated config files whose method '
+                 'sections to time instead of STD/SAT/AMAT')
+  p.add_argument('--reference', default='at', help='with --method_configs: the run the others are '
+                 'compared with (a file\'s name after the dataset prefix, e.g. at)')
   args = p.parse_args()
+  if args.method_configs:
+    time_method_configs(args)
+    return
   c = _config(args, 'std')
   print(f'backend={jax.default_backend()} devices={len(jax.devices())} task={c.task} '
         f'data={c.data.name} batch={args.batch_size} input={_input_size(c)} '

@@ -50,8 +50,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_width = 320
 
   c.method = ml_collections.ConfigDict()
-  c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug | fgsm_both_aug
-  c.method.eps = 0.0                   # sat and the FGSM augmentations: the fixed budget ε
+  c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug |
+                                       # fgsm_both_aug | rtda
+  c.method.eps = 0.0                   # sat, rtda and the FGSM augmentations: the fixed budget ε
+                                       # (rtda: 0 = no adversarial term)
+  c.method.augment = False             # any method: train on batches augmented by the head's
+                                       # Task.augment with the `augment` section's strengths
+  c.method.grad_penalty = 0.0          # rtda: λ of the input-gradient penalty ‖∇ₓL‖₂²
+  c.method.consistency_views = 0.0     # rtda: λ of the symmetric KL between two augmented views
+  c.method.consistency_adv = 0.0       # rtda: λ of the symmetric KL between clean and adversarial
   c.method.fgsm_norm = 'linf'          # FGSM augmentations: norm of the one-step noise
   c.method.delta_eps = 1.0             # amat: Δε, margin growth step and initial margin
   c.method.xi_stat = 'mean'            # amat: 'mean' | 'mean+2std' of the clean training losses
@@ -73,6 +80,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.clip = ()                   # () = no clipping, else (lo, hi)
   c.attack.unroll = 'auto'             # 'auto' (unrolled on CPU: faster convolutions, slower
                                        # compiles; a loop elsewhere) | 'unrolled' | 'loop'
+
+  # Training-time augmentation (config.method.augment): per-sample random strengths drawn up to
+  # these maxima inside the jitted step; geometric ones move the head's targets too. 0 = off.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.flip = 0.0                 # probability of a horizontal flip
+  c.augment.vflip = 0.0                # probability of a vertical flip
+  c.augment.rotation = 0.0             # max |angle|, degrees
+  c.augment.scale = 0.0                # max relative zoom
+  c.augment.translation = 0.0          # max shift, fraction of the side
+  c.augment.elastic_alpha = 0.0        # elastic displacement amplitude, pixels
+  c.augment.elastic_sigma = 4.0        # its smoothness, pixels
+  c.augment.gamma = 0.0                # max |log γ|
+  c.augment.contrast = 0.0             # max relative contrast change
+  c.augment.brightness = 0.0           # max additive brightness change
+  c.augment.noise = 0.0                # max Gaussian noise σ
+  c.augment.blur = 0.0                 # max Gaussian blur σ, pixels
+  c.augment.speckle = 0.0              # max multiplicative (ultrasound speckle) noise σ
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3
@@ -112,6 +136,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.huge_eps = 0.0                # budget that must drive the metric to its floor; 0 = auto
   c.eval.check_tolerance = 0.02        # allowed violation, fraction of |clean − floor|
   c.eval.floor_tolerance = 0.1         # how close to the floor, fraction of |clean − floor|
+
+  # Distribution-shift evaluation (robust_med.shift): clean metrics under each corruption at each
+  # severity, written to shift.json and shift.png next to robustness.json. () = none.
+  c.shift = ml_collections.ConfigDict()
+  c.shift.corruptions = ()             # names from robust_med.corruptions.CORRUPTIONS, or ('all',)
+  c.shift.severities = (1, 2, 3, 4, 5)
+  c.shift.seed = 0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0               # 0 = all local devices
@@ -195,6 +226,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
     else:
       need(config.method.xi_warmup_epochs >= 1, 'config.method.xi_warmup_epochs must be ≥ 1 '
            'with xi_source=warmup: ξ needs a model trained on clean data.')
+  for key in ('method.grad_penalty', 'method.consistency_views', 'method.consistency_adv'):
+    need(given[key] >= 0, f'config.{key} = {given[key]} is negative: weights must be ≥ 0.')
+  if config.method.name == 'rtda':
+    m = config.method
+    need(m.eps > 0 or m.grad_penalty > 0 or m.consistency_views > 0,
+         'config.method.name = rtda with eps, grad_penalty and consistency_views all 0 is STD: '
+         'set at least one (or use --config.method.name=std).')
+    need(not m.consistency_adv or m.eps > 0, f'config.method.consistency_adv = '
+         f'{m.consistency_adv} needs adversarial examples: set config.method.eps > 0.')
+    need(not m.consistency_views or m.augment, f'config.method.consistency_views = '
+         f'{m.consistency_views} compares two augmented views: set config.method.augment=True.')
+  elif any(config.method[k] for k in ('grad_penalty', 'consistency_views', 'consistency_adv')):
+    raise ConfigError(f'config.method.grad_penalty / consistency_views / consistency_adv are '
+                      f'rtda settings but the method is {config.method.name!r}: set them to 0 or '
+                      'use --config.method.name=rtda.')
+  from robust_med import augment as augment_lib  # Local import keeps this module light.
+  for key in augment_lib.KEYS:
+    need(given[f'augment.{key}'] >= 0, f'config.augment.{key} = {given[f"augment.{key}"]} is '
+         'negative: strengths are maxima ≥ 0.')
+  for key in ('flip', 'vflip'):
+    need(config.augment[key] <= 1, f'config.augment.{key} = {config.augment[key]} is a '
+         'probability: use a value in [0, 1].')
+  need(config.augment.elastic_sigma > 0, 'config.augment.elastic_sigma must be > 0 (pixels).')
+  if config.method.augment:
+    need(not augment_lib.AugmentSettings.from_config(config.augment).is_identity(),
+         'config.method.augment is on but every config.augment strength is 0: set some (e.g. '
+         '--config.augment.flip=0.5 --config.augment.rotation=10) or turn augment off.')
+  from robust_med import corruptions  # Local import keeps this module light.
+  for name in corruption_names(config):
+    for severity in config.shift.severities:
+      corruptions.check(name, severity)
   if config.method.name in ('sat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
     need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
          'fixed noise budget, e.g. --config.method.eps=10.')
@@ -227,3 +289,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f'config.data.patch_size = {tuple(config.data.patch_size)} must be divisible by '
        f'2^(depth-1) = {2 ** (config.model.depth - 1)} for the U-Net to restore its size.')
   task.check_config(config)
+
+
+def corruption_names(config) -> tuple[str, ...]:
+  """The corruptions `config.shift.corruptions` names ('all' = every one of the suite)."""
+  from robust_med import corruptions  # Local import keeps this module light.
+  names = tuple(config.get('shift', {}).get('corruptions', ()) or ())
+  return tuple(corruptions.CORRUPTIONS) if names == ('all',) else names

@@ -311,14 +311,18 @@ def data_provenance(config, split: str, split_size: int) -> dict:
 def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray], config,
                        out: str, extra: dict) -> dict:
   """The robustness report of `params` on `data` (capped by `config.eval.max_samples`), written
-  into `out` as robustness.json, robustness.png and examples.png; failed checks are printed as
-  warnings on stderr."""
+  into `out` as robustness.json, robustness.png and examples.png (and, when `config.shift` asks
+  for it, shift.json and shift.png: `robust_med.shift`); failed checks are printed as warnings on
+  stderr."""
   data = evaluation_subset(data, config.eval.max_samples)
   report = robustness_report(evaluator, params, data, config.eval, clip=config.attack.clip,
                              extra=extra)
   os.makedirs(out, exist_ok=True)
   write_examples(evaluator, params, data, config.eval.noise_levels,
                  os.path.join(out, 'examples.png'), title=extra.get('method', 'model'))
+  from robust_med import shift  # Before robustness.json, which marks a finished evaluation.
+  if shift.wanted(config):
+    shift.evaluate_and_write(evaluator, params, data, config, out, extra)
   write_report(out, report)
   for line in report.get('warnings', []):
     print(f'warning: {line}', file=sys.stderr)

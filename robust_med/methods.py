@@ -19,12 +19,20 @@ key. Methods without margins return them unchanged.
 * `fgsm_aug`: (L(x) + L(x + ε·sign∇L)) / 2; `inverse_fgsm_aug`: (L(x) + L(x − ε·sign∇L)) / 2; and
   `fgsm_both_aug`: (L(x) + L(x + ε·sign∇L) + L(x − ε·sign∇L)) / 3 ("adversarial attack driven data
   augmentation for accurate and robust medical image segmentation").
+* `rtda` (robust training with data augmentation): any of PGD adversarial training (ε > 0), an
+  input-gradient penalty λ_gr·‖∇ₓL(x)‖₂² (double backprop), and symmetric-KL consistency between
+  the predictions on two augmented views (λ_views) and on the clean and adversarial inputs
+  (λ_adv); with `method.augment` the trainer augments the batch first (see `Rtda`). Its baselines
+  (gradient regularisation alone, AT + gradient regularisation) are `rtda` with parts switched off.
+
+Every method trains on an augmented batch when `config.method.augment` is set: the trainer applies
+the head's `Task.augment` before the method sees `x`, so augmentation alone is `std` with it on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +52,14 @@ class Objective:
   terms: Callable[[jax.Array], Terms]
   attack_loss: Callable[[jax.Array], jax.Array]
   attack_terms: Callable[[jax.Array], Terms] | None = None
+  # For methods that compare predictions (consistency): the model's outputs (differentiable in
+  # the parameters), the loss terms of given outputs, the head's per-sample divergence of two
+  # outputs (B,), and `second_view(key)`, another augmented view of the batch's samples whose
+  # outputs are comparable with those on `x` (None when the trainer does not augment).
+  outputs: Callable[[jax.Array], Any] | None = None
+  terms_of: Callable[[Any], Terms] | None = None
+  divergence: Callable[[Any, Any], jax.Array] | None = None
+  second_view: Callable[[jax.Array], jax.Array] | None = None
 
 
 AttackSettings = attacks.PGDSettings  # The training attack; its budget comes from the method.
@@ -209,7 +225,80 @@ class AttackAugmentation:
     return loss, margins, {'loss': loss, **metrics}
 
 
-METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug')
+def input_gradient_penalty(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+  """‖∇ₓ L_i(x_i)‖₂² per sample (B,) for a per-sample loss `loss_fn(x) -> (B,)`; differentiable
+  in whatever `loss_fn` closes over (double backprop). Samples must be independent in the model
+  (they are: no batch norm), so the gradient of the summed loss is each sample's own."""
+  grad = jax.grad(lambda z: jnp.sum(loss_fn(z)))(x)
+  return jnp.sum(jnp.square(grad), axis=tuple(range(1, x.ndim)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rtda:
+  """Robust training with data augmentation, per sample i of an (augmented) batch x:
+
+    L_i = L(x_i) + λ_gr·‖∇ₓL(x_i)‖₂²                          (ε = 0)
+    L_i = (L(x_i) + L(x̃_i)) / 2 + λ_gr·‖∇ₓL(x_i)‖₂²           (ε > 0, x̃ = PGD(x, ε))
+          + λ_views·D(f(x_i), f(x'_i)) + λ_adv·D(f(x_i), f(x̃_i))
+
+  with D the head's symmetric divergence (`Task.divergence`; the symmetric KL of the class
+  probabilities for classification) and x' a second augmented view of the same samples. The loss
+  is the batch mean. Parts with a zero weight (or ε = 0) are not computed, so AT + gradient
+  regularisation and gradient regularisation alone are this method with parts off.
+  """
+  eps: float
+  attack: AttackSettings
+  grad_penalty: float = 0.0
+  consistency_views: float = 0.0
+  consistency_adv: float = 0.0
+  uses_margins = False
+  needs_xi = False
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi
+    if objective.outputs is None or objective.terms_of is None:
+      raise ValueError('rtda needs Objective.outputs and Objective.terms_of.')
+    adv_key, view_key = jax.random.split(key)
+
+    def clean_pass(z):
+      out = objective.outputs(z)
+      terms = objective.terms_of(out)
+      return jnp.sum(total(terms)), (out, terms)
+
+    if self.grad_penalty:
+      # One forward pass gives the clean loss, the outputs and (by differentiating it again in
+      # the parameters) the penalty's gradient.
+      grad, (out, clean) = jax.grad(clean_pass, has_aux=True)(x)
+      penalty = jnp.sum(jnp.square(grad), axis=tuple(range(1, x.ndim)))
+    else:
+      _, (out, clean) = clean_pass(x)
+      penalty = jnp.zeros(x.shape[:1], x.dtype)
+    per_sample = total(clean)
+    metrics = _term_metrics('clean', clean)
+    if self.eps > 0:
+      x_adv = self.attack(objective.attack_loss, x, self.eps, adv_key)
+      out_adv = objective.outputs(x_adv)
+      noisy = objective.terms_of(out_adv)
+      per_sample = (per_sample + total(noisy)) / 2
+      metrics.update(_term_metrics('noisy', noisy))
+      if self.consistency_adv:
+        d_adv = objective.divergence(out, out_adv)
+        per_sample = per_sample + self.consistency_adv * d_adv
+        metrics['consistency_adv'] = jnp.mean(d_adv)
+    if self.grad_penalty:
+      per_sample = per_sample + self.grad_penalty * penalty
+      metrics['grad_penalty'] = jnp.mean(penalty)
+    if self.consistency_views:
+      if objective.second_view is None:
+        raise ValueError('rtda consistency between views needs an augmenting trainer.')
+      d_views = objective.divergence(out, objective.outputs(objective.second_view(view_key)))
+      per_sample = per_sample + self.consistency_views * d_views
+      metrics['consistency_views'] = jnp.mean(d_views)
+    loss = jnp.mean(per_sample)
+    return loss, margins, {'loss': loss, **metrics}
+
+
+METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda')
 XI_STATS = ('mean', 'mean+2std')
 
 
@@ -225,6 +314,10 @@ def build_method(method_config, attack_config):
     return Amat(delta_eps=method_config.delta_eps, attack=settings,
                 refine=method_config.refine, max_margin=method_config.max_margin,
                 adv_only_correct=method_config.adv_only_correct)
+  if name == 'rtda':
+    return Rtda(eps=method_config.eps, attack=settings, grad_penalty=method_config.grad_penalty,
+                consistency_views=method_config.consistency_views,
+                consistency_adv=method_config.consistency_adv)
   augment = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
              'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
   if name in augment:

@@ -14,6 +14,13 @@ clean metric, metric at each noise level, mean over the grid, training seconds p
 gradient-masking checks), `DIR/curves.png` (metric vs noise, one line per model) and
 `DIR/training.png` (learning curves when config.eval.every_epochs > 0; AMAT's mean margins).
 
+Methods from config files: `--method_configs=configs/busi_std.py:cpu,configs/busi_at.py:cpu,...`
+gives one run per file with that file's whole method section (name, budgets, weights, augment)
+and everything else from `--config`, each named after the file (`busi_at_aug.py` → `at_aug`):
+
+  python -m robust_med.sweep --config=configs/busi_rtda.py:cpu --workdir=runs/busi \
+      --method_configs=configs/busi_{std,at,gradreg,aug,at_aug,at_gradreg,rtda,amat}.py:cpu
+
 AMAT variants: `--xi_from=std,warmup` gives one AMAT run per source of ξ, and each
 `--amat_variant=refine=boundary,max_margin=12` one run per variant (and source), named after
 what it changes (e.g. `amat_refine-boundary_max_margin-12_xi-std`).
@@ -163,6 +170,48 @@ def _amat_runs(config, workdir: str, methods, xi_from_std: bool, xi_sources, var
   return runs
 
 
+def load_config_file(entry: str) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file in `entry` ('path.py' or 'path.py:arg')."""
+  import importlib.util
+  path, _, arg = entry.partition(':')
+  if not os.path.isfile(path):
+    raise ConfigError(f'--method_configs: no config file {path!r}: list files such as '
+                      'configs/busi_at.py:cpu.')
+  spec = importlib.util.spec_from_file_location(f'_method_config_{len(entry)}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def method_config_runs(config, workdir: str, entries: Sequence[str],
+                       xi_from_std: bool = True) -> list[Run]:
+  """One run per config file of `entries` with that file's method section and the rest of
+  `config`; STD runs first, and an AMAT run takes ξ from the sweep's run named 'std' (when there
+  is one and `xi_from_std`)."""
+  runs = []
+  for entry in entries:
+    other = load_config_file(entry)
+    stem = os.path.splitext(os.path.basename(entry.partition(':')[0]))[0]
+    name = stem.split('_', 1)[1] if '_' in stem else stem
+    if other.task != config.task:
+      raise ConfigError(f'--method_configs: {entry} is a {other.task!r} config but --config is '
+                        f'for the {config.task!r} head: compare methods of one head.')
+    c = copy.deepcopy(config)
+    for k, v in other.method.items():
+      c.method[k] = v
+    runs.append(Run(name, name.upper().replace('_', '+'), c))
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise ConfigError(f'--method_configs names runs {names}: each file must give another name.')
+  runs.sort(key=lambda r: r.config.method.name != 'std')
+  if xi_from_std and 'std' in names:
+    for r in runs:
+      if r.config.method.name == 'amat':
+        r.config.method.xi_source = 'checkpoint'
+        r.config.method.xi_checkpoint = os.path.abspath(os.path.join(workdir, 'std'))
+  return runs
+
+
 def _with_method(config, name: str, **changes) -> ml_collections.ConfigDict:
   c = copy.deepcopy(config)
   c.method.name = name
@@ -181,12 +230,17 @@ def _shared_settings(config) -> dict:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
               methods: Sequence[str] = ('std', 'sat', 'amat'), xi_from_std: bool = True,
               xi_sources: Sequence[str] | None = None, amat_variants: Sequence[dict] = ({},),
+              method_configs: Sequence[str] = (),
               log: Callable[[str], None] = print) -> list[dict]:
   """Trains and evaluates every run of the sweep that has no report yet, then writes the
-  summary. Returns the summary rows (see `summary_rows`)."""
+  summary. Returns the summary rows (see `summary_rows`). With `method_configs` the runs are
+  those files' methods (`method_config_runs`) instead of `methods`."""
   from robust_med import config_base, train
-  runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std,
-                   xi_sources=xi_sources, amat_variants=amat_variants)
+  if method_configs:
+    runs = method_config_runs(config, workdir, method_configs, xi_from_std)
+  else:
+    runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std,
+                     xi_sources=xi_sources, amat_variants=amat_variants)
   for run in runs:
     config_base.validate(run.config)
   os.makedirs(workdir, exist_ok=True)
@@ -463,6 +517,9 @@ def main(argv=None) -> None:
   flags.DEFINE_multi_string('amat_variant', [], 'One AMAT run per use, with these method keys '
                             'changed, e.g. --amat_variant=refine=paper '
                             '--amat_variant=refine=boundary,max_margin=12.')
+  flags.DEFINE_list('method_configs', [], 'Config files whose method sections to compare (one run '
+                    'each, named after the file), e.g. configs/busi_std.py:cpu,configs/busi_at.py:'
+                    'cpu; replaces --methods and --sat_eps.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
   @cli.guard
@@ -479,7 +536,8 @@ def main(argv=None) -> None:
     variants = [parse_variant(v, f.config.method) for v in f.amat_variant] or [{}]
     rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
                      xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
-                     amat_variants=variants, log=lambda s: print(s, file=sys.stderr))
+                     amat_variants=variants, method_configs=f.method_configs,
+                     log=lambda s: print(s, file=sys.stderr))
     print(markdown(rows) if rows else 'No finished runs.')
     print(f'Done: {os.path.abspath(f.workdir)}/summary.md, summary.csv, curves.png, training.png')
 

@@ -67,20 +67,36 @@ def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_terms
   return jax.device_put(state, state_shardings(state, mesh))
 
 
-def make_train_step(task, model, method, tx):
-  """The pure train step `(state, batch) -> (state, metrics)` of `method` on `task`."""
+def make_train_step(task, model, method, tx, augment=None, value_range=None):
+  """The pure train step `(state, batch) -> (state, metrics)` of `method` on `task`.
+
+  With `augment` (`augment.AugmentSettings`) the batch is first augmented by `task.augment`
+  (clipped to `value_range`), and the methods get a second augmented view of the same samples.
+  """
 
   def step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
     ids = batch['id']
     margins = state.margins[ids]
+    second_view = None
+    if augment is not None:
+      key, geometry_key, intensity_key = jax.random.split(key, 3)
+      original = batch
+      batch = task.augment(original, intensity_key, augment, geometry_key, value_range)
+      # The second view shares the first one's geometry unless the head's outputs do not move
+      # with the image (then both are drawn independently).
+      shared = geometry_key if task.outputs_move_with_image else None
+      second_view = lambda k: task.augment(original, k, augment, shared, value_range)['image']
 
     def attack_terms(x):  # Parameters held constant: attacks only move the input.
       return task.loss_terms(model.apply({'params': state.params}, x), batch)
 
     def loss_fn(params):
-      terms = lambda x: task.loss_terms(model.apply({'params': params}, x), batch)
-      objective = methods.Objective(terms, lambda x: methods.total(attack_terms(x)), attack_terms)
+      outputs = lambda x: model.apply({'params': params}, x)
+      terms_of = lambda out: task.loss_terms(out, batch)
+      objective = methods.Objective(
+          lambda x: terms_of(outputs(x)), lambda x: methods.total(attack_terms(x)), attack_terms,
+          outputs=outputs, terms_of=terms_of, divergence=task.divergence, second_view=second_view)
       loss, new_margins, metrics = method(objective, batch['image'], margins, state.xi, key)
       return loss, (new_margins, metrics)
 
@@ -93,6 +109,17 @@ def make_train_step(task, model, method, tx):
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
+
+
+def augment_settings(config):
+  """`(settings, value_range)` for `make_train_step`: the `augment` section when
+  `config.method.augment` is on (else None), and the input range the augmented images are
+  clipped to (`config.attack.clip`, the valid input range; None when unclipped)."""
+  if not config.method.get('augment', False):
+    return None, None
+  from robust_med import augment as augment_lib
+  clip = tuple(config.attack.clip) or None
+  return augment_lib.AugmentSettings.from_config(config.augment), clip
 
 
 def jit_train_step(step_fn, state: TrainState, mesh):
@@ -207,10 +234,11 @@ class Trainer:
     # Written once the checkpoint is known to match, so a refused resume leaves the run intact.
     evaluate_lib.write_json(os.path.join(self.workdir, 'config.json'),
                             json.loads(config.to_json_best_effort()))
-    main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx),
-                               state, self.mesh)
-    std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx),
-                               state, self.mesh) if self.warmup_steps else None)
+    main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx,
+                                               *augment_settings(config)), state, self.mesh)
+    std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx,
+                                               *augment_settings(config)), state, self.mesh)
+                if self.warmup_steps else None)
     step = int(state.step)
     xi_ready = not (self.method.needs_xi and np.isnan(jax.device_get(state.xi)).any())
     source = data_lib.ArraySource(self.train_data)

@@ -12,7 +12,7 @@ import importlib
 from robust_med.errors import ConfigError
 from robust_med.tasks.base import Task
 
-KNOWN_TASKS = ('segmentation', 'landmarks', 'detection')
+KNOWN_TASKS = ('segmentation', 'landmarks', 'detection', 'classification')
 
 
 def get_task_class(name: str) -> type[Task]:

@@ -7,7 +7,10 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from robust_med.errors import ConfigError
 
 Batch = Mapping[str, jax.Array]
 
@@ -100,6 +103,60 @@ class Task(abc.ABC):
     huge-budget masking check)."""
     return 0.0
 
+  # --- Augmentation and consistency (RTDA and `config.method.augment`) -------------------------
+
+  #: Whether the head's outputs move with the image (masks, points, boxes: True) or not (a class:
+  #: False). When they do not, the two augmented views consistency compares may differ in
+  #: geometry; when they do, both views share one geometric transform and differ in intensity, so
+  #: their outputs stay aligned.
+  outputs_move_with_image: bool = True
+
+  def move_targets(self, batch: dict, warp) -> dict:
+    """The batch's targets moved by the geometric transform `warp` (`augment.Warp`) that moved
+    its images: masks with `augment.warp_images(warp, mask, order=0)`, points with
+    `augment.warp_points`, boxes with `augment.warp_boxes`. Default: unchanged (targets that do
+    not move with the image, such as a class label)."""
+    del warp
+    return batch
+
+  def augment(self, batch: dict, key: jax.Array, settings, geometry_key: jax.Array | None = None,
+              value_range: tuple[float, float] | None = None) -> dict:
+    """The batch with per-sample random augmentation (`augment.AugmentSettings`): a geometric
+    transform drawn from `geometry_key` (default: from `key`) applied to the images and, through
+    `move_targets`, to the targets; then intensity changes drawn from `key`, clipped to
+    `value_range` (None: not clipped). Pure and jittable."""
+    from robust_med import augment as augment_lib  # Local import keeps this module light.
+    key, own_geometry_key = jax.random.split(key)
+    geometry_key = own_geometry_key if geometry_key is None else geometry_key
+    out = dict(batch)
+    image = out['image']
+    geometric = settings.geometric()
+    if any(geometric[k] for k in geometric if k != 'elastic_sigma'):
+      b, h, w = image.shape[:3]
+      warp = augment_lib.sample_warp(geometry_key, b, h, w, **geometric)
+      out['image'] = augment_lib.warp_images(warp, image)
+      out = self.move_targets(out, warp)
+    photometric = settings.photometric()
+    if any(photometric.values()):
+      out['image'] = augment_lib.intensity(key, out['image'], value_range=value_range,
+                                           **photometric)
+    return out
+
+  def divergence(self, outputs_a: Any, outputs_b: Any) -> jax.Array:
+    """A symmetric per-sample divergence (B,) of two outputs of the model for the same samples
+    (RTDA's consistency terms). Default: none; heads that support consistency define it."""
+    raise ConfigError(f'The {self.name!r} head defines no divergence between predictions, which '
+                      'the rtda consistency terms need: set config.method.consistency_views and '
+                      'consistency_adv to 0.')
+
+  # --- Distribution shift ---------------------------------------------------------------------
+
+  def shifted_splits(self, split: str) -> dict[str, dict[str, np.ndarray]]:
+    """Other versions of `split` under a natural distribution shift (e.g. the same images at
+    another resolution), by name, for the shift report. Default: none."""
+    del split
+    return {}
+
   #: The metric the huge-budget masking check drives to `metric_floor()`; '' = the primary one.
   #: A head whose primary metric has no input-independent floor names one that has (detection:
   #: average IoU rewards a flood of false boxes, mAP does not).
@@ -115,3 +172,12 @@ def show_image(ax, image: np.ndarray) -> None:
   else:
     ax.imshow(image[..., 0], cmap='gray')
   ax.set_axis_off()
+
+
+def symmetric_kl(logits_a: jax.Array, logits_b: jax.Array, axis: int = -1) -> jax.Array:
+  """KL(p‖q) + KL(q‖p) of the softmax distributions of two logit arrays along `axis`, averaged
+  over every other non-batch axis: (B,)."""
+  log_p = jax.nn.log_softmax(logits_a, axis=axis)
+  log_q = jax.nn.log_softmax(logits_b, axis=axis)
+  d = jnp.sum((jnp.exp(log_p) - jnp.exp(log_q)) * (log_p - log_q), axis=axis)
+  return jnp.mean(d.reshape(d.shape[0], -1), axis=1)

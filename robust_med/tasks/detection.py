@@ -227,6 +227,16 @@ class Task(base.Task):
     return detection_loss_terms(outputs, batch, top_k=d.top_k, radius=d.center_radius,
                                 alpha=d.align_alpha, beta=d.align_beta, box_weight=d.box_weight)
 
+  def move_targets(self, batch, warp):
+    """Boxes become the enclosing boxes of their warped outlines, clipped to the image; a box
+    pushed out of the image (no area left) is no longer valid."""
+    from robust_med import augment
+    h, w = batch['image'].shape[1:3]
+    boxes = augment.warp_boxes(warp, batch['boxes'], h, w)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    valid = batch['valid'] & (area > 1.0)
+    return {**batch, 'boxes': jnp.where(valid[..., None], boxes, batch['boxes']), 'valid': valid}
+
   def detect(self, outputs) -> dict[str, jax.Array]:
     d = self.config.detection
     return postprocess(outputs, pre_nms=d.pre_nms, nms_iou=d.nms_iou,

@@ -231,6 +231,12 @@ class Task(base.Task):
             'offset_x': masked_l1(outputs['offset_x'], t['offset_x'], t['disk']),
             'offset_y': masked_l1(outputs['offset_y'], t['offset_y'], t['disk'])}
 
+  def move_targets(self, batch, warp):
+    """The landmarks (input pixels) follow the image; the full-resolution copies the metrics read
+    are left alone (evaluation never augments)."""
+    from robust_med import augment
+    return {**batch, 'landmarks': augment.warp_points(warp, batch['landmarks'])}
+
   def decode(self, outputs) -> jax.Array:
     """(B, L, 2) predicted landmarks (x, y) in input pixels."""
     lm = self.config.landmarks

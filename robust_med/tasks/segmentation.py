@@ -119,6 +119,15 @@ class Task(base.Task):
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     return dice_metrics(stats['tp'], stats['fp'], stats['fn'], getattr(self, 'class_names', ()))
 
+  def move_targets(self, batch, warp):
+    """The label map follows the image (nearest-neighbour, so labels stay labels)."""
+    from robust_med import augment
+    return {**batch, 'label': augment.warp_images(warp, batch['label'], order=0)}
+
+  def divergence(self, outputs_a, outputs_b):
+    """Symmetric KL of the per-pixel class distributions, averaged over the pixels."""
+    return base.symmetric_kl(outputs_a, outputs_b)
+
   def draw(self, ax, image, outputs, item) -> None:
     """The predicted classes filled in colour over the image, the ground truth as outlines of the
     same colours."""

@@ -1,0 +1,15 @@
+"""PneumoniaMNIST chest X-rays (normal / pneumonia), classification (pre-activation ResNet, group norm): amat.
+The method's settings are presets.CLASSIFICATION_METHODS['amat']. Variants after the colon: ''
+(paper-sized), 'cpu', 'synthetic' (see robust_med/presets.py).
+
+  python -m robust_med.main --config=configs/pneumonia_amat.py:cpu --config.data.root=../shared/data/pneumoniamnist_variant --workdir=runs/pneumonia_amat
+  python -m robust_med.main --config=configs/pneumonia_amat.py:synthetic --workdir=/tmp/pneumonia_amat
+"""
+
+from robust_med import presets
+
+VARIANTS = presets.CLASSIFICATION_VARIANTS  # What may follow the colon.
+
+
+def get_config(arg: str = ''):
+  return presets.classification_config('pneumonia', 'amat', arg)

@@ -1,0 +1,15 @@
+"""PneumoniaMNIST chest X-rays (normal / pneumonia), classification (pre-activation ResNet, group norm): at_aug.
+The method's settings are presets.CLASSIFICATION_METHODS['at_aug']. Variants after the colon: ''
+(paper-sized), 'cpu', 'synthetic' (see robust_med/presets.py).
+
+  python -m robust_med.main --config=configs/pneumonia_at_aug.py:cpu --config.data.root=../shared/data/pneumoniamnist_variant --workdir=runs/pneumonia_at_aug
+  python -m robust_med.main --config=configs/pneumonia_at_aug.py:synthetic --workdir=/tmp/pneumonia_at_aug
+"""
+
+from robust_med import presets
+
+VARIANTS = presets.CLASSIFICATION_VARIANTS  # What may follow the colon.
+
+
+def get_config(arg: str = ''):
+  return presets.classification_config('pneumonia', 'at_aug', arg)

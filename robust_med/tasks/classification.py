@@ -1,0 +1,205 @@
+"""Image-classification head: a pre-activation ResNet with group norm on MedMNIST-format npz files,
+BUSI-style npz files with a split column, image folders (PNG/JPEG/DICOM) or the synthetic lesion
+set (`robust_med.data.classification`).
+
+Loss: one term, `ce`, the per-sample softmax cross-entropy, optionally weighted by class
+(`classification.class_weights = 'balanced'`: w_k = N / (K·N_k) from the training split's counts,
+for imbalanced data such as the pneumonia copy with 10 % normal images).
+
+Metrics (`summarize`): `accuracy`, `balanced_accuracy` (the mean of the per-class sensitivities
+over the classes present), `auc` (binary: the ROC AUC of the positive class; more classes: the
+macro average of one-vs-rest AUCs over the classes present with both outcomes, as scikit-learn's
+`roc_auc_score(multi_class='ovr', average='macro')`), and `sensitivity/<class>` (recall of each
+class). A sample's score for the worst case is its probability margin p_y − max_{k≠y} p_k, which
+is negative exactly when it is misclassified.
+
+RTDA's consistency compares the class distributions of two predictions with the symmetric KL
+divergence (`divergence`); a class does not move with the image, so the two augmented views may
+differ in geometry (`outputs_move_with_image = False`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import stats as scipy_stats
+
+from robust_med.data import classification as cls_data
+from robust_med.errors import ConfigError
+from robust_med.models.resnet import ResNetClassifier
+from robust_med.tasks import base
+
+CLASS_WEIGHTS = ('none', 'balanced')
+
+
+def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """ROC AUC of `scores` for the boolean `positive` labels (Mann–Whitney U with tied ranks
+  averaged); NaN when one of the two outcomes is absent."""
+  positive = np.asarray(positive, bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if not n_pos or not n_neg:
+    return float('nan')
+  ranks = scipy_stats.rankdata(np.asarray(scores, np.float64))
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray,
+                           class_names: tuple[str, ...] = ()) -> dict[str, float]:
+  """Accuracy, balanced accuracy, macro AUC and per-class sensitivity of class probabilities
+  (N, K) against integer labels (N,)."""
+  probs = np.asarray(probs, np.float64)
+  labels = np.asarray(labels, np.int64)
+  k = probs.shape[1]
+  pred = probs.argmax(axis=1)
+  out = {'accuracy': float(np.mean(pred == labels)) if len(labels) else float('nan')}
+  sensitivity = {}
+  for c in range(k):
+    name = class_names[c] if c < len(class_names) else str(c)
+    present = labels == c
+    sensitivity[name] = float(np.mean(pred[present] == c)) if present.any() else float('nan')
+  values = [v for v in sensitivity.values() if not np.isnan(v)]
+  out['balanced_accuracy'] = float(np.mean(values)) if values else float('nan')
+  if k == 2:
+    out['auc'] = binary_auc(probs[:, 1], labels == 1)
+  else:
+    aucs = [binary_auc(probs[:, c], labels == c) for c in range(k)]
+    aucs = [a for a in aucs if not np.isnan(a)]
+    out['auc'] = float(np.mean(aucs)) if aucs else float('nan')
+  out.update({f'sensitivity/{name}': v for name, v in sensitivity.items()})
+  return out
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """w_k = N / (K · N_k) over the K classes present (scikit-learn's 'balanced': every class then
+  weighs N / K in total, and the mean weight is 1); absent classes get weight 0."""
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
+  present = max(int((counts > 0).sum()), 1)
+  with np.errstate(divide='ignore'):
+    weights = np.where(counts > 0, counts.sum() / (present * counts), 0.0)
+  return weights.astype(np.float32)
+
+
+class Task(base.Task):
+  """Image classification (BUSI, PneumoniaMNIST and any MedMNIST-format or folder dataset)."""
+
+  name = 'classification'
+  primary_metric = 'accuracy'
+  higher_is_better = True
+  sample_score_name = "the true class's probability margin p_y − max_{k≠y} p_k"
+  loss_term_names = ('ce',)
+  outputs_move_with_image = False
+
+  @classmethod
+  def default_config(cls) -> dict[str, dict[str, Any]]:
+    return {
+        'data': {
+            'image_size': 64,             # square side images are resized to (pixels)
+            'class_names': (),            # in label order; () = from the data
+            'image_key': 'images',        # split-column npz: the image array
+            'label_key': 'label',         # split-column npz: the label array
+            'shift_image_key': '',        # split-column npz: another copy of the images (e.g.
+                                          # BUSI's 28 px 'images_28'), resized to image_size and
+                                          # reported as a cross-resolution shift in shift.json
+        },
+        'model': {
+            'stages': 4,                  # ResNet stages (the width doubles at each)
+            'stem_stride': 1,             # stride of the stem convolution
+        },
+        'classification': {
+            'class_weights': 'none',      # 'none' | 'balanced' (inverse training frequency)
+        },
+    }
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    if config.classification.class_weights not in CLASS_WEIGHTS:
+      raise ConfigError(f'config.classification.class_weights = '
+                        f'{config.classification.class_weights!r}: use one of {CLASS_WEIGHTS}.')
+    m = config.model
+    if m.stages < 1 or m.depth < 1 or m.base_width < 1 or m.stem_stride < 1:
+      raise ConfigError(f'config.model.stages = {m.stages}, depth = {m.depth}, base_width = '
+                        f'{m.base_width} and stem_stride = {m.stem_stride} must all be ≥ 1.')
+    size, shrink = config.data.image_size, m.stem_stride * 2 ** (m.stages - 1)
+    if not isinstance(size, int) or size < shrink:
+      raise ConfigError(f'config.data.image_size = {size!r} is smaller than the network\'s '
+                        f'total stride {shrink} (stem_stride · 2^(stages − 1)): raise image_size '
+                        'or use fewer stages.')
+    if config.data.tune_fraction:
+      raise ConfigError(f'config.data.tune_fraction = {config.data.tune_fraction}: the '
+                        'classification head reads the splits the data declares; add a tune '
+                        'split to the data and pass --config.data.eval_split=tune instead.')
+
+  def splits(self) -> tuple[str, ...]:
+    return cls_data.split_names(self.config.data)
+
+  def load_split(self, split: str, image_key: str | None = None):
+    arrays, info = cls_data.load_split(self.config.data, split, image_key)
+    self.class_names = tuple(info.class_names)
+    n = len(arrays['id'])
+    arrays['weight'] = np.ones(n, np.float32)
+    if (self.config.classification.class_weights == 'balanced'
+        and split == self.config.data.train_split):
+      weights = balanced_class_weights(arrays['label'], info.num_classes)
+      arrays['weight'] = weights[arrays['label']]
+    return arrays, info
+
+  def data_signature(self, info) -> dict:
+    return {'channels': int(info.channels), 'class_names': list(info.class_names),
+            'image_size': int(info.image_size)}
+
+  def build_model(self, info) -> ResNetClassifier:
+    self.class_names = tuple(info.class_names)
+    m = self.config.model
+    return ResNetClassifier(num_classes=info.num_classes, base_width=m.base_width,
+                            blocks=m.depth, stages=m.stages, stem_stride=m.stem_stride,
+                            max_width=m.max_width)
+
+  def loss_terms(self, outputs, batch):
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs, batch['label'])
+    return {'ce': ce * batch['weight'] if 'weight' in batch else ce}
+
+  def eval_stats(self, outputs, batch):
+    return {'probs': jax.nn.softmax(outputs, axis=-1), 'label': batch['label']}
+
+  def _class_names(self) -> tuple[str, ...]:
+    return tuple(getattr(self, 'class_names', ()) or self.config.data.class_names)
+
+  def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return classification_metrics(stats['probs'], stats['label'], self._class_names())
+
+  def sample_scores(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    probs = np.asarray(stats['probs'], np.float64)
+    labels = np.asarray(stats['label'], np.int64)
+    true = np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+    others = probs.copy()
+    np.put_along_axis(others, labels[:, None], -np.inf, axis=1)
+    return true - others.max(axis=1)
+
+  def divergence(self, outputs_a, outputs_b) -> jax.Array:
+    return base.symmetric_kl(outputs_a, outputs_b)
+
+  def metric_floor(self) -> float:
+    """An unbounded attack can misclassify every image: accuracy 0."""
+    return 0.0
+
+  def shifted_splits(self, split: str) -> dict[str, dict[str, np.ndarray]]:
+    key = self.config.data.shift_image_key
+    if not key:
+      return {}
+    arrays, info = self.load_split(split, image_key=key)
+    return {f'{key} resized to {info.image_size} px': arrays}
+
+  def draw(self, ax, image, outputs, item) -> None:
+    """The image with its true class, the predicted class and that prediction's probability."""
+    base.show_image(ax, image)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(outputs)))
+    names = self._class_names()
+    name = lambda k: names[k] if k < len(names) else str(k)
+    pred, true = int(probs.argmax()), int(np.asarray(item['label']))
+    ax.text(0.02, 0.02, f'true {name(true)}\npred {name(pred)} {probs[pred]:.2f}', fontsize=6,
+            color='lime' if pred == true else 'red', transform=ax.transAxes, va='bottom',
+            bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1, 'lw': 0})
