@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from robust_med import augment
 from robust_med.data import ceph
 from robust_med.errors import ConfigError
 from robust_med.models.unet import MultiTaskUNet, unet_features
@@ -49,11 +50,7 @@ def sdr_key(radius_mm: float) -> str:
   return f'sdr_{radius_mm:g}mm'
 
 
-def pixel_grid(height: int, width: int) -> tuple[jax.Array, jax.Array]:
-  """(x, y) coordinates of the pixel centres, each (H, W)."""
-  y, x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
-                      indexing='ij')
-  return x, y
+pixel_grid = augment.pixel_grid  # (x, y) of the pixel centres, each (H, W).
 
 
 def encode(landmarks: jax.Array, size: tuple[int, int], radius: float) -> dict[str, jax.Array]:
@@ -234,7 +231,6 @@ class Task(base.Task):
   def move_targets(self, batch, warp):
     """The landmarks (input pixels) follow the image; the full-resolution copies the metrics read
     are left alone (evaluation never augments)."""
-    from robust_med import augment
     return {**batch, 'landmarks': augment.warp_points(warp, batch['landmarks'])}
 
   def decode(self, outputs) -> jax.Array:
