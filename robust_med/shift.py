@@ -145,9 +145,9 @@ def plot(report: dict, path: str) -> None:
 
 
 def wanted(config) -> bool:
-  """Whether the config asks for a shift report."""
-  return bool(config_base.corruption_names(config)) or bool(
-      config.data.get('shift_image_key', ''))
+  """Whether the config asks for a shift report (`shift.corruptions` set); the head's shifted
+  copies of the split (`Task.shifted_splits`) are reported with it."""
+  return bool(config_base.corruption_names(config))
 
 
 def evaluate_and_write(evaluator, params, data: dict[str, np.ndarray], config, out: str,

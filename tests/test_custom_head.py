@@ -83,3 +83,20 @@ def test_dotted_task_paths_that_do_not_work_are_one_line(tmp_path, monkeypatch):
     get_task_class('pkg_head.empty')
   sys.modules.pop('pkg_head.empty', None)
   sys.modules.pop('pkg_head', None)
+
+
+def test_readme_head_trains_with_rtda_and_augmentation_unchanged(head, tmp_path):
+  """RTDA's adversarial and gradient-penalty parts and augmentation need nothing from a head;
+  consistency needs its divergence, and a head without one is refused in one line."""
+  config = tiny_config('rtda', task=head, num_epochs=1, **{
+      'method.grad_penalty': 0.1, 'method.augment': True, 'augment.noise': 0.05,
+      'augment.rotation': 10.0, 'eval.masking_checks': False})
+  state = train.Trainer(config, str(tmp_path / 'rtda')).train()
+  assert int(state.step) == config.data.num_train // config.batch_size
+  records = [json.loads(l) for l in (tmp_path / 'rtda' / 'metrics.jsonl').read_text().splitlines()]
+  train_records = [r for r in records if r['type'] == 'train']
+  assert all(np.isfinite(r['loss']) and r['grad_penalty'] > 0 for r in train_records)
+  config = tiny_config('rtda', task=head, num_epochs=1, **{
+      'method.consistency_views': 1.0, 'method.augment': True, 'augment.noise': 0.05})
+  with pytest.raises(ConfigError, match="'blobs' head defines no divergence"):
+    train.Trainer(config, str(tmp_path / 'views')).train()
