@@ -62,7 +62,7 @@ def table(rows: list[dict]) -> str:
           + ['mean adv. acc', 'mean corr. acc', 'rel. robustness'])
   shifted = sorted({k for r in rows for k in r['shifted']})
   head += [f'acc: {k}' for k in shifted]
-  l2eps = [e for e, _ in rows[0].get('worst_l2', []) if e > 0]
+  l2eps = next(([e for e, _ in r['worst_l2'] if e > 0] for r in rows if r.get('worst_l2')), [])
   head += [f'acc L2 ε={e:g}' for e in l2eps] + ['checks']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
@@ -70,7 +70,8 @@ def table(rows: list[dict]) -> str:
     cells += [f'{a:.3f}' for e, a in r['worst'] if e > 0]
     cells += [f"{r['mean_adv_acc']:.3f}", f"{r['mca']:.3f}", f"{r['rel']:.3f}"]
     cells += [f"{r['shifted'].get(k, float('nan')):.3f}" for k in shifted]
-    cells += [f'{a:.3f}' for e, a in r.get('worst_l2', []) if e > 0]
+    l2 = dict(r.get('worst_l2', []))  # A run whose L2 evaluation has not run yet: n/a.
+    cells += [f'{l2[e]:.3f}' if e in l2 else 'n/a' for e in l2eps]
     cells += [r['checks'] + (f" (failed: {', '.join(r['failed'])})" if r['failed'] else '')]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)

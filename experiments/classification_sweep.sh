@@ -19,10 +19,12 @@ esac
 root=${2:-$default_root}
 out=${3:-runs/$ds}
 common=(--config.data.root="$root" --config.progress_bar=False "${@:4}")
-methods=std,at,gradreg,aug,at_aug,at_gradreg,rtda,amat
+# RTDA and AT right after STD: the runs the claims need most come first.
+methods=std,rtda,at,aug,gradreg,at_aug,at_gradreg,amat
 files=$(echo "$methods" | tr , '\n' | sed "s|.*|configs/${ds}_&.py:cpu|" | paste -sd,)
 python -m robust_med.sweep --config="configs/${ds}_rtda.py:cpu" --workdir="$out" \
   --method_configs="$files" "${common[@]}"
+python experiments/classification_summary.py "$out" --l2=eval_l2 > "$out/table.md"
 for m in ${methods//,/ }; do
   if [ ! -f "$out/$m/eval_l2/robustness.json" ]; then
     python -m robust_med.evaluate --workdir="$out/$m" --split=val --out="$out/$m/eval_l2" \

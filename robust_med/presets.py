@@ -313,7 +313,7 @@ def classification_config(dataset: str, method: str, arg: str = '') -> ml_collec
     c.attack.steps = 5
     c.method.xi_warmup_epochs = 5
     c.eval.every_epochs = 5
-    c.eval.steps = c.eval.apgd_steps = 50
+    c.eval.steps = c.eval.apgd_steps = 20
   elif arg == 'synthetic':
     # Offline demo: three kinds of lesion on speckled 32×32 backgrounds; minutes on 2 cores.
     c.data.name = 'synthetic'
