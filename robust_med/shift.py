@@ -10,7 +10,8 @@ and severity every metric of `Task.summarize`, and
 
 * `mean_corruption`: each metric averaged over all corruptions and severities (for accuracy: the
   mean corruption accuracy);
-* `relative_robustness`: mean corruption primary metric / clean primary metric;
+* `relative_robustness`: mean corruption primary metric / clean primary metric (clean / mean
+  corruption for a lower-is-better metric such as MRE, so that below 1 always means worse);
 * `per_corruption`: the primary metric averaged over the severities of each corruption;
 * `shifted_sets`: the metrics on the head's naturally shifted copies of the split
   (`Task.shifted_splits`, e.g. BUSI's 28 px images upsampled to the training resolution).
@@ -106,8 +107,9 @@ def shift_report(evaluator, params, data: dict[str, np.ndarray], config,
     report['per_corruption'] = {n: float(np.nanmean([r[metric] for r in rows[n]]))
                                 for n in names}
     base = clean[metric]
-    report['relative_robustness'] = (float(report['mean_corruption'][metric] / base)
-                                     if base else float('nan'))
+    shifted = report['mean_corruption'][metric]
+    ratio = (shifted, base) if task.higher_is_better else (base, shifted)
+    report['relative_robustness'] = float(ratio[0] / ratio[1]) if ratio[1] else float('nan')
   report['shifted_sets'] = {name: {'num_samples': len(arrays['id']),
                                    **evaluator.clean(params, arrays)}
                             for name, arrays in (shifted_sets or {}).items()}

@@ -179,8 +179,14 @@ def load_config_file(entry: str) -> ml_collections.ConfigDict:
                       'configs/busi_at.py:cpu.')
   spec = importlib.util.spec_from_file_location(f'_method_config_{len(entry)}', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  try:
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+  except ConfigError:  # e.g. an unknown variant after the colon: already one line.
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'--method_configs: {path} does not load as a config file '
+                      f'({type(e).__name__}: {e}): it must define get_config(arg).') from None
 
 
 def method_config_runs(config, workdir: str, entries: Sequence[str],
@@ -203,7 +209,7 @@ def method_config_runs(config, workdir: str, entries: Sequence[str],
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     raise ConfigError(f'--method_configs names runs {names}: each file must give another name.')
-  runs.sort(key=lambda r: r.config.method.name != 'std')
+  runs.sort(key=lambda r: r.name != 'std')  # Stable: the others keep the order given.
   if xi_from_std and 'std' in names:
     for r in runs:
       if r.config.method.name == 'amat':

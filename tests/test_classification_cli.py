@@ -54,8 +54,7 @@ def _case(tmp_path, how):
   if how == 'label_outside':
     return medmnist(tmp_path / 'd.npz', labels=[0, 1, 2, 1]), []
   if how == 'one_class':
-    return folder(tmp_path / 'f', classes=('normal',)), ['--config.data.name=folder',
-                                                         '--config.data.class_names=()']
+    return folder(tmp_path / 'f', classes=('normal',)), ['--config.data.name=folder']
   if how == 'unreadable':
     root = folder(tmp_path / 'f')
     (root / 'train' / 'normal' / '1.png').write_bytes(b'not a png')

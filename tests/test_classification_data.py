@@ -328,6 +328,10 @@ def test_bad_folders(tmp_path):
   with pytest.raises(DataError) as e:
     cls_data.load_split(config(name='folder', root=str(single)), 'train')
   one_line(e, str(single), 'only one class', 'cat')
+  with pytest.raises(DataError) as e:  # Also when the config lists more classes than there are.
+    cls_data.load_split(config(name='folder', root=str(single), class_names=('cat', 'dog')),
+                        'train')
+  one_line(e, str(single), 'only one class', 'cat')
   with pytest.raises(DataError) as e:
     cls_data.load_split(config(name='folder', root=str(root), class_names=('cat', 'bird')),
                         'train')

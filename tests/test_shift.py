@@ -76,6 +76,27 @@ def test_elastic_corruption_moves_segmentation_labels_with_the_image():
   assert agree > 0.97, agree                                # ... with the image.
 
 
+
+def test_elastic_corruption_moves_landmarks_and_their_full_resolution_copies():
+  """An image that is one bright blob per landmark: after the warp each blob's peak is still at
+  its (moved) landmark, and the full-resolution copies the MRE reads moved with them."""
+  c = presets.ceph_config('std', 'synthetic')
+  task = get_task_class(c.task)(c)
+  data, _ = task.load_split('val')
+  data = {k: v[:4] for k, v in data.items()}
+  h, w = data['image'].shape[1:3]
+  yy, xx = np.mgrid[:h, :w]
+  point = data['landmarks'][:, 0]  # (B, 2) as (x, y), input pixels.
+  blob = np.exp(-((xx - point[:, 0, None, None]) ** 2 + (yy - point[:, 1, None, None]) ** 2) / 4.)
+  data = dict(data, image=blob[..., None].astype(np.float32))
+  out = shift.corrupted_split(task, data, 'elastic', 5, seed=0, chunk=4, lo_hi=(0.0, 1.0))
+  moved = out['landmarks'][:, 0]
+  assert np.abs(moved - point).max() > 0.5  # The warp moved the landmark ...
+  peak = np.stack(np.unravel_index(out['image'][..., 0].reshape(4, -1).argmax(1), (h, w)), 1)
+  np.testing.assert_allclose(peak[:, ::-1], moved, atol=1.0)  # ... and the blob with it,
+  np.testing.assert_allclose(out['landmarks_full'],  # and the metrics' copies too.
+                             out['landmarks'] * data['to_full'][:, None, :], rtol=1e-5)
+
 def test_main_writes_shift_json_and_plot_and_shifted_sets(tmp_path):
   """A tiny training run on a split-column npz with a second (low-resolution) image copy: the
   report has the corruption rows and the cross-resolution set, and is written before

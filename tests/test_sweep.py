@@ -198,3 +198,31 @@ def test_training_plot_needs_curves_or_margins(tmp_path):
       f.write(json.dumps({'type': 'val', 'epoch': e, 'step': e, 'adi': 0.1 * e}) + '\n')
   assert sweep.plot_training([('STD', str(run))], 'adi', str(tmp_path / 't.png'))
   assert (tmp_path / 't.png').stat().st_size > 3000
+
+
+def test_method_configs_keep_their_order_after_std_and_give_amat_xi_from_std(tmp_path):
+  """`--method_configs`: one run per file, the run named 'std' first (AMAT's ξ source), the rest
+  in the order given, each with its file's method section and otherwise the --config's
+  settings."""
+  from robust_med import presets  # pylint: disable=import-outside-toplevel
+  config = presets.classification_config('busi', 'rtda', 'cpu')
+  files = [f'configs/busi_{m}.py:cpu' for m in ('rtda', 'aug', 'std', 'amat')]
+  runs = sweep.method_config_runs(config, str(tmp_path), files)
+  assert [r.name for r in runs] == ['std', 'rtda', 'aug', 'amat']
+  m = {r.name: r.config.method for r in runs}
+  assert m['aug'].name == 'std' and m['aug'].augment and not m['std'].augment
+  assert m['rtda'].grad_penalty > 0 and m['std'].grad_penalty == 0
+  assert m['amat'].xi_source == 'checkpoint'
+  for r in runs:
+    assert sweep._shared_settings(r.config) == sweep._shared_settings(config)
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config(arg):\n  return 1 / 0\n')
+  nothing = tmp_path / 'nothing.py'
+  nothing.write_text('x = 1\n')
+  for path, words in ((broken, ['ZeroDivisionError']), (nothing, ['get_config']),
+                      (tmp_path / 'absent.py', ['no config file'])):
+    with pytest.raises(ConfigError) as e:
+      sweep.method_config_runs(config, str(tmp_path), [str(path)])
+    assert '\n' not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+  with pytest.raises(ConfigError, match='head'):
+    sweep.method_config_runs(config, str(tmp_path), ['configs/ceph_std.py:synthetic'])

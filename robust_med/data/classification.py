@@ -435,8 +435,8 @@ def _folder_classes(data_config: Any, root: Path, layout: dict[str, list[Path]],
         raise DataError(f'Class folder {c} (split {name!r}) is not one of the classes '
                         f'{class_names} (config.data.class_names): add it there or remove the '
                         'folder.')
-  if len(class_names) < 2:
-    raise DataError(f'Image folder {root} has only one class ({", ".join(class_names)}): '
+  if len(found) < 2:  # What the folder holds, whatever config.data.class_names lists.
+    raise DataError(f'Image folder {root} has only one class ({", ".join(found)}): '
                     'classification needs at least two class folders root/<split>/<class>/.')
   return class_names
 

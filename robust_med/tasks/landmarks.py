@@ -229,9 +229,14 @@ class Task(base.Task):
             'offset_y': masked_l1(outputs['offset_y'], t['offset_y'], t['disk'])}
 
   def move_targets(self, batch, warp):
-    """The landmarks (input pixels) follow the image; the full-resolution copies the metrics read
-    are left alone (evaluation never augments)."""
-    return {**batch, 'landmarks': augment.warp_points(warp, batch['landmarks'])}
+    """The landmarks (input pixels) follow the image, and so do the full-resolution copies the
+    metrics read (landmarks_full = landmarks · to_full): an elastic corruption in shift.json is
+    scored against the moved landmarks."""
+    moved = augment.warp_points(warp, batch['landmarks'])
+    out = {**batch, 'landmarks': moved}
+    if 'landmarks_full' in batch and 'to_full' in batch:
+      out['landmarks_full'] = moved * batch['to_full'][:, None, :]
+    return out
 
   def decode(self, outputs) -> jax.Array:
     """(B, L, 2) predicted landmarks (x, y) in input pixels."""
