@@ -2,7 +2,8 @@
 PGD/APGD at each noise level, mean corruption accuracy (shift.json), the cross-resolution set,
 the masking checks — and which of RTDA's three claims hold against STD.
 
-  python experiments/classification_summary.py runs/busi [--l2=eval_l2] > runs/busi/table.md
+  python experiments/classification_summary.py runs/busi [--l2=eval_l2] \
+      [--extra='RTDA ε=2/255=runs/busi_extra/rtda_eps2'] > runs/busi/table.md
 
 Reads `<sweep>/sweep.json` for the runs (in order) and each run's robustness.json and shift.json
 (and, with --l2, `<run>/<l2>/robustness.json` from robust_med.evaluate with the L2 grid).
@@ -77,29 +78,43 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def _rel(a: float, b: float) -> str:
+  return f'{100 * (a / b - 1):+.0f} % relative' if b else 'n/a relative'
+
+
 def claims(rows: list[dict]) -> str:
-  """RTDA's three claims, checked against STD (and the best baseline) on these runs."""
+  """RTDA's three claims, checked against STD (and the best baseline) on these runs, for every
+  RTDA row (the preset's and any --extra one whose label starts with 'RTDA')."""
   by = {r['label']: r for r in rows}
-  if 'RTDA' not in by or 'STD' not in by:
+  rtdas = [r for r in rows if r['label'].startswith('RTDA')]
+  if not rtdas or 'STD' not in by:
     return '(RTDA or STD missing: no claims checked)'
-  rtda, std = by['RTDA'], by['STD']
-  baselines = [r for r in rows if r['label'] not in ('RTDA', 'STD', 'AMAT')]
+  std = by['STD']
+  baselines = [r for r in rows if r['label'] not in ('STD', 'AMAT')
+               and not r['label'].startswith('RTDA')]
   best_adv = max(baselines, key=lambda r: r['mean_adv_acc'], default=None)
   best_mca = max(baselines, key=lambda r: r['mca'], default=None)
-  out = [f"1. clean accuracy above 94 %: RTDA {100 * rtda['clean_acc']:.1f} % "
-         f"({'holds' if rtda['clean_acc'] > 0.94 else 'does not hold'}; STD "
-         f"{100 * std['clean_acc']:.1f} %).",
-         f"2. adversarial robustness +18.7 % on average: RTDA's mean worst-case accuracy over the "
-         f"nonzero budgets is {100 * rtda['mean_adv_acc']:.1f} % vs STD "
-         f"{100 * std['mean_adv_acc']:.1f} % "
-         f"({100 * (rtda['mean_adv_acc'] - std['mean_adv_acc']):+.1f} points)"
-         + (f"; best baseline {best_adv['label']} {100 * best_adv['mean_adv_acc']:.1f} %"
-            if best_adv else '') + '.',
-         f"3. out-of-distribution accuracy +9.3 %: RTDA's mean corruption accuracy "
-         f"{100 * rtda['mca']:.1f} % vs STD {100 * std['mca']:.1f} % "
-         f"({100 * (rtda['mca'] - std['mca']):+.1f} points)"
-         + (f"; best baseline {best_mca['label']} {100 * best_mca['mca']:.1f} %"
-            if best_mca else '') + '.']
+  out = []
+  for rtda in rtdas:
+    name = rtda['label']
+    masking = (f" — but its masking checks failed ({', '.join(rtda['failed'])}), so this "
+               'overstates its robustness' if rtda['failed'] else '')
+    out += [f"{name}:",
+            f"1. clean accuracy above 94 %: {100 * rtda['clean_acc']:.1f} % "
+            f"({'holds' if rtda['clean_acc'] > 0.94 else 'does not hold'}; STD "
+            f"{100 * std['clean_acc']:.1f} %).",
+            f"2. adversarial robustness +18.7 % on average: mean worst-case accuracy over the "
+            f"nonzero L∞ budgets {100 * rtda['mean_adv_acc']:.1f} % vs STD "
+            f"{100 * std['mean_adv_acc']:.1f} % "
+            f"({100 * (rtda['mean_adv_acc'] - std['mean_adv_acc']):+.1f} points, "
+            f"{_rel(rtda['mean_adv_acc'], std['mean_adv_acc'])})"
+            + (f"; best baseline {best_adv['label']} {100 * best_adv['mean_adv_acc']:.1f} %"
+               if best_adv else '') + masking + '.',
+            f"3. out-of-distribution accuracy +9.3 %: mean corruption accuracy "
+            f"{100 * rtda['mca']:.1f} % vs STD {100 * std['mca']:.1f} % "
+            f"({100 * (rtda['mca'] - std['mca']):+.1f} points, {_rel(rtda['mca'], std['mca'])})"
+            + (f"; best baseline {best_mca['label']} {100 * best_mca['mca']:.1f} %"
+               if best_mca else '') + '.']
   return '\n'.join(out)
 
 
@@ -107,10 +122,13 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('sweep')
   p.add_argument('--l2', default='', help='subfolder of each run with the L2-grid report')
+  p.add_argument('--extra', action='append', default=[], metavar='LABEL=DIR',
+                 help='a run outside the sweep to add as a row (repeatable)')
   args = p.parse_args()
   plan = _load(os.path.join(args.sweep, 'sweep.json'))
-  rows = [model_row(r['label'], os.path.join(args.sweep, r['name']), args.l2)
-          for r in plan['runs']]
+  runs = [(r['label'], os.path.join(args.sweep, r['name'])) for r in plan['runs']]
+  runs += [tuple(e.rsplit('=', 1)) for e in args.extra]  # The label may hold '='.
+  rows = [model_row(label, run_dir, args.l2) for label, run_dir in runs]
   rows = [r for r in rows if r]
   if not rows:
     print('No finished runs.')
