@@ -76,7 +76,6 @@ def test_elastic_corruption_moves_segmentation_labels_with_the_image():
   assert agree > 0.97, agree                                # ... with the image.
 
 
-
 def test_elastic_corruption_moves_landmarks_and_their_full_resolution_copies():
   """An image that is one bright blob per landmark: after the warp each blob's peak is still at
   its (moved) landmark, and the full-resolution copies the MRE reads moved with them."""
@@ -96,6 +95,7 @@ def test_elastic_corruption_moves_landmarks_and_their_full_resolution_copies():
   np.testing.assert_allclose(peak[:, ::-1], moved, atol=1.0)  # ... and the blob with it,
   np.testing.assert_allclose(out['landmarks_full'],  # and the metrics' copies too.
                              out['landmarks'] * data['to_full'][:, None, :], rtol=1e-5)
+
 
 def test_main_writes_shift_json_and_plot_and_shifted_sets(tmp_path):
   """A tiny training run on a split-column npz with a second (low-resolution) image copy: the
