@@ -184,3 +184,75 @@ def run_evaluate(argv=None) -> None:
     print(f'Done: robustness.json, robustness.png, examples.png in {os.path.abspath(out)}')
 
   app.run(main, argv=argv, flags_parser=lambda a: parse_flags(_with_saved_config(a)))
+
+
+def run_interpret(argv=None) -> None:
+  from robust_med import saliency
+  config_flags.DEFINE_config_file('config', None, 'Config of the data and interpret settings '
+                                  '(default: the first run\'s own config.json); override keys '
+                                  'with --config.<key>=<value>, e.g. '
+                                  '--config.interpret.top_k="(5,10)".', lock_config=True)
+  flags.DEFINE_list('workdirs', None, 'Workdirs of robust_med.main runs of one head on the same '
+                    'data; the first is the reference of the paired tests.')
+  flags.DEFINE_list('labels', None, 'Names of the models in the report (default: the workdirs\' '
+                    'folder names).')
+  flags.DEFINE_enum('method', None, list(saliency.METHODS), 'Saliency method (default: '
+                    'config.interpret.method).')
+  flags.DEFINE_string('split', '', 'Split to analyse (default: config.data.eval_split, i.e. val).')
+  flags.DEFINE_string('out', '', 'Folder for interpret.json/md/png (default: <parent of the first '
+                      'workdir>/interpret/<split>_<method>).')
+  flags.DEFINE_float('eps', None, 'Budget of the attack the saliency is also measured under '
+                     '(default: config.interpret.eps; 0 there = the middle level of '
+                     'config.eval.noise_levels).')
+  flags.mark_flags_as_required(['workdirs'])
+
+  @guard
+  def main(argv):
+    if len(argv) > 1:
+      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
+                      '--config.<key>=<value>.')
+    from robust_med import config_base, interpret
+    f = flags.FLAGS
+    workdirs = [w for w in f.workdirs if w]
+    if not workdirs:
+      raise UserError('--workdirs is empty: pass one or more run folders, e.g. '
+                      '--workdirs=runs/busi/std,runs/busi/at.')
+    labels = list(f.labels) if f.labels else [os.path.basename(os.path.normpath(w))
+                                              for w in workdirs]
+    if len(labels) != len(workdirs):
+      raise UserError(f'--labels has {len(labels)} names for {len(workdirs)} workdirs: pass one '
+                      'per workdir.')
+    config = f.config
+    if f.eps is not None and f.eps < 0:
+      raise UserError(f'--eps={f.eps} is negative: noise budgets must be ≥ 0.')
+    config_base.validate(config)
+    for w in workdirs[1:]:  # Another head's config.json has keys this head does not know.
+      path = os.path.join(w, 'config.json')
+      if not os.path.isfile(path):
+        raise UserError(f'{path} not found: pass the --workdirs of robust_med.main runs.')
+      with open(path) as fh:
+        task = json.load(fh).get('task', 'segmentation')
+      if task != config.task:
+        raise UserError(f'{workdirs[0]} is a {config.task!r} run but {w} is a {task!r} run: '
+                        'compare checkpoints of one head.')
+    configs = [config] + [load_workdir_config(w) for w in workdirs[1:]]
+    report = interpret.compare(workdirs, configs, labels, method=f.method or '', split=f.split,
+                               eps=f.eps, out=f.out, command=' '.join(
+                                   ['python -m robust_med.interpret', *sys.argv[1:]]))
+    print(interpret.markdown(report))
+    print(f'Done: interpret.json, interpret.md, interpret.png in {report["out"]}')
+
+  def parse(argv):
+    argv = list(argv)
+    if not any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+      first = next((a[len('--workdirs='):].split(',')[0] for a in argv[1:]
+                    if a.startswith('--workdirs=')), '')
+      if first:
+        if not os.path.isfile(os.path.join(first, 'config.json')):
+          fail(f'{os.path.join(first, "config.json")} not found: pass the --workdirs of '
+               'robust_med.main runs.')
+        from robust_med import saved_config
+        argv = [argv[0], f'--config={saved_config.__file__}:{first}', *argv[1:]]
+    return parse_flags(argv)
+
+  app.run(main, argv=argv, flags_parser=parse)

@@ -144,6 +144,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.shift.severities = (1, 2, 3, 4, 5)
   c.shift.seed = 0
 
+  # Saliency and its alignment with annotation masks (robust_med.interpret; heads that define
+  # Task.saliency_target and saliency_score, e.g. classification).
+  c.interpret = ml_collections.ConfigDict()
+  c.interpret.method = 'gradcam'       # robust_med.saliency.METHODS
+  c.interpret.layer = ''               # gradcam(++): module path, e.g. stage3_block0; '' = the
+                                       # last top-level module with a spatial output
+  c.interpret.target = 'predicted'     # explain the 'predicted' class or the true 'label'
+  c.interpret.top_k = (5.0, 10.0, 20.0)  # top-k % saliency regions for IoU and Dice
+  c.interpret.mask_key = 'mask'        # the records' annotation masks (N, H, W)
+  c.interpret.eps = 0.0                # saliency under PGD (config.eval's norm and steps) at this
+                                       # budget; 0 = the middle nonzero level of eval.noise_levels
+  c.interpret.attack = True            # False: no saliency under attack
+  c.interpret.smoothgrad_samples = 25
+  c.interpret.smoothgrad_sigma = 0.15  # noise σ, fraction of each image's value range
+  c.interpret.ig_steps = 64            # integrated gradients: trapezoid intervals
+  c.interpret.ig_baseline = 'mean'     # integrated gradients: 'mean' | 'blur' | 'zero' (see
+                                       # robust_med.saliency: 'zero' is degenerate with group norm)
+  c.interpret.bootstrap_resamples = 10000
+  c.interpret.confidence = 0.95        # bootstrap confidence level of the effect sizes
+  c.interpret.figure_images = 6        # rows of interpret.png (a random choice by seed) ...
+  c.interpret.figure_ids = ()          # ... or these record ids
+  c.interpret.max_samples = 0          # 0 = every annotated image of the split
+  c.interpret.batch_size = 32
+  c.interpret.seed = 0
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0               # 0 = all local devices
   return c
@@ -228,6 +253,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'with xi_source=warmup: ξ needs a model trained on clean data.')
   for key in ('method.grad_penalty', 'method.consistency_views', 'method.consistency_adv'):
     need(given[key] >= 0, f'config.{key} = {given[key]} is negative: weights must be ≥ 0.')
+  from robust_med import alignment, saliency
+  i = config.interpret
+  alignment.check_top_k(i.top_k)
+  saliency.check_settings(saliency.SaliencySettings.from_config(i))
+  need(i.target in ('predicted', 'label'), f'config.interpret.target = {i.target!r}: use '
+       'predicted or label.')
+  need(i.eps >= 0, f'config.interpret.eps = {i.eps} is negative: noise budgets must be ≥ 0.')
+  for key in ('interpret.bootstrap_resamples', 'interpret.batch_size'):
+    need(given[key] >= 1, f'config.{key} = {given[key]} must be ≥ 1.')
+  need(0 < i.confidence < 1, f'config.interpret.confidence = {i.confidence} must be in (0, 1), '
+       'e.g. 0.95.')
   if config.method.name == 'rtda':
     m = config.method
     need(m.eps > 0 or m.grad_penalty > 0 or m.consistency_views > 0,

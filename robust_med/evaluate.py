@@ -461,7 +461,6 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
   be another folder than the one it was trained on. Restores the parameters alone; writes the
   report into `out` (default `workdir/eval/<split>/`) with the data root, split, sample count and
   checkpoint step that produced it. Returns the report."""
-  from robust_med import checkpointing
   from robust_med.errors import UserError
   from robust_med.tasks import get_task_class
   split = split or config.data.eval_split
@@ -471,42 +470,56 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
                     'run\'s report; pick another folder (default: <workdir>/eval/<split>).')
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f'--out={out} is a file: pass a folder for the report.')
-  mngr = checkpointing.reader(workdir)
-  step = checkpointing.pick_step(mngr, step)
-  meta = checkpointing.read_meta(mngr, step)
   task = get_task_class(config.task)(config)
-  where = checkpointing.checkpoint_dir(workdir)
-  if meta.get('task') != task.name:
-    raise UserError(f'The checkpoint in {where} belongs to the {meta.get("task")!r} head but the '
-                    f'config is for the {task.name!r} head: evaluate it with the config it was '
-                    'trained with (leave --config out to use the run\'s config.json).')
   splits = task.splits()
   if split not in splits:
     raise UserError(f'unknown split {split!r}: the data ({config.data.root or config.data.name}) '
                     f'declares the splits {list(splits)}; pass --split=<one of them>.')
   data, info = task.load_split(split)
-  signature = task.data_signature(info)
-  if meta.get('data', signature) != signature:
-    raise UserError(f'The {split!r} split of the data ({config.data.root or config.data.name}) '
-                    f'has {_pairs(signature)} but the checkpoint\'s model in {where} was trained on '
-                    f'{_pairs(meta["data"])}: evaluate on data with the same '
-                    f'{" and ".join(signature)} (or train a model for this data).')
-  model = task.build_model(info)
   mesh = sharding.make_mesh(config.mesh.num_devices)
-  like = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)['params'],
-                        jax.ShapeDtypeStruct((1, *data['image'].shape[1:]), data['image'].dtype))
-  rep = sharding.replicated(mesh)
-  like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), like)
-  params = checkpointing.restore_params(
-      mngr, step, like, fix='evaluate it with the config it was trained with (leave --config out '
-      'to use the run\'s config.json).')
-  mngr.close()
+  model, params, meta, step = restore_model(task, workdir, info, data['image'], mesh, step,
+                                            what=f'The {split!r} split of the data')
   extra = {'method': meta.get('method', ''), **data_provenance(config, split, len(data['id'])),
            'checkpoint': {'workdir': os.path.abspath(workdir), 'step': int(step)}}
   os.makedirs(out, exist_ok=True)
   write_json(os.path.join(out, 'config.json'), json.loads(config.to_json_best_effort()))
   return evaluate_and_write(make_evaluator(task, model, mesh, config), params, data, config, out,
                             extra)
+
+
+def restore_model(task, workdir: str, info, images: np.ndarray, mesh, step: int | None = None,
+                  *, what: str = 'The data', config=None):
+  """The model (built by `task` from the data `info`, with `config`'s model settings, default
+  the task's) and the parameters alone of the checkpoint at `step` (default: the latest) of the
+  run in `workdir`, replicated on `mesh`; with the checkpoint's header and step. One clear
+  `UserError` when the checkpoint belongs to another head or was trained on data whose signature
+  (`Task.data_signature`) differs from `info`'s."""
+  from robust_med import checkpointing
+  from robust_med.errors import UserError
+  mngr = checkpointing.reader(workdir)
+  step = checkpointing.pick_step(mngr, step)
+  meta = checkpointing.read_meta(mngr, step)
+  where = checkpointing.checkpoint_dir(workdir)
+  if meta.get('task') != task.name:
+    raise UserError(f'The checkpoint in {where} belongs to the {meta.get("task")!r} head but the '
+                    f'config is for the {task.name!r} head: evaluate it with the config it was '
+                    'trained with (leave --config out to use the run\'s config.json).')
+  signature = task.data_signature(info)
+  if meta.get('data', signature) != signature:
+    root = task.config.data.root or task.config.data.name
+    raise UserError(f'{what} ({root}) has {_pairs(signature)} but the checkpoint\'s model in '
+                    f'{where} was trained on {_pairs(meta["data"])}: evaluate on data with the '
+                    f'same {" and ".join(signature)} (or train a model for this data).')
+  model = task.build_model(info) if config is None else type(task)(config).build_model(info)
+  like = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)['params'],
+                        jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype))
+  rep = sharding.replicated(mesh)
+  like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), like)
+  params = checkpointing.restore_params(
+      mngr, step, like, fix='evaluate it with the config it was trained with (leave --config out '
+      'to use the run\'s config.json).')
+  mngr.close()
+  return model, params, meta, step
 
 
 def _pairs(d: dict) -> str:

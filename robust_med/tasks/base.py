@@ -149,6 +149,23 @@ class Task(abc.ABC):
                       'the rtda consistency terms need: set config.method.consistency_views and '
                       'consistency_adv to 0.')
 
+  # --- Saliency (robust_med.interpret) ---------------------------------------------------------
+
+  def saliency_target(self, outputs: Any, batch: Batch, which: str) -> jax.Array:
+    """What a saliency map of each sample explains, (B,) int32: with `which` = 'predicted' the
+    model's decision on these outputs, with 'label' the annotated truth. Default: the head has no
+    scalar decision to explain."""
+    del outputs, batch, which
+    raise ConfigError(f'The {self.name!r} head defines no saliency target (Task.saliency_target '
+                      'and Task.saliency_score): saliency maps are available for heads that do, '
+                      'such as classification.')
+
+  def saliency_score(self, outputs: Any, target: jax.Array) -> jax.Array:
+    """The per-sample scalar (B,) whose saliency is mapped, for the `target` of
+    `saliency_target` (classification: the target class's logit). Pure and differentiable."""
+    del outputs, target
+    raise ConfigError(f'The {self.name!r} head defines no saliency score (Task.saliency_score).')
+
   # --- Distribution shift ---------------------------------------------------------------------
 
   def shifted_splits(self, split: str) -> dict[str, dict[str, np.ndarray]]:

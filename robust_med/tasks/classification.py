@@ -26,25 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy import stats as scipy_stats
 
 from robust_med.data import classification as cls_data
 from robust_med.errors import ConfigError
 from robust_med.models.resnet import ResNetClassifier
+from robust_med.stats import binary_auc
 from robust_med.tasks import base
 
 CLASS_WEIGHTS = ('none', 'balanced')
-
-
-def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-  """ROC AUC of `scores` for the boolean `positive` labels (Mann–Whitney U with tied ranks
-  averaged); NaN when one of the two outcomes is absent."""
-  positive = np.asarray(positive, bool)
-  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-  if not n_pos or not n_neg:
-    return float('nan')
-  ranks = scipy_stats.rankdata(np.asarray(scores, np.float64))
-  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray,
@@ -181,6 +170,15 @@ class Task(base.Task):
 
   def divergence(self, outputs_a, outputs_b) -> jax.Array:
     return base.symmetric_kl(outputs_a, outputs_b)
+
+  def saliency_target(self, outputs, batch, which: str) -> jax.Array:
+    if which == 'label':
+      return jnp.asarray(batch['label'], jnp.int32)
+    return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
+
+  def saliency_score(self, outputs, target) -> jax.Array:
+    """The logit (before the softmax) of the target class."""
+    return jnp.take_along_axis(outputs, target[:, None], axis=-1)[:, 0]
 
   def metric_floor(self) -> float:
     """An unbounded attack can misclassify every image: accuracy 0."""
