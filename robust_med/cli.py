@@ -40,6 +40,11 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 _default_format = warnings.formatwarning
 
 
+def reject_positional(argv) -> None:
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as --config.<key>=<value>.')
+
+
 def guard(fn):
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
@@ -59,9 +64,7 @@ def run_main(argv=None) -> None:
 
   @guard
   def main(argv):
-    if len(argv) > 1:
-      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
-                      '--config.<key>=<value>.')
+    reject_positional(argv)
     from robust_med import config_base, train
     config = flags.FLAGS.config
     config_base.validate(config)
@@ -154,9 +157,7 @@ def run_evaluate(argv=None) -> None:
 
   @guard
   def main(argv):
-    if len(argv) > 1:
-      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
-                      '--config.<key>=<value>.')
+    reject_positional(argv)
     from robust_med import config_base, evaluate
     f = flags.FLAGS
     config = f.config
@@ -208,9 +209,7 @@ def run_interpret(argv=None) -> None:
 
   @guard
   def main(argv):
-    if len(argv) > 1:
-      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
-                      '--config.<key>=<value>.')
+    reject_positional(argv)
     from robust_med import config_base, interpret
     f = flags.FLAGS
     workdirs = [w for w in f.workdirs if w]

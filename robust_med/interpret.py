@@ -183,6 +183,7 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
   saliency.check_settings(probe)
   ks = alignment.check_top_k(config.interpret.top_k)
   data, info, counts = annotated_images(task, config, split)
+  figure_rows(data, config)  # Bad figure ids are refused before any work.
   eps = middle_level(config.eval.noise_levels) if eps is None and not config.interpret.eps \
       else float(config.interpret.eps if eps is None else eps)
   if eps < 0:
@@ -282,7 +283,7 @@ def build_report(task, config, results, labels, counts, data, method, split, eps
       'task': task.name, 'command': command, 'method': method,
       'settings': {**i.to_dict(), 'method': method, 'top_k': list(ks)},
       'saliency': saliency.DESCRIPTIONS[method],
-      'score': (task.saliency_score.__doc__ or "the head's Task.saliency_score").strip(),
+      'score': (task.saliency_score.__doc__ or "the head's saliency score").strip().rstrip('.'),
       'interpolation': f'{saliency.INTERPOLATION} (jax.image.resize, half-pixel centres)',
       'alignment_rules': alignment.__doc__.strip(),
       **evaluate.data_provenance(config, split, counts['split_size']),
