@@ -15,9 +15,9 @@ NOTEBOOKS = sorted((REPO / 'colab').glob('*.ipynb'))
 
 def execute(path: Path, workdir: Path, monkeypatch, timeout: int = 1500):
   """Runs the notebook at `path` with `workdir` as its working folder, in fast mode; raises
-  A cell may take minutes: the detection notebook's sweep cell runs ≈ 8 min on 2 quiet cores
-  and longer beside the rest of the suite, so the per-cell limit is generous.
-  CellExecutionError at the first cell that raises. Returns the executed notebook."""
+  CellExecutionError at the first cell that raises. Returns the executed notebook. A cell may
+  take minutes (the detection notebook's sweep cell ≈ 8 min on 2 quiet cores, more beside the
+  rest of the suite), so the per-cell limit is generous."""
   monkeypatch.setenv('ROBUST_MED_FAST', '1')
   monkeypatch.setenv('PYTHONPATH', str(REPO))
   monkeypatch.setenv('XLA_FLAGS', '')  # One CPU device: the tiny runs are fastest there.
