@@ -31,7 +31,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from robust_med import alignment, attacks, evaluate, saliency, sharding, stats
@@ -131,9 +130,8 @@ class ModelSaliency:
         target = self._target(self.params, batch, v)
         if self.explainer.settings.method == 'integrated_gradients':
           attributions, gap = self.explainer.attributions(self.params, v, target)
-          out[f'{name}/map'] = jnp.sum(jnp.abs(attributions), axis=-1)
-          total = jnp.sum(attributions, axis=(1, 2, 3))
-          out[f'{name}/ig_completeness_error'] = jnp.abs(total - gap) / jnp.abs(gap)
+          out[f'{name}/map'] = saliency.attribution_map(attributions)
+          out[f'{name}/ig_completeness_error'] = saliency.completeness_error(attributions, gap)
         else:
           out[f'{name}/map'] = self.explainer.maps(self.params, v, target)
         out[f'{name}/target'] = target

@@ -169,6 +169,16 @@ def ig_baseline(x: jax.Array, kind: str) -> jax.Array:
   return jax.vmap(lambda im: dm_pix.gaussian_blur(im, sigma, kernel_size=int(6 * sigma) | 1))(x)
 
 
+def attribution_map(attributions: jax.Array) -> jax.Array:
+  """The integrated-gradients map (B, H, W) of attributions (B, H, W, C): Σ_channels |·|."""
+  return jnp.sum(jnp.abs(attributions), axis=-1)
+
+
+def completeness_error(attributions: jax.Array, gap: jax.Array) -> jax.Array:
+  """|Σ attributions − gap| / |gap| per image (B,): 0 for exactly complete attributions."""
+  return jnp.abs(jnp.sum(attributions, axis=(1, 2, 3)) - gap) / jnp.abs(gap)
+
+
 class Explainer:
   """Saliency maps of `model` for the per-sample score `score_fn(outputs, target) -> (B,)`.
 
@@ -228,8 +238,7 @@ class Explainer:
         g = self._grad(params, x + s.smoothgrad_sigma * span * noise, target)
         total = total + jnp.max(jnp.abs(g), axis=-1)
       return total / s.smoothgrad_samples
-    attributions, _ = self.attributions(params, x, target)
-    return jnp.sum(jnp.abs(attributions), axis=-1)
+    return attribution_map(self.attributions(params, x, target)[0])
 
   def attributions(self, params, x: jax.Array, target: jax.Array):
     """Integrated-gradients attributions (B, H, W, C) and score(x) − score(baseline) (B,)."""
