@@ -23,10 +23,23 @@ setup(
         'nibabel>=5',
         'matplotlib',
         'tqdm',
+        # Locks JAX's persistent compilation cache (robust_med.compile_cache) for concurrent runs.
+        'filelock',
+        # Data larger than memory (config.data.pipeline = 'grain'): TFDS array_record builders
+        # (robust_med.data.records) read through grain (robust_med.data.pipeline). None of the
+        # three needs TensorFlow. Lower bounds: the versions tested.
+        'tensorflow-datasets>=4.9.10',
+        'grain>=0.2.18',
+        'array-record>=0.8.6',
     ],
     extras_require={
         # DICOM files in image folders (classification head).
         'dicom': ['pydicom>=2.4'],
+        # benchmarks/ only: the PyTorch CPU build torchattacks runs on (the bound keeps pip on
+        # the CPU wheel of this machine rather than a multi-GB CUDA build). torchattacks itself
+        # declares torchvision, which it does not need for PGD/APGD:
+        #   pip install -e '.[bench]' && pip install --no-deps torchattacks
+        'bench': ['torch>=2.4,<=2.13.0'],
         # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests; pycocotools
         # is the reference the detection mAP is checked against, scikit-learn the reference for
         # AUC and balanced accuracy; pydicom reads the DICOM test fixture.

@@ -11,9 +11,12 @@ Samples are attacked independently because the gradient of ``sum(loss_fn(x))`` w
 ``x_i`` is the gradient of ``loss_fn(x)[i]`` alone, as long as the model treats samples
 independently (instance or layer norm, no batch norm in training mode).
 
-All functions are pure and jittable. The PGD loop is unrolled on CPU, where XLA runs convolutions
-inside `lax.fori_loop` several times slower than straight-line code, and a `fori_loop` elsewhere
-(see `experiments/benchmark_step.py`); pass `unroll` to choose yourself.
+All functions are pure and jittable. On CPU, XLA runs convolutions inside `lax.fori_loop` several
+times slower than straight-line code, but compiles straight-line code in time proportional to its
+length; so loops of up to `UNROLL_MAX_STEPS` steps are unrolled on CPU (the training attacks), and
+longer ones, and every loop on accelerators, are `fori_loop`s (see `benchmarks/train_step.py`).
+Long evaluation attacks on CPU run best as a host loop over jitted chunks of unrolled steps, as
+`robust_med.evaluate.Evaluator` runs them. Pass `unroll` to choose yourself.
 """
 
 from __future__ import annotations
@@ -111,9 +114,15 @@ def _input_grad(loss_fn: LossFn, x: jax.Array) -> jax.Array:
 UNROLL_CHOICES = {'auto': None, 'unrolled': True, 'loop': False}
 
 
-def default_unroll() -> bool:
-  """Unroll attack loops on CPU (faster convolutions there), loop elsewhere (faster compiles)."""
-  return jax.default_backend() == 'cpu'
+#: The longest loop `default_unroll` unrolls on CPU: compiling an unrolled step of a small U-Net
+#: takes 1–2 s there, so PGD-100 + APGD-100 unrolled would compile for many minutes.
+UNROLL_MAX_STEPS = 20
+
+
+def default_unroll(steps: int | None = None) -> bool:
+  """Unroll attack loops on CPU (faster convolutions there) unless they are longer than
+  `UNROLL_MAX_STEPS` (compile time); loop elsewhere (faster compiles, no speed lost)."""
+  return jax.default_backend() == 'cpu' and (steps is None or steps <= UNROLL_MAX_STEPS)
 
 
 def pgd(loss_fn: LossFn,
@@ -138,7 +147,8 @@ def pgd(loss_fn: LossFn,
       the ball and come back (the Madry et al. rule of thumb).
     key: when given, start from a uniform random point in the ball; else start at `x`.
     clip: optional (lo, hi) data range the perturbed batch is clipped to.
-    unroll: Python-unrolled loop (True) or `lax.fori_loop` (False); default `default_unroll()`.
+    unroll: Python-unrolled loop (True) or `lax.fori_loop` (False); default
+      `default_unroll(steps)`.
 
   Returns:
     The perturbed batch, same shape and dtype as `x`.
@@ -155,9 +165,9 @@ def pgd(loss_fn: LossFn,
 
 def loop(body, state, steps: int, unroll: bool | None = None):
   """`body(i, state)` for i = 0..steps-1: a Python-unrolled loop or a `lax.fori_loop`
-  (default `default_unroll()`)."""
+  (default `default_unroll(steps)`)."""
   if unroll is None:
-    unroll = default_unroll()
+    unroll = default_unroll(steps)
   if unroll:
     for i in range(steps):
       state = body(i, state)
@@ -199,7 +209,8 @@ def _ascend(x, delta, grad, eps, step_size, norm: Norm, clip) -> jax.Array:
 def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, xi, *,
                  norm: Norm = 'l2', steps: int = 20, step_size=None,
                  key: jax.Array | None = None, clip: tuple[float, float] | None = None,
-                 unroll: bool | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                 unroll: bool | None = None,
+                 check_last: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
   """PGD on the summed loss terms that also remembers, per sample, the first iterate at which a
   term reaches its threshold (`terms_fn(x̃)[i, k] ≥ xi[k]` for some k): where the noise stops
   being acceptable. The AMAT authors' code (SarielMa/amat_conf, `stop_near_boundary`) refines a
@@ -211,6 +222,9 @@ def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, 
     eps: budget, a scalar or a (B,) vector.
     xi: (K,) thresholds.
     norm, steps, step_size, key, clip, unroll: as for `pgd`.
+    check_last: whether to evaluate `terms_fn` at the last iterate to check it too. A caller that
+      evaluates the loss there anyway (AMAT's training loss) passes False and finishes with
+      `boundary_finish`, saving one forward pass per step.
 
   Returns:
     (x_final, x_boundary, crossed): the last PGD iterate (what the adversarial loss uses); per
@@ -239,10 +253,24 @@ def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, 
   delta = pgd_init(x, eps, norm=norm, key=key, clip=clip)
   delta, boundary, crossed = loop(body, (delta, delta, jnp.zeros(x.shape[:1], bool)), steps,
                                   unroll)
-  boundary, crossed = remember(terms_fn(x + delta), delta, boundary, crossed)
-  boundary = jnp.where(expand(crossed), boundary, delta)
-  return (jax.lax.stop_gradient(x + delta), jax.lax.stop_gradient(x + boundary),
-          jax.lax.stop_gradient(crossed))
+  x_final = jax.lax.stop_gradient(x + delta)
+  x_boundary = jax.lax.stop_gradient(x + boundary)
+  if not check_last:
+    return x_final, x_boundary, jax.lax.stop_gradient(crossed)
+  return boundary_finish(x_final, x_boundary, crossed, terms_fn(x_final), xi)
+
+
+def boundary_finish(x_final: jax.Array, x_boundary: jax.Array, crossed: jax.Array,
+                    last_terms: jax.Array, xi) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The last check of `boundary_pgd(..., check_last=False)`: given the (B, K) loss terms at the
+  last iterate, a sample that crosses only there gets it as its boundary point, and one that
+  never crossed gets the last iterate. Returns (x_final, x_boundary, crossed) as `boundary_pgd`."""
+  last_terms = jax.lax.stop_gradient(last_terms)
+  now = jnp.any(last_terms >= jnp.asarray(xi, last_terms.dtype), axis=-1) & ~crossed
+  crossed = crossed | now
+  keep = crossed & ~now
+  expand = lambda v: v.reshape((-1,) + (1,) * (x_final.ndim - 1))
+  return x_final, jnp.where(expand(keep), x_boundary, x_final), crossed
 
 
 def _signed_step(loss_fn: LossFn, x, eps, norm: Norm, clip, sign: float) -> jax.Array:
@@ -280,7 +308,7 @@ def run_iterative(attack, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | N
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
   state = attack.init(loss_fn, x, eps, key)
   if unroll is None:
-    unroll = default_unroll()
+    unroll = default_unroll(attack.steps)
   if unroll:
     for i in range(attack.steps):
       state = attack.step(loss_fn, x, state, eps, jnp.int32(i))
@@ -298,7 +326,7 @@ class PGDSettings:
   step_size_factor: float = 2.5   # step = factor · ε / steps
   random_start: bool = False
   clip: tuple[float, float] | None = None
-  unroll: bool | None = None      # None: `default_unroll()`
+  unroll: bool | None = None      # None: `default_unroll(steps)`
 
   @classmethod
   def from_config(cls, c, clip=None) -> 'PGDSettings':

@@ -14,6 +14,7 @@ import ml_collections
 from robust_med.errors import ConfigError
 
 EVAL_ATTACKS = ('pgd', 'apgd')
+DATA_PIPELINES = ('memory', 'grain')
 DEFAULT_DATA_HOME = os.environ.get('ROBUST_MED_DATA', os.path.expanduser('~/robust_med_data'))
 
 
@@ -43,6 +44,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_classes = 3               # synthetic (background included)
   c.data.channels = 1                  # synthetic
   c.data.seed = 0                      # synthetic
+  # How training batches are read; both give identical batches for the same seed.
+  c.data.pipeline = 'memory'           # 'memory': the split's arrays in memory (small sets) |
+                                       # 'grain': TFDS array_record files read through grain
+                                       # (data larger than memory; robust_med.data.pipeline)
+  c.data.records_dir = ''              # grain: folder the records were prepared into by
+                                       # python -m robust_med.data.records --records_dir=DIR
+  c.data.worker_count = 0              # grain: worker processes decoding batches (0 = none)
 
   c.model = ml_collections.ConfigDict()
   c.model.base_width = 16
@@ -110,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
   c.progress_bar = True
+  # Compiled steps are cached here across runs (JAX's persistent compilation cache), so a second
+  # run, a resume or an evaluation of the same model skips XLA compilation; '' = off. The
+  # environment variable JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
+  c.compilation_cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'robust_med', 'jax')
 
   # Robustness evaluation: PGD at each noise level of the grid, in the norm it reports.
   c.eval = ml_collections.ConfigDict()
@@ -222,6 +234,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.train_split != config.data.eval_split,
        f'config.data.train_split and config.data.eval_split are both {config.data.eval_split!r}: '
        'evaluating on the training data overstates the model; evaluate on another split.')
+  need(config.data.pipeline in DATA_PIPELINES, f'config.data.pipeline = '
+       f'{config.data.pipeline!r}: use one of {DATA_PIPELINES} (memory for sets that fit in '
+       'memory, grain for records prepared by python -m robust_med.data.records).')
+  if config.data.pipeline == 'grain':
+    need(isinstance(config.data.records_dir, str) and bool(config.data.records_dir),
+         "config.data.pipeline is 'grain' but config.data.records_dir is empty: set it to the "
+         'folder python -m robust_med.data.records --records_dir=DIR wrote.')
+  need(isinstance(config.data.worker_count, int) and config.data.worker_count >= 0,
+       f'config.data.worker_count = {config.data.worker_count!r}: use 0 (decode in the training '
+       'process) or a number of worker processes.')
   need(0 <= config.data.tune_fraction < 1, f'config.data.tune_fraction = '
        f'{config.data.tune_fraction} is outside [0, 1): use e.g. 0.2, or 0 for no tuning split.')
   need(config.eval.every_epochs >= 0, f'config.eval.every_epochs = {config.eval.every_epochs} is '

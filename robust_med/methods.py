@@ -169,13 +169,17 @@ class Amat:
       if objective.attack_terms is None:
         raise ValueError("refine='boundary' needs Objective.attack_terms.")
       a = self.attack
+      # The last iterate is checked on the noisy terms the loss computes there anyway.
       x_adv, x_boundary, crossed = attacks.boundary_pgd(
           lambda z: stack_terms(objective.attack_terms(z)), x, margins, xi, norm=a.norm,
           steps=a.steps, step_size=a.step_size(margins, x),
-          key=key if a.random_start else None, clip=a.clip, unroll=a.unroll)
+          key=key if a.random_start else None, clip=a.clip, unroll=a.unroll, check_last=False)
     else:
       x_adv = self.attack(objective.attack_loss, x, margins, key)
     loss, clean, noisy, metrics = clean_and_noisy_loss(objective, x, x_adv)
+    if self.refine == 'boundary':
+      _, x_boundary, crossed = attacks.boundary_finish(x_adv, x_boundary, crossed,
+                                                       stack_terms(noisy), xi)
     correct = jnp.ones(x.shape[:1], bool)
     if self.adv_only_correct:
       correct = jax.lax.stop_gradient(jnp.all(stack_terms(clean) < xi, axis=-1))

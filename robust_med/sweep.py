@@ -249,6 +249,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
                      xi_sources=xi_sources, amat_variants=amat_variants)
   for run in runs:
     config_base.validate(run.config)
+  from robust_med import compile_cache
+  compile_cache.enable(config.compilation_cache_dir)
   os.makedirs(workdir, exist_ok=True)
   _check_plan(workdir, config, runs)
   for i, run in enumerate(runs):

@@ -402,6 +402,28 @@ def test_boundary_pgd_returns_the_first_iterate_past_the_known_crossing(unroll):
   np.testing.assert_allclose(np.asarray(x_final), np.asarray(plain), atol=1e-5)
 
 
+@pytest.mark.parametrize('steps', [8, 20])
+def test_boundary_finish_on_the_callers_last_terms_equals_the_full_boundary_pgd(steps):
+  # With 8 steps of 0.125 the sample crossing at 0.95 crosses only at the last iterate: the case
+  # the caller's last check (AMAT reuses its noisy loss terms) must get right.
+  rng = np.random.default_rng(1)
+  b = 5
+  x = jnp.asarray(rng.normal(size=(b, 4, 4, 1)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(b, 4, 4, 1)), jnp.float32)
+  w_norm = np.linalg.norm(np.asarray(w).reshape(b, -1), axis=1)
+  crossing = np.array([0.3, 0.95, 1.5, 0.0, 0.6])
+  terms = _linear_terms(x, jnp.asarray(2.0 - crossing * w_norm, jnp.float32), w)
+  eps = jnp.asarray([1.0, 1.0, 1.0, 1.0, 0.0], jnp.float32)
+  kw = dict(norm='l2', steps=steps, step_size=0.125)
+  full = attacks.boundary_pgd(terms, x, eps, jnp.asarray([2.0]), **kw)
+  partial = attacks.boundary_pgd(terms, x, eps, jnp.asarray([2.0]), check_last=False, **kw)
+  finished = attacks.boundary_finish(*partial, terms(partial[0]), jnp.asarray([2.0]))
+  for a, f in zip(full, finished):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(f))
+  if steps == 8:
+    assert not bool(partial[2][1]) and bool(full[2][1])  # Crossed at the last iterate only.
+
+
 def test_boundary_pgd_any_term_crosses():
   x = jnp.zeros((2, 2, 2, 1))
   w = jnp.ones((2, 2, 2, 1)) / 2  # Unit norm per sample (4 pixels).

@@ -1,20 +1,24 @@
-"""Step time of STD, SAT and AMAT (paper refine and boundary refine) at equal PGD iterations, and
-the AMAT/SAT ratios (target ≤ 1.05; ≤ 1.02 for the landmark and detection heads), for any head.
+"""Step time of STD, SAT, AMAT (paper refine and boundary refine) and RTDA at equal PGD
+iterations, the AMAT/SAT ratios (target ≤ 1.02), each step's achieved FLOP/s (XLA's cost analysis
+÷ measured time) as a fraction of the measured peak (`peak.py`), and its peak memory (XLA's
+memory analysis), for any head.
+
+  python benchmarks/train_step.py --heads=all --json=benchmarks/results/train_step_cpu.json
 
 Also times the attack loop unrolled vs `lax.fori_loop` on this backend, which is how
 `robust_med.attacks.default_unroll` was chosen.
 
-  python experiments/benchmark_step.py                      # synthetic 48×48, U-Net 8×3
-  python experiments/benchmark_step.py --pgd_steps=20 --batch_size=32 --patch=128 --width=32 --depth=5
-  python experiments/benchmark_step.py --config=configs/ceph_amat.py:synthetic --target=1.02
-  python experiments/benchmark_step.py --config=configs/bccd_amat.py:synthetic --target=1.02
+  python benchmarks/train_step.py                      # synthetic 48×48, U-Net 8×3
+  python benchmarks/train_step.py --pgd_steps=20 --batch_size=32 --patch=128 --width=32 --depth=5
+  python benchmarks/train_step.py --config=configs/ceph_amat.py:synthetic --target=1.02
+  python benchmarks/train_step.py --config=configs/bccd_amat.py:synthetic --target=1.02
 
 With `--method_configs` it times the method section of each listed config file instead (the whole
 section: budgets, weights, augmentation; `--pgd_steps` is ignored, each keeps the config's
 attack), and prints each step time relative to `--reference` (the classification head's eight
 methods, RTDA's cost relative to AT):
 
-  python experiments/benchmark_step.py --config=configs/busi_rtda.py:cpu --reference=at \
+  python benchmarks/train_step.py --config=configs/busi_rtda.py:cpu --reference=at \
       --method_configs=configs/busi_{std,at,gradreg,aug,at_aug,at_gradreg,rtda,amat}.py:cpu
 """
 
@@ -22,7 +26,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+import peak  # noqa: E402
 
 import jax
 import jax.numpy as jnp
@@ -87,13 +97,31 @@ def compiled_step(args, method: str):
   state = train.init_state(model, tx, data['image'], num_train=len(data['id']), num_terms=terms,
                            initial_margin=1.0, seed=0, mesh=mesh)
   state = state.replace(xi=jax.device_put(jnp.full((terms,), 0.5), sharding.replicated(mesh)))
-  step = train.jit_train_step(
+  jitted = train.jit_train_step(
       train.make_train_step(task, model, methods.build_method(config.method, config.attack), tx,
                             *train.augment_settings(config)), state, mesh)
   batch = sharding.put_batch({k: v[:args.batch_size] for k, v in data.items()}, mesh)
+  t = time.perf_counter()
+  step = jitted.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  COSTS[method] = {'compile_s': compile_s, 'flops': peak.flops_of(step),
+                   'memory_bytes': _peak_memory(step)}
   state, m = step(state, batch)
   jax.block_until_ready(m)
   return step, state, batch
+
+
+COSTS: dict[str, dict] = {}
+
+
+def _peak_memory(compiled) -> int:
+  """XLA's estimate of a step's peak device memory: arguments + outputs + temporaries −
+  donated (aliased) bytes."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return 0
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
 
 
 def time_methods(args, names=('std', 'sat', 'amat', 'amat:boundary')) -> dict[str, float]:
@@ -147,6 +175,48 @@ def time_method_configs(args) -> None:
     print(f'{m:12s} step {t * 1000:9.1f} ms{ratio}')
 
 
+HEADS = {'segmentation': 'configs/prostate_amat.py:synthetic',
+         'landmarks': 'configs/ceph_amat.py:synthetic',
+         'detection': 'configs/bccd_amat.py:synthetic',
+         'classification': 'configs/pneumonia_amat.py:synthetic'}
+HEAD_METHODS = ('std', 'sat', 'amat', 'amat:boundary', 'rtda')
+
+
+def time_heads(args) -> None:
+  """Every head's synthetic config: step time, compile time, FLOP/s fraction of the measured peak
+  and peak memory of each method; the AMAT/SAT ratios against `--target`."""
+  peak_flop_s = peak.measure()['peak_flop_s']
+  heads = list(HEADS) if args.heads == 'all' else args.heads.split(',')
+  rows = []
+  print(f'backend={jax.default_backend()} devices={len(jax.devices())} batch={args.batch_size} '
+        f'pgd_steps={args.pgd_steps}; measured peak {peak_flop_s / 1e9:.1f} GFLOP/s')
+  columns = ['head', 'input', 'method', 'step_ms', 'vs_sat', 'compile_s', 'gflop_per_step',
+             'gflop_s', 'of_peak', 'memory_mb']
+  print(common.table([], columns))
+  for head in heads:
+    args.config = HEADS[head]
+    COSTS.clear()
+    times = time_methods(args, HEAD_METHODS)
+    c = _config(args, 'std')
+    for m, t in times.items():
+      cost = COSTS[m]
+      row = {'head': head, 'input': list(_input_size(c)), 'method': m, 'step_ms': t * 1e3,
+             'vs_sat': t / times['sat'], 'compile_s': cost['compile_s'],
+             'gflop_per_step': cost['flops'] / 1e9, 'gflop_s': cost['flops'] / t / 1e9,
+             'of_peak': cost['flops'] / t / peak_flop_s,
+             'memory_mb': cost['memory_bytes'] / 2**20}
+      rows.append(row)
+      print(common.table([row], columns).splitlines()[-1], flush=True)
+  for row in rows:
+    if row['method'].startswith('amat'):
+      ok = 'ok' if row['vs_sat'] <= args.target else 'MISSED'
+      print(f"{row['head']:15s} {row['method']:14s}/SAT = {row['vs_sat']:.3f} "
+            f'(target <= {args.target:g}: {ok})')
+  common.write_json(args.json, {'benchmark': 'train_step', 'batch_size': args.batch_size,
+                                'pgd_steps': args.pgd_steps, 'peak': peak.measure(),
+                                'rows': rows})
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--pgd_steps', type=int, default=10)
@@ -156,7 +226,7 @@ def main():
   p.add_argument('--patch', type=int, default=0, help='square input size (0: the config\'s)')
   p.add_argument('--width', type=int, default=0, help='model.base_width (0: the config\'s)')
   p.add_argument('--depth', type=int, default=0, help='model.depth (0: the config\'s)')
-  p.add_argument('--target', type=float, default=1.05, help='the AMAT/SAT ratio to meet')
+  p.add_argument('--target', type=float, default=1.02, help='the AMAT/SAT ratio to meet')
   p.add_argument('--devices', type=int, default=0)
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--data_root', default='', help='config.data.root (default: the config\'s)')
@@ -164,7 +234,13 @@ def main():
                  'sections to time instead of STD/SAT/AMAT')
   p.add_argument('--reference', default='at', help='with --method_configs: the run the others are '
                  'compared with (a file\'s name after the dataset prefix, e.g. at)')
+  p.add_argument('--heads', default='', help="'all' or a comma-separated list of "
+                 f"{list(HEADS)}: time every method on each head's synthetic config")
+  p.add_argument('--json', default='', help='with --heads: write the figures here')
   args = p.parse_args()
+  if args.heads:
+    time_heads(args)
+    return
   if args.method_configs:
     time_method_configs(args)
     return

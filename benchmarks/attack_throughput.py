@@ -1,0 +1,253 @@
+"""Attack throughput (images/s) of robust_med against torchattacks on the same network.
+
+For each head, the head's model (built from its synthetic config, at the shapes below) is
+attacked by robust_med's PGD-20 (L2 and L∞) and APGD-100 (L∞), and its PyTorch twin
+(`benchmarks/torch_models.py`: same layers, the Flax weights copied in) by torchattacks'
+`PGDL2`, `PGD` and `APGD`, on the same batch, at the same budgets and step sizes, both clipping
+to [0, 1]. Before timing, the twin's outputs are checked against Flax's (max |Δ| ≤ 1e-4) and so
+is the attacked loss.
+
+The attacked loss is the same per-sample function in both frameworks, L(x) = Σ over the model's
+outputs of mean((f(x) − t)²), with fixed random targets t (a regression loss every head's output
+admits). torchattacks attacks a classifier's cross-entropy, so the twin is wrapped to output
+the logits [0, L(x)] with label 0: its cross-entropy softplus(L) is increasing in L, its
+gradient a positive multiple of ∇L per sample, so PGD's normalised steps (sign or g/‖g‖) and
+APGD's loss comparisons are those of L itself — the same iterates, the same work. APGD runs
+through `attack_single_run` (torchattacks' `forward` attacks only correctly classified samples).
+
+robust_med's PGD-20 is one jitted call in the loop form the library picks for the backend
+(unrolled on CPU); APGD-100 runs as the evaluator runs it, a host loop over jitted chunks of
+steps. Compile time is measured separately and excluded from throughput (printed).
+
+  pip install -e '.[bench]' && pip install --no-deps torchattacks
+  python benchmarks/attack_throughput.py                      # every head, JSON to --json
+  python benchmarks/attack_throughput.py --heads=segmentation --repeats=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robust_med import apgd, attacks  # noqa: E402
+from robust_med.tasks import get_task_class  # noqa: E402
+
+# name: (config, batch, square side or 0 for the config's, model overrides)
+CASES = {
+    'segmentation': ('configs/prostate_amat.py:synthetic', 16, 64,
+                     {'base_width': 16, 'depth': 4}),
+    'segmentation-demo': ('configs/prostate_amat.py:synthetic', 32, 48, {}),
+    'landmarks': ('configs/ceph_amat.py:synthetic', 8, 0, {}),
+    'detection': ('configs/bccd_amat.py:synthetic', 8, 0, {}),
+    'classification': ('configs/pneumonia_amat.py:synthetic', 16, 0, {}),
+}
+EPS = {'l2': 1.0, 'linf': 8 / 255}
+
+
+def build_case(name: str):
+  """(flax model, params, x in [0, 1] NHWC, targets) for a benchmark case."""
+  spec, batch, side, model_overrides = CASES[name]
+  c = common.load_config(spec)
+  for k, v in model_overrides.items():
+    c.model[k] = v
+  if side:
+    if 'image_size' in c.data:
+      c.data.image_size = side
+    else:
+      c.data.patch_size = (side, side)
+  if c.data.name == 'synthetic':
+    c.data.num_train = max(batch, 8)
+  task = get_task_class(c.task)(c)
+  data, info = task.load_split('train')
+  model = task.build_model(info)
+  x = np.asarray(data['image'][:batch], np.float32)
+  lo = x.min(axis=(1, 2, 3), keepdims=True)
+  hi = x.max(axis=(1, 2, 3), keepdims=True)
+  x = (x - lo) / np.maximum(hi - lo, 1e-6)              # into [0, 1], as torchattacks assumes
+  params = model.init(jax.random.key(0), jnp.asarray(x[:1]))['params']
+  out = jax.eval_shape(lambda p, z: model.apply({'params': p}, z), params, jnp.asarray(x))
+  rng = np.random.default_rng(0)
+  targets = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), out)
+  return model, params, x, targets, c
+
+
+def jax_loss(model, params, targets):
+  def loss(z):
+    out = model.apply({'params': params}, z)
+    per_leaf = jax.tree.map(lambda o, t: jnp.mean(jnp.square(o - t).reshape(o.shape[0], -1), 1),
+                            out, targets)
+    return sum(jax.tree.leaves(per_leaf))
+  return loss
+
+
+class TorchLossLogits:
+  """The twin wrapped to output [0, L(x)] per sample (see the module docstring)."""
+
+  def __new__(cls, twin, targets):
+    import torch
+    import torch_models
+
+    class Wrapped(torch.nn.Module):
+
+      def __init__(self):
+        super().__init__()
+        self.twin = twin
+        # Targets in the twin's layout (NCHW for 4-D outputs).
+        self.targets = jax.tree.map(
+            lambda t: torch.from_numpy(t.transpose(0, 3, 1, 2).copy() if t.ndim == 4 else t),
+            targets)
+
+      def loss(self, x):
+        out = self.twin(x)
+        if isinstance(out, dict):
+          return sum(((out[k] - self.targets[k]) ** 2).flatten(1).mean(1)
+                     for k in sorted(out))
+        return ((out - self.targets) ** 2).flatten(1).mean(1)
+
+      def forward(self, x):
+        value = self.loss(x)
+        return torch.stack([torch.zeros_like(value), value], 1)
+
+    del torch_models
+    return Wrapped().eval()
+
+
+def time_jax(model, params, x, targets, norm, attack, repeats):
+  """(compile seconds, best run seconds, final per-sample losses) of robust_med's attack."""
+  eps = EPS[norm]
+  xj = jnp.asarray(x)
+  if attack == 'pgd':
+    steps = 20
+    fn = jax.jit(lambda p, z: attacks.pgd(jax_loss(model, p, targets), z, eps, norm=norm,
+                                          steps=steps, step_size=2.5 * eps / steps,
+                                          clip=(0.0, 1.0)))
+    run = lambda: jax.block_until_ready(fn(params, xj))
+  else:
+    settings = apgd.APGDSettings(norm=norm, steps=100, clip=(0.0, 1.0))
+    run = chunked_runner(settings, model, params, xj, targets, eps)
+  t = time.perf_counter()
+  x_adv = run()
+  compile_s = time.perf_counter() - t
+  best = common.best_time(run, repeats, warmup=0)
+  return compile_s, best, np.asarray(jax_loss(model, params, targets)(x_adv))
+
+
+def chunked_runner(settings, model, params, x, targets, eps, chunk: int = 10):
+  """APGD as the evaluator runs it on CPU: jitted chunks of unrolled steps in a host loop."""
+  eps_v = jnp.full(x.shape[:1], eps, x.dtype)
+  unroll = attacks.default_unroll()
+  if not unroll:
+    chunk = settings.steps
+  init = jax.jit(lambda p, z, k: settings.init(jax_loss(model, p, targets), z, eps_v, k))
+
+  @jax.jit
+  def _chunk(p, z, state, start):
+    loss = jax_loss(model, p, targets)
+    body = lambda j, s: settings.step(loss, z, s, eps_v, start + j)
+    return attacks.loop(body, state, chunk, unroll)
+  result = jax.jit(settings.result)
+
+  def run():
+    state = init(params, x, jax.random.key(0))
+    for start in range(0, settings.steps, chunk):
+      state = _chunk(params, x, state, jnp.int32(start))
+    return jax.block_until_ready(result(x, state))
+  return run
+
+
+def time_torch(wrapped, x, norm, attack, repeats):
+  """(best run seconds, final per-sample losses) of torchattacks' attack on the twin."""
+  import torch
+  import torchattacks
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  y = torch.zeros(len(x), dtype=torch.long)
+  eps = EPS[norm]
+  if attack == 'pgd':
+    cls = torchattacks.PGDL2 if norm == 'l2' else torchattacks.PGD
+    atk = cls(wrapped, eps=eps, alpha=2.5 * eps / 20, steps=20, random_start=False)
+    run = lambda: atk(xt, y)
+  else:
+    atk = torchattacks.APGD(wrapped, norm='L2' if norm == 'l2' else 'Linf', eps=eps, steps=100,
+                            n_restarts=1, loss='ce', seed=0)
+    run = lambda: atk.attack_single_run(xt, y)[0]
+  adv = run()
+  best = common.best_time(run, repeats, warmup=0)
+  with torch.no_grad():
+    losses = wrapped.loss(adv).numpy()
+  return best, losses
+
+
+def run_case(name, attacks_to_run, repeats, torch_ok):
+  model, params, x, targets, c = build_case(name)
+  rows = []
+  wrapped = None
+  if torch_ok:
+    import torch_models
+    twin = torch_models.from_flax(model, params)
+    diff = torch_models.check_equal(model, params, x, atol=1e-4)
+    wrapped = TorchLossLogits(twin, targets)
+    import torch
+    with torch.no_grad():
+      torch_loss = wrapped.loss(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    jax_l = np.asarray(jax_loss(model, params, targets)(jnp.asarray(x)))
+    loss_diff = float(np.max(np.abs(torch_loss - jax_l) / np.maximum(1.0, np.abs(jax_l))))
+    if loss_diff > 1e-4:
+      raise SystemExit(f'{name}: the twin\'s loss differs from Flax\'s by {loss_diff:.2e}')
+  for attack, norm in attacks_to_run:
+    label = f'{"PGD-20" if attack == "pgd" else "APGD-100"} {norm}'
+    compile_s, jax_s, jax_adv = time_jax(model, params, x, targets, norm, attack, repeats)
+    row = {'head': name, 'model': type(model).__name__, 'input': list(x.shape), 'attack': label,
+           'robust_med_s': jax_s, 'robust_med_img_s': len(x) / jax_s,
+           'robust_med_compile_s': compile_s,
+           'robust_med_adv_loss': float(jax_adv.mean())}
+    if wrapped is not None:
+      torch_s, torch_adv = time_torch(wrapped, x, norm, attack, repeats)
+      row.update(torchattacks_s=torch_s, torchattacks_img_s=len(x) / torch_s,
+                 ratio=torch_s / jax_s, torchattacks_adv_loss=float(torch_adv.mean()),
+                 twin_max_abs_diff=diff, twin_loss_rel_diff=loss_diff)
+    print(common.table([row], COLUMNS).splitlines()[-1], flush=True)
+    rows.append(row)
+  return rows
+
+
+COLUMNS = ['head', 'input', 'attack', 'robust_med_img_s', 'torchattacks_img_s', 'ratio',
+           'robust_med_compile_s', 'robust_med_adv_loss', 'torchattacks_adv_loss']
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--heads', default=','.join(CASES))
+  p.add_argument('--attacks', default='pgd:l2,pgd:linf,apgd:linf')
+  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--json', default='')
+  args = p.parse_args()
+  try:
+    import torch
+    import torchattacks  # noqa: F401
+    torch_ok = True
+  except ImportError:
+    print('torch/torchattacks not installed: robust_med only (pip install -e .[bench] && '
+          'pip install --no-deps torchattacks)')
+    torch_ok = False
+  todo = [tuple(a.split(':')) for a in args.attacks.split(',')]
+  print(common.table([], COLUMNS))
+  rows = []
+  for name in args.heads.split(','):
+    rows += run_case(name, todo, args.repeats, torch_ok)
+  print('\nratio = robust_med images/s ÷ torchattacks images/s (≥ 1: robust_med faster)')
+  common.write_json(args.json, {'benchmark': 'attack_throughput', 'rows': rows,
+                                'eps': EPS, 'loop': 'unrolled' if attacks.default_unroll()
+                                else 'fori_loop'})
+
+
+if __name__ == '__main__':
+  main()

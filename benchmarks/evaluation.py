@@ -1,0 +1,87 @@
+"""Wall time of a full robustness report (every noise level × PGD-<eval.steps> + APGD-<apgd_steps>,
+the worst case and the gradient-masking checks) for a head's config, and how much of it was
+compiling.
+
+  python benchmarks/evaluation.py                                       # segmentation demo
+  python benchmarks/evaluation.py --config=configs/ceph_amat.py:synthetic
+  python benchmarks/evaluation.py --workdir=runs/demo                   # a trained checkpoint
+
+Without --workdir the parameters are a fresh initialisation (the attack's cost does not depend
+on them). The report is computed exactly as `robust_med.main` computes it after training (the
+config's eval section, its eval split); nothing is written but the benchmark's JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (puts the repository root on the path)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robust_med import evaluate, sharding  # noqa: E402
+from robust_med.tasks import get_task_class  # noqa: E402
+
+DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
+
+
+def run(config_spec: str, workdir: str = '', max_samples: int = -1) -> dict:
+  compile_log = common.CompileLog.get()
+  config = common.load_config(config_spec)
+  if max_samples >= 0:
+    config.eval.max_samples = max_samples
+  config.progress_bar = False
+  task = get_task_class(config.task)(config)
+  data, info = task.load_split(config.data.eval_split)
+  data = evaluate.evaluation_subset(data, config.eval.max_samples)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  if workdir:
+    model, params, _ = evaluate.restore_model(task, workdir, info, data['image'], mesh)
+  else:
+    model = task.build_model(info)
+    params = model.init(jax.random.key(config.seed), data['image'][:1])['params']
+  evaluator = evaluate.make_evaluator(task, model, mesh, config)
+  with compile_log.window() as compiled:
+    t = time.perf_counter()
+    report = evaluate.robustness_report(evaluator, params, data, config.eval,
+                                        clip=config.attack.clip)
+    wall = time.perf_counter() - t
+  levels = sorted(set([0.0, *map(float, config.eval.noise_levels)]))
+  return {'config': config_spec, 'task': task.name, 'samples': len(data['id']),
+          'input': list(data['image'].shape[1:]), 'noise_levels': levels,
+          'attacks': [a['name'] for a in report['attacks']],
+          'masking_checks': bool(config.eval.masking_checks),
+          'eval_batch_size': config.eval.batch_size, 'wall_s': wall,
+          'compile_s': compiled['total'], 'xla_compile_s': compiled['xla'],
+          'compiles': compiled['compiles'],
+          'compile_by_function': {k: round(v, 3) for k, v in compiled['functions'].items()},
+          'run_s': wall - compiled['total'],
+          'primary_metric_under_attack': [r[report['metric']] for r in report['results']]}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--config', default=DEFAULT_CONFIG)
+  p.add_argument('--workdir', default='', help='evaluate this run\'s latest checkpoint')
+  p.add_argument('--max_samples', type=int, default=-1, help='config.eval.max_samples (-1: the '
+                 "config's)")
+  p.add_argument('--json', default='', help='write the figures here')
+  args = p.parse_args()
+  r = run(args.config, args.workdir, args.max_samples)
+  print(f"{r['config']}: {r['samples']} samples {r['input']}, levels {r['noise_levels']}, "
+        f"attacks {r['attacks']}, checks {r['masking_checks']}")
+  print(f"full report {r['wall_s']:.1f} s, of which compiling {r['compile_s']:.1f} s "
+        f"({r['compiles']} compiles, XLA {r['xla_compile_s']:.1f} s), running {r['run_s']:.1f} s")
+  for name, s in list(r['compile_by_function'].items())[:8]:
+    print(f'  compile {name:40s} {s:6.1f} s')
+  print('metric under attack:', np.round(r['primary_metric_under_attack'], 4).tolist())
+  common.write_json(args.json, {'benchmark': 'evaluation', **r})
+
+
+if __name__ == '__main__':
+  main()
