@@ -30,11 +30,17 @@ from robust_med.tasks import get_task_class  # noqa: E402
 DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 
 
-def run(config_spec: str, workdir: str = '', max_samples: int = -1) -> dict:
+def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: int = 0,
+        cache_dir: str = '') -> dict:
   compile_log = common.CompileLog.get()
   config = common.load_config(config_spec)
   if max_samples >= 0:
     config.eval.max_samples = max_samples
+  if batch_size:
+    config.eval.batch_size = batch_size
+  if cache_dir:
+    from robust_med import compile_cache
+    compile_cache.enable(cache_dir)
   config.progress_bar = False
   task = get_task_class(config.task)(config)
   data, info = task.load_split(config.data.eval_split)
@@ -70,9 +76,15 @@ def main():
   p.add_argument('--workdir', default='', help='evaluate this run\'s latest checkpoint')
   p.add_argument('--max_samples', type=int, default=-1, help='config.eval.max_samples (-1: the '
                  "config's)")
+  p.add_argument('--batch_size', type=int, default=0, help="config.eval.batch_size (0: the "
+                 "config's)")
+  p.add_argument('--cache_dir', default='', help='JAX persistent compilation cache folder (as '
+                 'robust_med\'s command-line runs use config.compilation_cache_dir); empty: off. '
+                 'Run twice for the warm figure.')
   p.add_argument('--json', default='', help='write the figures here')
   args = p.parse_args()
-  r = run(args.config, args.workdir, args.max_samples)
+  r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir)
+  r['cache_dir'] = args.cache_dir
   print(f"{r['config']}: {r['samples']} samples {r['input']}, levels {r['noise_levels']}, "
         f"attacks {r['attacks']}, checks {r['masking_checks']}")
   print(f"full report {r['wall_s']:.1f} s, of which compiling {r['compile_s']:.1f} s "
