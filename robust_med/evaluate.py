@@ -185,11 +185,22 @@ def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int)
   batch_size = sharding.round_up(batch_size, mesh.devices.size)
   source = data_lib.ArraySource(arrays)
   out: dict[str, list[np.ndarray]] = {}
+
+  def fetch(pending):  # Blocks on that batch only; the next one is already dispatched.
+    outputs, valid = pending
+    for k, v in jax.device_get(outputs).items():
+      out.setdefault(k, []).append(np.asarray(v)[:valid])
+
+  pending = None
   for b, batch in enumerate(data_lib.batches(source, batch_size, shuffle=False,
                                               drop_remainder=False)):
     batch, valid = sharding.pad_batch(batch, batch_size)
-    for k, v in jax.device_get(fn(b, sharding.put_batch(batch, mesh))).items():
-      out.setdefault(k, []).append(np.asarray(v)[:valid])
+    outputs = fn(b, sharding.put_batch(batch, mesh))
+    if pending is not None:
+      fetch(pending)
+    pending = (outputs, valid)
+  if pending is not None:
+    fetch(pending)
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
