@@ -5,6 +5,13 @@ saving leaves its previous checkpoint intact and resumes from it. Reading is gua
 written by another model (different parameter shapes) or a corrupt one (truncated files) is one
 `UserError` naming the problem, never an Orbax traceback. Evaluation restores the parameters only
 (`restore_params`), never the optimizer state or the margins.
+
+Multi-process runs use Orbax's multi-process path as is: every process calls the same `manager`,
+`save` and `restore` at the same point; each writes (and reads) its own shards of the sharded
+arrays, process 0 (Orbax's primary host) writes the metadata and the JSON header and moves the
+finished step into place after a barrier. The checkpoint folder must therefore be one that every
+process sees. A checkpoint is independent of the layout that wrote it: one written by N processes
+restores in one process and vice versa (onto the shardings of the restore target).
 """
 
 from __future__ import annotations

@@ -4,10 +4,18 @@ The state is one pytree (params, optimizer state, step, RNG, per-sample `margins
 thresholds `xi`). One jitted step runs over the device mesh: the batch and the margins are split
 along the data axis, the rest is replicated, and the step gathers `margins[batch['id']]`, attacks
 with them and scatters the updated margins back.
+
+In a multi-process run (`sharding.initialize_distributed`, e.g. one process per host) the mesh spans
+every process's devices: each process reads only its rows of each global batch (the same global
+batches in the same order as one process would read), the margins are one global array split
+across processes, every process writes its shards of each checkpoint (Orbax coordinates them), and
+only process 0 writes metrics.jsonl and config.json. Every process runs the same loop, so every
+process takes part in each collective (the steps, the margin gathers for logging, checkpoints).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -64,7 +72,7 @@ def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_terms
                      margins=jnp.full((sharding.round_up(num_train, mesh.devices.size),),
                                       initial_margin, jnp.float32),
                      xi=jnp.full((num_terms,), jnp.nan, jnp.float32))
-  return jax.device_put(state, state_shardings(state, mesh))
+  return sharding.put_global(state, state_shardings(state, mesh))
 
 
 def make_train_step(task, model, method, tx, augment=None, value_range=None):
@@ -129,18 +137,26 @@ def jit_train_step(step_fn, state: TrainState, mesh):
 
 
 def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int) -> dict:
-  """Per-sample clean loss terms {name: (N,)} of `params` on `arrays` (for ξ)."""
-  fn = jax.jit(lambda p, b: task.loss_terms(model.apply({'params': p}, b['image']), b))
+  """Per-sample clean loss terms {name: (N,)} of `params` on `arrays` (for ξ).
+
+  In a multi-process run the outputs are replicated, so that every process can read them."""
+  replicate = {'out_shardings': sharding.replicated(mesh)} if sharding.is_multiprocess() else {}
+  fn = jax.jit(lambda p, b: task.loss_terms(model.apply({'params': p}, b['image']), b),
+               **replicate)
   return evaluate_lib.per_sample_outputs(lambda _, b: fn(params, b), arrays, mesh, batch_size)
 
 
 class MetricsLog:
-  """Appends one JSON object per line to `workdir/metrics.jsonl`."""
+  """Appends one JSON object per line to `workdir/metrics.jsonl` (in a multi-process run only
+  process 0 writes; the others' writes are dropped)."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = jax.process_index() == 0
 
   def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
     record = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v)
               for k, v in record.items()}
     with open(self.path, 'a') as f:
@@ -232,8 +248,9 @@ class Trainer:
     mngr = checkpointing.manager(self.workdir, max_to_keep=config.keep_checkpoints)
     state = self.restore_or_init(mngr)
     # Written once the checkpoint is known to match, so a refused resume leaves the run intact.
-    evaluate_lib.write_json(os.path.join(self.workdir, 'config.json'),
-                            json.loads(config.to_json_best_effort()))
+    if jax.process_index() == 0:
+      evaluate_lib.write_json(os.path.join(self.workdir, 'config.json'),
+                              json.loads(config.to_json_best_effort()))
     main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx,
                                                *augment_settings(config)), state, self.mesh)
     std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx,
@@ -243,25 +260,24 @@ class Trainer:
     xi_ready = not (self.method.needs_xi and np.isnan(jax.device_get(state.xi)).any())
     source = data_lib.ArraySource(self.train_data)
     bar = tqdm(total=self.total_steps, initial=step, desc=f'train {config.method.name}',
-               disable=not config.progress_bar, file=sys.stderr, dynamic_ncols=True)
+               disable=not config.progress_bar or jax.process_index() != 0, file=sys.stderr,
+               dynamic_ncols=True)
     pending: list[dict] = []
     t_log = time.time()
     while step < self.total_steps:
       epoch, skip = divmod(step, self.steps_per_epoch)
       t_epoch = time.time()
-      for i, batch in enumerate(data_lib.batches(source, config.batch_size, shuffle=True,
-                                                 seed=config.seed, epoch=epoch)):
-        if i < skip:
-          continue
+      for batch in self._epoch_batches(source, epoch, skip):
         if not xi_ready and step >= self.warmup_steps:
           xi, xi_ready = self.measure_xi(state.params), True
-          state = state.replace(xi=jax.device_put(jnp.asarray(xi), sharding.replicated(self.mesh)))
+          state = state.replace(xi=sharding.put_global(jnp.asarray(xi),
+                                                       sharding.replicated(self.mesh)))
           names = sorted(self.task.loss_term_names)  # ξ's order.
           self.log.write({'type': 'xi', 'step': step, 'source': config.method.xi_source,
                           'stat': config.method.xi_stat,
                           **{f'xi/{k}': float(v) for k, v in zip(names, xi)}})
         fn = std_step if step < self.warmup_steps else main_step
-        state, metrics = fn(state, sharding.put_batch(batch, self.mesh))
+        state, metrics = fn(state, self._put_batch(batch))
         step += 1
         pending.append(metrics)
         bar.update(1)
@@ -288,9 +304,41 @@ class Trainer:
     mngr.close()
     return state
 
+  def _epoch_batches(self, source, epoch: int, skip: int = 0):
+    """The epoch's training batches after the first `skip`: whole batches in one process; in a
+    multi-process run only this process's rows of each (the same) global batch. From memory, or
+    with config.data.pipeline = 'grain' from the prepared records (the same batches)."""
+    config = self.config
+    rows = (sharding.local_rows(self.mesh, config.batch_size) if sharding.is_multiprocess()
+            else None)
+    if config.data.pipeline == 'grain':
+      from robust_med.data import pipeline
+      return pipeline.train_batches(config, epoch=epoch, skip=skip, arrays=self.train_data,
+                                    rows=rows)
+    if rows is None:
+      batches = data_lib.batches(source, config.batch_size, shuffle=True, seed=config.seed,
+                                 epoch=epoch)
+    else:
+      batches = data_lib.local_batches(source, config.batch_size, rows, shuffle=True,
+                                       seed=config.seed, epoch=epoch)
+    return itertools.islice(batches, skip, None)
+
+  def _put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    if not sharding.is_multiprocess():
+      return sharding.put_batch(batch, self.mesh)
+    return sharding.put_batch(batch, self.mesh, global_size=self.config.batch_size)
+
   def log_learning_curve(self, params, epoch: int, step: int) -> None:
     """Clean metrics on the evaluation subset (config.eval.max_samples of eval_split) as a 'val'
-    record: the learning curve that tells whether a run has reached its plateau."""
+    record: the learning curve that tells whether a run has reached its plateau. Not written in
+    multi-process runs (the evaluator gathers its outputs on one host); a note says so once."""
+    if sharding.is_multiprocess():
+      if self._curve_evaluator is None and jax.process_index() == 0:
+        print('note: config.eval.every_epochs is ignored in a multi-process run (no \'val\' '
+              'records); evaluate the checkpoints with python -m robust_med.evaluate on one host.',
+              file=sys.stderr)
+      self._curve_evaluator = False
+      return
     if self._curve_evaluator is None:
       self._curve_evaluator = evaluate_lib.make_evaluator(self.task, self.model, self.mesh,
                                                           self.config)
@@ -301,8 +349,9 @@ class Trainer:
                     'split': self.config.data.eval_split, **row})
 
   def host_margins(self, state: TrainState) -> np.ndarray:
-    """All N training margins on the host (the padding to the device count dropped)."""
-    return np.asarray(jax.device_get(state.margins))[:self.num_train]
+    """All N training margins on the host (the padding to the device count dropped); in a
+    multi-process run gathered from every process (all processes must call it together)."""
+    return sharding.host_value(state.margins)[:self.num_train]
 
   def _log_train(self, pending: list[dict], step: int, epoch: int, since: float,
                  state: TrainState) -> None:
@@ -340,7 +389,16 @@ class Trainer:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it has checkpoints), then evaluates robustness."""
+  """Trains (resuming from `workdir` if it has checkpoints), then evaluates robustness.
+
+  A multi-process run trains only (returns {}): its evaluation runs afterwards on one host with
+  `python -m robust_med.evaluate --workdir=...`, which reads the checkpoint every process wrote."""
   trainer = Trainer(config, workdir)
   state = trainer.train()
+  if sharding.is_multiprocess():
+    if jax.process_index() == 0:
+      print(f'note: trained with {jax.process_count()} processes; the robustness evaluation is '
+            'not run in a multi-process run: evaluate the checkpoint on one host with '
+            f'python -m robust_med.evaluate --workdir={workdir}', file=sys.stderr)
+    return {}
   return trainer.evaluate(state.params, int(state.step))

@@ -211,3 +211,31 @@ def test_prepare_command(tmp_path):
   line = error_line(run('robust_med.data.records', f'--config={config}', '--splits=nope',
                         f'--records_dir={tmp_path / "other"}', *tiny))
   assert "unknown split 'nope'" in line
+
+
+def test_grain_path_trains_to_the_same_parameters_as_the_memory_path(prepared, tmp_path):
+  import jax
+  from robust_med import train
+  folder = prepared['segmentation'].data.records_dir
+  states = {}
+  for pipe in ('memory', 'grain'):
+    # AMAT (ξ after a 1-epoch STD warm-up), 3 epochs of 3 steps, resumed from a checkpoint at
+    # step 4 in the middle of epoch 2 (the skip of a resumed epoch) on the grain path.
+    config = tiny_config('amat', **{'data.num_train': 24, 'data.num_val': 6,
+                                    'batch_size': BATCH, 'num_epochs': 3,
+                                    'data.pipeline': pipe, 'data.records_dir': folder})
+    workdir = str(tmp_path / pipe)
+    if pipe == 'grain':
+      partial = tiny_config('amat', **{'data.num_train': 24, 'data.num_val': 6,
+                                       'batch_size': BATCH, 'num_epochs': 3,
+                                       'data.pipeline': pipe, 'data.records_dir': folder})
+      trainer = train.Trainer(partial, workdir)
+      trainer.total_steps = 4  # Stop after step 4 (a checkpoint is written there).
+      trainer.train()
+    states[pipe] = train.Trainer(config, workdir).train()
+  a, b = states['memory'], states['grain']
+  assert int(a.step) == int(b.step) == 9
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+  assert np.array_equal(np.asarray(a.margins), np.asarray(b.margins))
+  assert not np.all(np.asarray(a.margins) == np.asarray(a.margins)[0])  # The margins moved.
