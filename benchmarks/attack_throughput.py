@@ -17,7 +17,11 @@ through `attack_single_run` (torchattacks' `forward` attacks only correctly clas
 
 robust_med's PGD-20 is one jitted call in the loop form the library picks for the backend
 (unrolled on CPU); APGD-100 runs as the evaluator runs it, a host loop over jitted chunks of
-steps. Compile time is measured separately and excluded from throughput (printed).
+steps. On CPU the host runs as one device per core (`config.mesh.host_devices = 0`; XLA:CPU runs
+one device's convolutions on about one core) and the batch is split over them, as the trainer
+and evaluator split it over their mesh; the one-device figure is printed beside it. torch uses
+its default intra-op threads (one per core). Compile time is measured separately and excluded
+from throughput (printed).
 
   pip install -e '.[bench]' && pip install --no-deps torchattacks
   python benchmarks/attack_throughput.py                      # every head, JSON to --json
@@ -121,10 +125,14 @@ class TorchLossLogits:
     return Wrapped().eval()
 
 
-def time_jax(model, params, x, targets, norm, attack, repeats):
-  """(compile seconds, best run seconds, final per-sample losses) of robust_med's attack."""
+def time_jax(model, params, x, targets, norm, attack, repeats, devices=1):
+  """(compile seconds, best run seconds, final per-sample losses) of robust_med's attack, the
+  batch split over a data-parallel mesh of the first `devices` devices."""
+  from robust_med import sharding
   eps = EPS[norm]
-  xj = jnp.asarray(x)
+  mesh = sharding.make_mesh(devices)
+  xj = jax.device_put(jnp.asarray(x), sharding.data_sharding(mesh))
+  params = jax.device_put(params, sharding.replicated(mesh))
   if attack == 'pgd':
     steps = 20
     fn = jax.jit(lambda p, z: attacks.pgd(jax_loss(model, p, targets), z, eps, norm=norm,
@@ -202,13 +210,18 @@ def run_case(name, attacks_to_run, repeats, torch_ok):
     loss_diff = float(np.max(np.abs(torch_loss - jax_l) / np.maximum(1.0, np.abs(jax_l))))
     if loss_diff > 1e-4:
       raise SystemExit(f'{name}: the twin\'s loss differs from Flax\'s by {loss_diff:.2e}')
+  devices = len(jax.devices())
   for attack, norm in attacks_to_run:
     label = f'{"PGD-20" if attack == "pgd" else "APGD-100"} {norm}'
-    compile_s, jax_s, jax_adv = time_jax(model, params, x, targets, norm, attack, repeats)
+    compile_s, jax_s, jax_adv = time_jax(model, params, x, targets, norm, attack, repeats,
+                                         devices)
     row = {'head': name, 'model': type(model).__name__, 'input': list(x.shape), 'attack': label,
-           'robust_med_s': jax_s, 'robust_med_img_s': len(x) / jax_s,
+           'devices': devices, 'robust_med_s': jax_s, 'robust_med_img_s': len(x) / jax_s,
            'robust_med_compile_s': compile_s,
            'robust_med_adv_loss': float(jax_adv.mean())}
+    if devices > 1:
+      _, one_s, _ = time_jax(model, params, x, targets, norm, attack, repeats, 1)
+      row['robust_med_1dev_img_s'] = len(x) / one_s
     if wrapped is not None:
       torch_s, torch_adv = time_torch(wrapped, x, norm, attack, repeats)
       row.update(torchattacks_s=torch_s, torchattacks_img_s=len(x) / torch_s,
@@ -219,7 +232,8 @@ def run_case(name, attacks_to_run, repeats, torch_ok):
   return rows
 
 
-COLUMNS = ['head', 'input', 'attack', 'robust_med_img_s', 'torchattacks_img_s', 'ratio',
+COLUMNS = ['head', 'input', 'attack', 'devices', 'robust_med_img_s', 'robust_med_1dev_img_s',
+           'torchattacks_img_s', 'ratio',
            'robust_med_compile_s', 'robust_med_adv_loss', 'torchattacks_adv_loss']
 
 
@@ -229,7 +243,12 @@ def main():
   p.add_argument('--attacks', default='pgd:l2,pgd:linf,apgd:linf')
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--json', default='')
+  p.add_argument('--host_devices', type=int, default=0, help='CPU only: run the host as this many '
+                 'devices and split each batch over them (config.mesh.host_devices; 0 = one per '
+                 'core, 1 = one device); also timed on one device when more than one')
   args = p.parse_args()
+  from robust_med import sharding
+  sharding.configure_host_devices(args.host_devices, min(b for _, b, _, _ in CASES.values()))
   try:
     import torch
     import torchattacks  # noqa: F401

@@ -31,9 +31,12 @@ DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 
 
 def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: int = 0,
-        cache_dir: str = '') -> dict:
+        cache_dir: str = '', host_devices: int = 1) -> dict:
   compile_log = common.CompileLog.get()
   config = common.load_config(config_spec)
+  if host_devices != 1:
+    sharding.configure_host_devices(host_devices)
+    config.mesh.num_devices = 0
   if max_samples >= 0:
     config.eval.max_samples = max_samples
   if batch_size:
@@ -81,9 +84,13 @@ def main():
   p.add_argument('--cache_dir', default='', help='JAX persistent compilation cache folder (as '
                  'robust_med\'s command-line runs use config.compilation_cache_dir); empty: off. '
                  'Run twice for the warm figure.')
+  p.add_argument('--host_devices', type=int, default=1, help='CPU only: config.mesh.host_devices '
+                 '(0 = one device per core)')
   p.add_argument('--json', default='', help='write the figures here')
   args = p.parse_args()
-  r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir)
+  r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir,
+          args.host_devices)
+  r['devices'] = len(jax.devices())
   r['cache_dir'] = args.cache_dir
   print(f"{r['config']}: {r['samples']} samples {r['input']}, levels {r['noise_levels']}, "
         f"attacks {r['attacks']}, checks {r['masking_checks']}")

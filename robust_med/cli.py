@@ -68,8 +68,9 @@ def run_main(argv=None) -> None:
     from robust_med import config_base, train
     config = flags.FLAGS.config
     config_base.validate(config)
-    from robust_med import compile_cache
+    from robust_med import compile_cache, sharding
     compile_cache.enable(config.compilation_cache_dir)
+    sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
     train.train_and_evaluate(config, flags.FLAGS.workdir)
     print(f'Done: outputs in {os.path.abspath(flags.FLAGS.workdir)}')
 
@@ -174,8 +175,9 @@ def run_evaluate(argv=None) -> None:
     if f.norm is not None:
       config.eval.norm = f.norm
     config_base.validate(config)
-    from robust_med import compile_cache
+    from robust_med import compile_cache, sharding
     compile_cache.enable(config.compilation_cache_dir)
+    sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
     report = evaluate.evaluate_checkpoint(config, f.workdir, split=f.split, out=f.out,
                                           step=f.step)
     data = report['data']
@@ -229,8 +231,9 @@ def run_interpret(argv=None) -> None:
     if f.eps is not None and f.eps < 0:
       raise UserError(f'--eps={f.eps} is negative: noise budgets must be ≥ 0.')
     config_base.validate(config)
-    from robust_med import compile_cache
+    from robust_med import compile_cache, sharding
     compile_cache.enable(config.compilation_cache_dir)
+    sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
     for w in workdirs[1:]:  # Another head's config.json has keys this head does not know.
       path = os.path.join(w, 'config.json')
       if not os.path.isfile(path):

@@ -183,6 +183,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0               # 0 = all local devices
+  # CPU only: run the host as this many devices (0 = one per available core). XLA:CPU runs one
+  # device's convolutions on about one core, so data parallelism over one device per core is
+  # what uses them all (benchmarks/attack_throughput.py: 1.9× on 2 cores). The batch size must
+  # be a multiple of it, and a run resumes on the same count. Ignored when XLA_FLAGS sets
+  # --xla_force_host_platform_device_count or on GPU/TPU.
+  c.mesh.host_devices = 1
   return c
 
 
@@ -234,6 +240,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.train_split != config.data.eval_split,
        f'config.data.train_split and config.data.eval_split are both {config.data.eval_split!r}: '
        'evaluating on the training data overstates the model; evaluate on another split.')
+  need(isinstance(config.mesh.host_devices, int) and config.mesh.host_devices >= 0,
+       f'config.mesh.host_devices = {config.mesh.host_devices!r}: use 1 (one CPU device), a '
+       'number of CPU devices, or 0 for one per core.')
   need(config.data.pipeline in DATA_PIPELINES, f'config.data.pipeline = '
        f'{config.data.pipeline!r}: use one of {DATA_PIPELINES} (memory for sets that fit in '
        'memory, grain for records prepared by python -m robust_med.data.records).')

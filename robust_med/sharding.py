@@ -15,6 +15,7 @@ every host. In a single process every function here does exactly what it did bef
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -49,6 +50,33 @@ def initialize_distributed(coordinator_address: str | None = None,
         '(reachable from every process), --num_processes and a distinct --process_id to each '
         'process, or start the processes under SLURM / Open MPI / a TPU pod with --distributed '
         'alone, so that JAX detects them.') from None
+
+
+def available_cores() -> int:
+  """CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+def configure_host_devices(n: int, batch_size: int = 0) -> int | None:
+  """Runs the CPU as `n` devices (0 = one per available core, lowered to a divisor of
+  `batch_size` when given), so that the data-parallel mesh uses every core: XLA:CPU runs one
+  device's convolutions on about one core. Must run before JAX's first operation. Does nothing
+  (returns None) when XLA_FLAGS already sets the host device count, when n is 1, or when the
+  backends were already started with another count (a library caller's choice stands)."""
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '') or n == 1:
+    return None
+  if n == 0:
+    n = available_cores()
+    while batch_size and batch_size % n:
+      n -= 1
+  from jax._src import xla_bridge  # The only way to ask whether backends are running.
+  if xla_bridge.backends_are_initialized():
+    return None
+  jax.config.update('jax_num_cpu_devices', n)
+  return n
 
 
 def is_multiprocess() -> bool:

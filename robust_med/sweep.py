@@ -542,6 +542,8 @@ def main(argv=None) -> None:
       raise ConfigError(f'--sat_eps={",".join(f.sat_eps)} is not a list of numbers: use e.g. '
                         '--sat_eps=1,5,10,15.') from None
     variants = [parse_variant(v, f.config.method) for v in f.amat_variant] or [{}]
+    from robust_med import sharding  # Before JAX's first operation; the command line only.
+    sharding.configure_host_devices(f.config.mesh.host_devices, f.config.batch_size)
     rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
                      xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
                      amat_variants=variants, method_configs=f.method_configs,
