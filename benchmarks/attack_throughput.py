@@ -93,36 +93,32 @@ def jax_loss(model, params, targets):
   return loss
 
 
-class TorchLossLogits:
-  """The twin wrapped to output [0, L(x)] per sample (see the module docstring)."""
+def torch_loss_logits(twin, targets):
+  """The twin wrapped to output [0, L(x)] per sample (see the module docstring); `.loss(x)` is
+  L(x) itself. torch is imported here so that robust_med-only runs need none."""
+  import torch
 
-  def __new__(cls, twin, targets):
-    import torch
-    import torch_models
+  class LossLogits(torch.nn.Module):
 
-    class Wrapped(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.twin = twin
+      # Targets in the twin's layout (NCHW for 4-D outputs).
+      self.targets = jax.tree.map(
+          lambda t: torch.from_numpy(t.transpose(0, 3, 1, 2).copy() if t.ndim == 4 else t),
+          targets)
 
-      def __init__(self):
-        super().__init__()
-        self.twin = twin
-        # Targets in the twin's layout (NCHW for 4-D outputs).
-        self.targets = jax.tree.map(
-            lambda t: torch.from_numpy(t.transpose(0, 3, 1, 2).copy() if t.ndim == 4 else t),
-            targets)
+    def loss(self, x):
+      out = self.twin(x)
+      if isinstance(out, dict):
+        return sum(((out[k] - self.targets[k]) ** 2).flatten(1).mean(1) for k in sorted(out))
+      return ((out - self.targets) ** 2).flatten(1).mean(1)
 
-      def loss(self, x):
-        out = self.twin(x)
-        if isinstance(out, dict):
-          return sum(((out[k] - self.targets[k]) ** 2).flatten(1).mean(1)
-                     for k in sorted(out))
-        return ((out - self.targets) ** 2).flatten(1).mean(1)
+    def forward(self, x):
+      value = self.loss(x)
+      return torch.stack([torch.zeros_like(value), value], 1)
 
-      def forward(self, x):
-        value = self.loss(x)
-        return torch.stack([torch.zeros_like(value), value], 1)
-
-    del torch_models
-    return Wrapped().eval()
+  return LossLogits().eval()
 
 
 def time_jax(model, params, x, targets, norm, attack, repeats, devices=1):
@@ -209,7 +205,7 @@ def run_case(name, attacks_to_run, repeats, torch_ok):
     if diff > 1e-4:
       raise SystemExit(f'{name}: the twin\'s outputs differ from Flax\'s by {diff:.2e} '
                        '(relative to their largest magnitude)')
-    wrapped = TorchLossLogits(twin, targets)
+    wrapped = torch_loss_logits(twin, targets)
     import torch
     with torch.no_grad():
       torch_loss = wrapped.loss(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
