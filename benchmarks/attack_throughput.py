@@ -3,7 +3,8 @@
 For each head, the head's model (built from its synthetic config, at the shapes below) is
 attacked by robust_med's PGD-20 (L2 and L∞) and APGD-100 (L∞), and its PyTorch twin
 (`benchmarks/torch_models.py`: same layers, the Flax weights copied in) by torchattacks'
-`PGDL2`, `PGD` and `APGD`, on the same batch, at the same budgets and step sizes, both clipping
+`PGDL2`, `PGD` and `APGD` and ART's `ProjectedGradientDescentPyTorch` (PGD only), on the same
+batch, at the same budgets and step sizes, both clipping
 to [0, 1]. Before timing, the twin's outputs are checked against Flax's (max |Δ| ≤ 1e-4) and so
 is the attacked loss.
 
@@ -15,9 +16,10 @@ gradient a positive multiple of ∇L per sample, so PGD's normalised steps (sign
 APGD's loss comparisons are those of L itself — the same iterates, the same work. APGD runs
 through `attack_single_run` (torchattacks' `forward` attacks only correctly classified samples).
 
-robust_med's PGD-20 is one jitted call in the loop form the library picks for the backend
-(unrolled on CPU); APGD-100 runs as the evaluator runs it, a host loop over jitted chunks of
-steps. On CPU the host runs as one device per core (`config.mesh.host_devices = 0`; XLA:CPU runs
+robust_med's PGD-20 is one jitted call in the loop form the head's config picks
+(`config.attack.unroll`: 'auto' unrolls on CPU; the detector's configs loop, its unrolled
+compile being minutes); APGD-100 runs as the evaluator runs it, a host loop over jitted chunks of
+`config.eval.chunk_steps` (default 10) unrolled steps. On CPU the host runs as one device per core (`config.mesh.host_devices = 0`; XLA:CPU runs
 one device's convolutions on about one core) and the batch is split over them, as the trainer
 and evaluator split it over their mesh; the one-device figure is printed beside it. torch uses
 its default intra-op threads (one per core). Compile time is measured separately and excluded
@@ -121,7 +123,13 @@ def torch_loss_logits(twin, targets):
   return LossLogits().eval()
 
 
-def time_jax(model, params, x, targets, norm, attack, repeats, devices=1):
+def loop_form(c) -> tuple[bool | None, int]:
+  """(PGD's unroll choice, the evaluator's chunk length) of a head's config."""
+  return (attacks.UNROLL_CHOICES[c.attack.get('unroll', 'auto')],
+          c.eval.get('chunk_steps', 0) or 10)
+
+
+def time_jax(model, params, x, targets, norm, attack, repeats, devices=1, c=None):
   """(compile seconds, best run seconds, final per-sample losses) of robust_med's attack, the
   batch split over a data-parallel mesh of the first `devices` devices."""
   from robust_med import sharding
@@ -131,13 +139,15 @@ def time_jax(model, params, x, targets, norm, attack, repeats, devices=1):
   params = jax.device_put(params, sharding.replicated(mesh))
   if attack == 'pgd':
     steps = 20
+    unroll = loop_form(c)[0] if c is not None else None
     fn = jax.jit(lambda p, z: attacks.pgd(jax_loss(model, p, targets), z, eps, norm=norm,
                                           steps=steps, step_size=2.5 * eps / steps,
-                                          clip=(0.0, 1.0)))
+                                          clip=(0.0, 1.0), unroll=unroll))
     run = lambda: jax.block_until_ready(fn(params, xj))
   else:
     settings = apgd.APGDSettings(norm=norm, steps=100, clip=(0.0, 1.0))
-    run = chunked_runner(settings, model, params, xj, targets, eps)
+    run = chunked_runner(settings, model, params, xj, targets, eps,
+                         chunk=loop_form(c)[1] if c is not None else 10)
   t = time.perf_counter()
   x_adv = run()
   compile_s = time.perf_counter() - t
@@ -190,6 +200,33 @@ def time_torch(wrapped, x, norm, attack, repeats):
   return best, losses
 
 
+def time_art(wrapped, x, norm, repeats):
+  """(best run seconds, final per-sample losses) of ART's `ProjectedGradientDescentPyTorch`
+  (PGD-20; ART's APGD is a NumPy loop around the estimator, not timed here) on the wrapped twin,
+  or None when ART is not installed."""
+  try:
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+  except ImportError:
+    return None
+  import torch
+  xt = x.transpose(0, 3, 1, 2).copy()
+  eps = EPS[norm]
+  classifier = PyTorchClassifier(model=wrapped, loss=torch.nn.CrossEntropyLoss(),
+                                 input_shape=xt.shape[1:], nb_classes=2, clip_values=(0.0, 1.0),
+                                 device_type='cpu')
+  atk = ProjectedGradientDescentPyTorch(classifier, norm=2 if norm == 'l2' else np.inf, eps=eps,
+                                        eps_step=2.5 * eps / 20, max_iter=20, num_random_init=0,
+                                        batch_size=len(x), verbose=False)
+  y = np.zeros(len(x), np.int64)
+  run = lambda: atk.generate(xt, y=y)
+  adv = run()
+  best = common.best_time(run, repeats, warmup=0)
+  with torch.no_grad():
+    losses = wrapped.loss(torch.from_numpy(np.asarray(adv, np.float32))).numpy()
+  return best, losses
+
+
 def run_case(name, attacks_to_run, repeats, torch_ok):
   model, params, x, targets, c = build_case(name)
   rows = []
@@ -217,27 +254,34 @@ def run_case(name, attacks_to_run, repeats, torch_ok):
   for attack, norm in attacks_to_run:
     label = f'{"PGD-20" if attack == "pgd" else "APGD-100"} {norm}'
     compile_s, jax_s, jax_adv = time_jax(model, params, x, targets, norm, attack, repeats,
-                                         devices)
+                                         devices, c)
+    unroll, chunk = loop_form(c)
+    loop = ('unrolled' if (attacks.default_unroll(20) if unroll is None else unroll)
+            else 'fori_loop') if attack == 'pgd' else f'chunks of {chunk}'
     row = {'head': name, 'model': type(model).__name__, 'input': list(x.shape), 'attack': label,
-           'devices': devices, 'robust_med_s': jax_s, 'robust_med_img_s': len(x) / jax_s,
+           'devices': devices, 'loop': loop, 'robust_med_s': jax_s, 'robust_med_img_s': len(x) / jax_s,
            'robust_med_compile_s': compile_s,
            'robust_med_adv_loss': float(jax_adv.mean())}
     if devices > 1:
-      _, one_s, _ = time_jax(model, params, x, targets, norm, attack, repeats, 1)
+      _, one_s, _ = time_jax(model, params, x, targets, norm, attack, repeats, 1, c)
       row['robust_med_1dev_img_s'] = len(x) / one_s
     if wrapped is not None:
       torch_s, torch_adv = time_torch(wrapped, x, norm, attack, repeats)
       row.update(torchattacks_s=torch_s, torchattacks_img_s=len(x) / torch_s,
                  ratio=torch_s / jax_s, torchattacks_adv_loss=float(torch_adv.mean()),
                  twin_max_abs_diff=diff, twin_loss_rel_diff=loss_diff)
+      art = time_art(wrapped, x, norm, repeats) if attack == 'pgd' else None
+      if art is not None:
+        row.update(art_s=art[0], art_img_s=len(x) / art[0], art_ratio=art[0] / jax_s,
+                   art_adv_loss=float(art[1].mean()))
     print(common.table([row], COLUMNS).splitlines()[-1], flush=True)
     rows.append(row)
   return rows
 
 
-COLUMNS = ['head', 'input', 'attack', 'devices', 'robust_med_img_s', 'robust_med_1dev_img_s',
-           'torchattacks_img_s', 'ratio',
-           'robust_med_compile_s', 'robust_med_adv_loss', 'torchattacks_adv_loss']
+COLUMNS = ['head', 'input', 'attack', 'loop', 'devices', 'robust_med_img_s', 'robust_med_1dev_img_s',
+           'torchattacks_img_s', 'ratio', 'art_img_s', 'art_ratio',
+           'robust_med_compile_s', 'robust_med_adv_loss', 'torchattacks_adv_loss', 'art_adv_loss']
 
 
 def main():
@@ -265,10 +309,9 @@ def main():
   rows = []
   for name in args.heads.split(','):
     rows += run_case(name, todo, args.repeats, torch_ok)
-  print('\nratio = robust_med images/s ÷ torchattacks images/s (≥ 1: robust_med faster)')
-  common.write_json(args.json, {'benchmark': 'attack_throughput', 'rows': rows,
-                                'eps': EPS, 'loop': 'unrolled' if attacks.default_unroll()
-                                else 'fori_loop'})
+  print('\nratio = robust_med images/s ÷ torchattacks images/s (≥ 1: robust_med faster); '
+        'art_ratio: the same against ART')
+  common.write_json(args.json, {'benchmark': 'attack_throughput', 'rows': rows, 'eps': EPS})
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import importlib.util
 import json
 import os
@@ -105,6 +106,9 @@ def environment() -> dict:
     env['torch_threads'] = torch.get_num_threads()
   except ImportError:
     pass
+  for name, module in (('torchattacks', 'torchattacks'), ('art', 'art')):
+    if importlib.util.find_spec(module) is not None:
+      env[name] = getattr(importlib.import_module(module), '__version__', '?')
   return env
 
 

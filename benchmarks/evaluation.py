@@ -31,7 +31,7 @@ DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 
 
 def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: int = 0,
-        cache_dir: str = '', host_devices: int = 1) -> dict:
+        cache_dir: str = '', host_devices: int = 1, chunk_steps: int = -1) -> dict:
   compile_log = common.CompileLog.get()
   config = common.load_config(config_spec)
   if host_devices != 1:
@@ -41,6 +41,8 @@ def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: 
     config.eval.max_samples = max_samples
   if batch_size:
     config.eval.batch_size = batch_size
+  if chunk_steps >= 0:
+    config.eval.chunk_steps = chunk_steps
   if cache_dir:
     from robust_med import compile_cache
     compile_cache.enable(cache_dir)
@@ -65,7 +67,8 @@ def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: 
           'input': list(data['image'].shape[1:]), 'noise_levels': levels,
           'attacks': [a['name'] for a in report['attacks']],
           'masking_checks': bool(config.eval.masking_checks),
-          'eval_batch_size': config.eval.batch_size, 'wall_s': wall,
+          'eval_batch_size': config.eval.batch_size, 'chunk_steps': evaluator.chunk,
+          'wall_s': wall,
           'compile_s': compiled['total'], 'xla_compile_s': compiled['xla'],
           'compiles': compiled['compiles'],
           'compile_by_function': {k: round(v, 3) for k, v in compiled['functions'].items()},
@@ -86,10 +89,12 @@ def main():
                  'Run twice for the warm figure.')
   p.add_argument('--host_devices', type=int, default=1, help='CPU only: config.mesh.host_devices '
                  '(0 = one device per core)')
+  p.add_argument('--chunk_steps', type=int, default=-1, help="config.eval.chunk_steps (-1: the "
+                 "config's; 0: auto)")
   p.add_argument('--json', default='', help='write the figures here')
   args = p.parse_args()
   r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir,
-          args.host_devices)
+          args.host_devices, args.chunk_steps)
   r['devices'] = len(jax.devices())
   r['cache_dir'] = args.cache_dir
   print(f"{r['config']}: {r['samples']} samples {r['input']}, levels {r['noise_levels']}, "

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust_med import attacks, config_base, methods, sharding, train
+from robust_med import attacks, config_base, methods, precision, sharding, train
 from robust_med.tasks import get_task_class
 
 
@@ -77,6 +77,7 @@ def _config(args, method: str):
     c.attack.steps = args.pgd_steps
   c.batch_size = args.batch_size
   c.mesh.num_devices = args.devices
+  c.model.compute_dtype = getattr(args, 'compute_dtype', 'float32')
   return c
 
 
@@ -90,7 +91,7 @@ def compiled_step(args, method: str):
   config = _config(args, method)
   task = get_task_class(config.task)(config)
   data, info = task.load_split('train')
-  model = task.build_model(info)
+  model = precision.compute_dtype(task.build_model(info), config.model.compute_dtype)
   mesh = sharding.make_mesh(config.mesh.num_devices)
   tx = train.make_optimizer(config.optimizer, 1000)
   terms = len(task.loss_term_names)
@@ -189,7 +190,7 @@ def time_heads(args) -> None:
   heads = list(HEADS) if args.heads == 'all' else args.heads.split(',')
   rows = []
   print(f'backend={jax.default_backend()} devices={len(jax.devices())} batch={args.batch_size} '
-        f'pgd_steps={args.pgd_steps}; measured peak {peak_flop_s / 1e9:.1f} GFLOP/s')
+        f'pgd_steps={args.pgd_steps} compute={args.compute_dtype}; measured peak {peak_flop_s / 1e9:.1f} GFLOP/s')
   columns = ['head', 'input', 'method', 'step_ms', 'vs_sat', 'compile_s', 'gflop_per_step',
              'gflop_s', 'of_peak', 'memory_mb']
   print(common.table([], columns))
@@ -213,7 +214,7 @@ def time_heads(args) -> None:
       print(f"{row['head']:15s} {row['method']:14s}/SAT = {row['vs_sat']:.3f} "
             f'(target <= {args.target:g}: {ok})')
   common.write_json(args.json, {'benchmark': 'train_step', 'batch_size': args.batch_size,
-                                'pgd_steps': args.pgd_steps, 'peak': peak.measure(),
+                                'pgd_steps': args.pgd_steps, 'compute_dtype': args.compute_dtype, 'peak': peak.measure(),
                                 'rows': rows})
 
 
@@ -228,6 +229,8 @@ def main():
   p.add_argument('--depth', type=int, default=0, help='model.depth (0: the config\'s)')
   p.add_argument('--target', type=float, default=1.02, help='the AMAT/SAT ratio to meet')
   p.add_argument('--devices', type=int, default=0)
+  p.add_argument('--compute_dtype', default='float32', help='config.model.compute_dtype: '
+                 'float32 or bfloat16 (the network in bf16; meant for GPUs)')
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--data_root', default='', help='config.data.root (default: the config\'s)')
   p.add_argument('--method_configs', default='', help='comma-separated config files whose method '

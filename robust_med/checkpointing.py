@@ -148,11 +148,16 @@ def _shapes(tree: Any) -> dict[str, tuple]:
           for path, leaf in leaves if leaf is not None and hasattr(leaf, 'shape')}
 
 
+def saved_shapes(mngr: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
+  """{'params/Conv_0/kernel': shape} for every array saved in the state at `step`."""
+  with _reading(mngr, step):
+    return _shapes(dict(mngr.item_metadata(step)['state']))
+
+
 def check_shapes(mngr: ocp.CheckpointManager, step: int, target: Any, fix: str) -> None:
   """UserError naming the first difference when the arrays saved at `step` do not have the
   structure and shapes of `target` (a dict that is a part of the saved state)."""
-  with _reading(mngr, step):
-    saved = _shapes(dict(mngr.item_metadata(step)['state']))
+  saved = saved_shapes(mngr, step)
   want = _shapes(target)
   saved = {k: v for k, v in saved.items() if k.split('/')[0] in target}
   if saved == want:

@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.base_width = 16
   c.model.depth = 4
   c.model.max_width = 320
+  c.model.compute_dtype = 'float32'    # or 'bfloat16' (GPU/TPU): the network computes in bf16,
+                                       # parameters, losses and attacks stay float32
+                                       # (robust_med/precision.py)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug |
@@ -183,12 +186,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = 0               # 0 = all local devices
-  # CPU only: run the host as this many devices (0 = one per available core). XLA:CPU runs one
-  # device's convolutions on about one core, so data parallelism over one device per core is
-  # what uses them all (benchmarks/attack_throughput.py: 1.9× on 2 cores). The batch size must
-  # be a multiple of it, and a run resumes on the same count. Ignored when XLA_FLAGS sets
-  # --xla_force_host_platform_device_count or on GPU/TPU.
-  c.mesh.host_devices = 1
+  # CPU only: run the host as this many devices (0 = one per available core, lowered to a
+  # divisor of batch_size). XLA:CPU runs one device's convolutions on about one core, so data
+  # parallelism over one device per core is what uses them all (benchmarks/attack_throughput.py:
+  # 1.9× on 2 cores). Results differ from one device's in the last bits; a run may resume on
+  # another count. Ignored when XLA_FLAGS sets --xla_force_host_platform_device_count or on
+  # GPU/TPU; 1 = one CPU device.
+  c.mesh.host_devices = 0
   return c
 
 
@@ -243,6 +247,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(isinstance(config.mesh.host_devices, int) and config.mesh.host_devices >= 0,
        f'config.mesh.host_devices = {config.mesh.host_devices!r}: use 1 (one CPU device), a '
        'number of CPU devices, or 0 for one per core.')
+  from robust_med import precision  # Local import keeps this module light.
+  need(config.model.get('compute_dtype', 'float32') in precision.COMPUTE_DTYPES,
+       f'config.model.compute_dtype = {config.model.get("compute_dtype")!r}: use one of '
+       f'{precision.COMPUTE_DTYPES} (bfloat16 for GPUs and TPUs).')
   need(config.data.pipeline in DATA_PIPELINES, f'config.data.pipeline = '
        f'{config.data.pipeline!r}: use one of {DATA_PIPELINES} (memory for sets that fit in '
        'memory, grain for records prepared by python -m robust_med.data.records).')

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from robust_med import attacks, gradient_masking, methods, sharding
+from robust_med import attacks, gradient_masking, methods, precision, sharding
 from robust_med import data as data_lib
 
 
@@ -326,6 +326,7 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   for it, shift.json and shift.png: `robust_med.shift`); failed checks are printed as warnings on
   stderr."""
   data = evaluation_subset(data, config.eval.max_samples)
+  extra = dict(extra, compute_dtype=config.model.get('compute_dtype', 'float32'))
   report = robustness_report(evaluator, params, data, config.eval, clip=config.attack.clip,
                              extra=extra)
   os.makedirs(out, exist_ok=True)
@@ -521,7 +522,9 @@ def restore_model(task, workdir: str, info, images: np.ndarray, mesh, step: int 
     raise UserError(f'{what} ({root}) has {_pairs(signature)} but the checkpoint\'s model in '
                     f'{where} was trained on {_pairs(meta["data"])}: evaluate on data with the '
                     f'same {" and ".join(signature)} (or train a model for this data).')
-  model = task.build_model(info) if config is None else type(task)(config).build_model(info)
+  task = task if config is None else type(task)(config)
+  model = precision.compute_dtype(task.build_model(info),
+                                  task.config.model.get('compute_dtype', 'float32'))
   like = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)['params'],
                         jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype))
   rep = sharding.replicated(mesh)

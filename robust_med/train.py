@@ -15,7 +15,6 @@ process takes part in each collective (the steps, the margin gathers for logging
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -30,9 +29,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from robust_med import checkpointing, methods, sharding
+from robust_med import checkpointing, methods, precision, sharding
 from robust_med import margins as margins_lib
-from robust_med import data as data_lib
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
 from robust_med.tasks import get_task_class
@@ -45,6 +43,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   margins: jax.Array   # (N_train rounded up to the device count,): AMAT's E(i), by example id
+                       # (a resume on another device count re-pads them)
   xi: jax.Array        # (K,): AMAT's per-term thresholds, NaN until measured
 
 
@@ -181,7 +180,8 @@ class Trainer:
     self.task = get_task_class(config.task)(config)
     self.train_data, self.info = self.task.load_split(config.data.train_split)
     self.eval_data, _ = self.task.load_split(config.data.eval_split)
-    self.model = self.task.build_model(self.info)
+    self.model = precision.compute_dtype(self.task.build_model(self.info),
+                                         config.model.get('compute_dtype', 'float32'))
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
     n_dev = self.mesh.devices.size
     if config.batch_size % n_dev:
@@ -225,7 +225,19 @@ class Trainer:
                                    checkpointing.checkpoint_dir(self.workdir))
     checkpointing.check_shapes(mngr, step, {'params': state.params},
                                'use a new --workdir for this model (or the config that wrote it).')
-    return checkpointing.restore(mngr, step, state)
+    saved = checkpointing.saved_shapes(mngr, step).get('margins')
+    if saved is None or saved == state.margins.shape:
+      return checkpointing.restore(mngr, step, state)
+    # Written on another device count: the margins' padding to it differs. Read them whole,
+    # then pad the N real ones to this mesh.
+    target = state.replace(margins=jax.ShapeDtypeStruct(
+        saved, state.margins.dtype, sharding=sharding.replicated(self.mesh)))
+    restored = checkpointing.restore(mngr, step, target)
+    margins = sharding.host_value(restored.margins)[:self.num_train]
+    padded = np.asarray(sharding.host_value(state.margins)).copy()
+    padded[:len(margins)] = margins
+    return restored.replace(margins=sharding.put_global(
+        padded, sharding.data_sharding(self.mesh)))
 
   def measure_xi(self, params) -> np.ndarray:
     """ξ from per-sample clean training losses of a model trained on clean data."""
@@ -258,7 +270,6 @@ class Trainer:
                 if self.warmup_steps else None)
     step = int(state.step)
     xi_ready = not (self.method.needs_xi and np.isnan(jax.device_get(state.xi)).any())
-    source = data_lib.ArraySource(self.train_data)
     bar = tqdm(total=self.total_steps, initial=step, desc=f'train {config.method.name}',
                disable=not config.progress_bar or jax.process_index() != 0, file=sys.stderr,
                dynamic_ncols=True)
@@ -267,7 +278,7 @@ class Trainer:
     while step < self.total_steps:
       epoch, skip = divmod(step, self.steps_per_epoch)
       t_epoch = time.time()
-      for batch in self._epoch_batches(source, epoch, skip):
+      for batch in self._epoch_batches(epoch, skip):
         if not xi_ready and step >= self.warmup_steps:
           xi, xi_ready = self.measure_xi(state.params), True
           state = state.replace(xi=sharding.put_global(jnp.asarray(xi),
@@ -304,24 +315,15 @@ class Trainer:
     mngr.close()
     return state
 
-  def _epoch_batches(self, source, epoch: int, skip: int = 0):
+  def _epoch_batches(self, epoch: int, skip: int = 0):
     """The epoch's training batches after the first `skip`: whole batches in one process; in a
     multi-process run only this process's rows of each (the same) global batch. From memory, or
     with config.data.pipeline = 'grain' from the prepared records (the same batches)."""
-    config = self.config
-    rows = (sharding.local_rows(self.mesh, config.batch_size) if sharding.is_multiprocess()
+    from robust_med.data import pipeline  # grain is imported only by runs that train.
+    rows = (sharding.local_rows(self.mesh, self.config.batch_size) if sharding.is_multiprocess()
             else None)
-    if config.data.pipeline == 'grain':
-      from robust_med.data import pipeline
-      return pipeline.train_batches(config, epoch=epoch, skip=skip, arrays=self.train_data,
-                                    rows=rows)
-    if rows is None:
-      batches = data_lib.batches(source, config.batch_size, shuffle=True, seed=config.seed,
-                                 epoch=epoch)
-    else:
-      batches = data_lib.local_batches(source, config.batch_size, rows, shuffle=True,
-                                       seed=config.seed, epoch=epoch)
-    return itertools.islice(batches, skip, None)
+    return pipeline.train_batches(self.config, epoch=epoch, skip=skip, arrays=self.train_data,
+                                  rows=rows)
 
   def _put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     if not sharding.is_multiprocess():

@@ -35,7 +35,6 @@ import pytest
 
 from cli_helpers import CONFIG, REPO
 from robust_med import checkpointing, sharding
-from robust_med import data as data_lib
 
 ARGS = [f'--config={CONFIG}:synthetic', '--config.data.patch_size=(16,16)',
         '--config.data.num_train=16', '--config.data.num_val=8', '--config.model.base_width=4',
@@ -186,19 +185,6 @@ def test_two_processes_equal_one_process_bit_for_bit(tmp_path):
   assert _steps(resumed) == [MID_STEP, TOTAL_STEPS]
   assert [r['step'] for r in _records(resumed) if r['type'] == 'train'] == [3, 4]
   _assert_same_bits(_saved(resumed, TOTAL_STEPS), final)
-
-
-def test_local_batches_are_the_processes_parts_of_the_global_batches():
-  arrays = {'id': np.arange(20, dtype=np.int32), 'image': np.random.rand(20, 3).astype(np.float32)}
-  source = data_lib.ArraySource(arrays)
-  whole = list(data_lib.batches(source, 8, shuffle=True, seed=3, epoch=1))
-  parts = [list(data_lib.local_batches(source, 8, rows, shuffle=True, seed=3, epoch=1))
-           for rows in (np.arange(0, 4), np.arange(4, 8))]
-  assert len(whole) == len(parts[0]) == len(parts[1]) == 2
-  for b, batch in enumerate(whole):
-    for key in arrays:
-      np.testing.assert_array_equal(np.concatenate([parts[0][b][key], parts[1][b][key]]),
-                                    batch[key])
 
 
 def test_single_process_helpers_keep_the_old_layout():

@@ -67,6 +67,33 @@ def test_resume_restores_everything(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, _host(again), _host(final))
 
 
+def test_resume_on_another_device_count(tmp_path):
+  """A run checkpointed on 1 device resumes on 8 (the margins' padding differs: 36 vs 40) and
+  ends where the uninterrupted 1-device run ends, to the tolerance between device counts."""
+  one = tiny_config('amat', **{'mesh.num_devices': 1, 'data.num_train': 36})
+  full = tmp_path / 'full'
+  trainer, final = _train(one, full)
+  assert final.margins.shape == (36,)
+  steps = sorted(int(d) for d in os.listdir(full / 'checkpoints') if d.isdigit())
+  mid = [s for s in steps if trainer.warmup_steps < s < trainer.total_steps][0]
+  saved = checkpointing.restore(checkpointing.manager(str(full)), mid, trainer.fresh_state())
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(full / 'checkpoints' / str(mid), resumed / 'checkpoints' / str(mid))
+  eight = tiny_config('amat', **{'mesh.num_devices': 8, 'data.num_train': 36})
+  trainer8 = train.Trainer(eight, str(resumed))
+  restored = trainer8.restore_or_init(checkpointing.manager(str(resumed)))
+  assert restored.margins.shape == (40,) and restored.margins.sharding.spec == P('data')
+  np.testing.assert_array_equal(_host(restored.margins)[:36], _host(saved.margins))
+  jax.tree.map(np.testing.assert_array_equal, _host(restored.params), _host(saved.params))
+  assert int(restored.step) == mid
+  again = trainer8.train()
+  assert int(again.step) == trainer.total_steps
+  np.testing.assert_allclose(_host(again.margins)[:36], _host(final.margins), rtol=1e-3,
+                             atol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4),
+               _host(again.params), _host(final.params))
+
+
 def test_checkpoint_from_another_head_is_refused(tmp_path):
   config = tiny_config('std')
   trainer = train.Trainer(config, str(tmp_path))

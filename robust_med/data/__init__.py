@@ -4,8 +4,8 @@
 dataset declares) and returns ``(arrays, info)`` where `arrays` holds 'image'
 (N, H, W, C) float32, 'label' (N, H, W) int32, 'id' (int32 arange(N)), 'case_index' and
 'slice_index' (int32), and `info` is a `SegmentationInfo`. Wrap `arrays` in `ArraySource` and
-iterate it with `batches` (or, in a multi-process run, with `local_batches`: each process's part of
-the same global batches).
+iterate it with `batches`; the trainer reads its batches (in a multi-process run each process's
+rows of the same global batches) through `robust_med.data.pipeline`, from memory or records.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from robust_med.errors import ConfigError, DataError
 
 __all__ = [
     'ArraySource', 'SegmentationInfo', 'available_splits', 'batches', 'epoch_order',
-    'load_msd_slices', 'load_split', 'local_batches', 'make_phantoms', 'num_batches',
+    'load_msd_slices', 'load_split', 'make_phantoms', 'num_batches',
     'read_msd_info', 'split_cases', 'split_names', 'DATASETS',
 ]
 
@@ -115,17 +115,3 @@ def load_split(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Seg
   if _dataset_name(data_config) == 'synthetic':
     return _load_synthetic(data_config, split)
   return _load_msd(data_config, split)
-
-
-def local_batches(source: ArraySource, batch_size: int, rows: np.ndarray, *, shuffle: bool,
-                  seed: int = 0, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """The records at positions `rows` of every batch that `batches(source, batch_size,
-  shuffle=..., seed=..., epoch=...)` yields (full batches only): one process's part of each global
-  batch in a multi-process run, read without touching the other rows. With `rows` =
-  `arange(batch_size)` the batches are those of `batches`."""
-  rows = np.asarray(rows, np.int64)
-  order = epoch_order(len(source), shuffle=shuffle, seed=seed, epoch=epoch)
-  arrays = source.arrays
-  for b in range(num_batches(len(order), batch_size, drop_remainder=True)):
-    index = order[b * batch_size:(b + 1) * batch_size][rows]
-    yield {key: value[index] for key, value in arrays.items()}
