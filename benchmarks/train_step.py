@@ -126,18 +126,35 @@ def _peak_memory(compiled) -> int:
 
 
 def time_methods(args, names=('std', 'sat', 'amat', 'amat:boundary')) -> dict[str, float]:
-  """Best-of-`repeats` seconds per train step, methods interleaved so load hits all alike."""
+  """Best-of-`repeats` seconds per train step, methods interleaved so load hits all alike, in an
+  order rotated every repeat: a step runs measurably slower or faster right after another
+  method's (segmentation, SAT then AMAT: AMAT/SAT 1.09; AMAT then SAT: 0.95), so each method
+  takes each place in turn."""
   runs = {m: list(compiled_step(args, m)) for m in names}
   times = {m: [] for m in names}
-  for _ in range(args.repeats):
-    for m, run in runs.items():
+  order = list(runs)
+  for r in range(args.repeats):
+    for m in order[r % len(order):] + order[:r % len(order)]:
+      run = runs[m]
       step, state, batch = run
       t = time.perf_counter()
       state, metrics = step(state, batch)
       jax.block_until_ready((state, metrics))
       times[m].append(time.perf_counter() - t)
       run[1] = state
+  TIMES.clear()
+  TIMES.update(times)
   return {m: float(np.min(t)) for m, t in times.items()}
+
+
+TIMES: dict[str, list[float]] = {}  # Every repeat's seconds of the last `time_methods` call.
+
+
+def paired_ratio(a: str, b: str) -> float:
+  """Median over repeats of (a's step time ÷ b's) within the same repeat: the steps of one
+  repeat run back to back, so a machine's slow and fast phases (±20 % on a shared VM) cancel,
+  where a ratio of two best-of times keeps them."""
+  return float(np.median(np.asarray(TIMES[a]) / np.asarray(TIMES[b])))
 
 
 def time_attack_loop(args, unroll: bool) -> tuple[float, float]:
@@ -191,7 +208,8 @@ def time_heads(args) -> None:
   rows = []
   print(f'backend={jax.default_backend()} devices={len(jax.devices())} batch={args.batch_size} '
         f'pgd_steps={args.pgd_steps} compute={args.compute_dtype}; measured peak {peak_flop_s / 1e9:.1f} GFLOP/s')
-  columns = ['head', 'input', 'method', 'step_ms', 'vs_sat', 'compile_s', 'gflop_per_step',
+  columns = ['head', 'input', 'method', 'step_ms', 'vs_sat', 'vs_sat_paired', 'compile_s',
+             'gflop_per_step',
              'gflop_s', 'of_peak', 'memory_mb']
   print(common.table([], columns))
   for head in heads:
@@ -202,7 +220,8 @@ def time_heads(args) -> None:
     for m, t in times.items():
       cost = COSTS[m]
       row = {'head': head, 'input': list(_input_size(c)), 'method': m, 'step_ms': t * 1e3,
-             'vs_sat': t / times['sat'], 'compile_s': cost['compile_s'],
+             'vs_sat': t / times['sat'], 'vs_sat_paired': paired_ratio(m, 'sat'),
+             'compile_s': cost['compile_s'],
              'gflop_per_step': cost['flops'] / 1e9, 'gflop_s': cost['flops'] / t / 1e9,
              'of_peak': cost['flops'] / t / peak_flop_s,
              'memory_mb': cost['memory_bytes'] / 2**20}
@@ -210,9 +229,9 @@ def time_heads(args) -> None:
       print(common.table([row], columns).splitlines()[-1], flush=True)
   for row in rows:
     if row['method'].startswith('amat'):
-      ok = 'ok' if row['vs_sat'] <= args.target else 'MISSED'
-      print(f"{row['head']:15s} {row['method']:14s}/SAT = {row['vs_sat']:.3f} "
-            f'(target <= {args.target:g}: {ok})')
+      ok = 'ok' if row['vs_sat_paired'] <= args.target else 'MISSED'
+      print(f"{row['head']:15s} {row['method']:14s}/SAT = {row['vs_sat_paired']:.3f} (median of "
+            f"paired repeats; best-of ratio {row['vs_sat']:.3f}) (target <= {args.target:g}: {ok})")
   common.write_json(args.json, {'benchmark': 'train_step', 'batch_size': args.batch_size,
                                 'pgd_steps': args.pgd_steps, 'compute_dtype': args.compute_dtype, 'peak': peak.measure(),
                                 'rows': rows})
