@@ -522,9 +522,7 @@ def restore_model(task, workdir: str, info, images: np.ndarray, mesh, step: int 
     raise UserError(f'{what} ({root}) has {_pairs(signature)} but the checkpoint\'s model in '
                     f'{where} was trained on {_pairs(meta["data"])}: evaluate on data with the '
                     f'same {" and ".join(signature)} (or train a model for this data).')
-  task = task if config is None else type(task)(config)
-  model = precision.compute_dtype(task.build_model(info),
-                                  task.config.model.get('compute_dtype', 'float32'))
+  model = precision.build_model(task if config is None else type(task)(config), info)
   like = jax.eval_shape(lambda x: model.init(jax.random.key(0), x)['params'],
                         jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype))
   rep = sharding.replicated(mesh)

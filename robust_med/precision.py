@@ -54,3 +54,8 @@ def compute_dtype(model, dtype: str = 'float32'):
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f'compute dtype {dtype!r}: use one of {COMPUTE_DTYPES}')
   return model if dtype == 'float32' else MixedPrecision(model, dtype)
+
+
+def build_model(task, info):
+  """The head's model for the data `info`, computing in `task.config.model.compute_dtype`."""
+  return compute_dtype(task.build_model(info), task.config.model.get('compute_dtype', 'float32'))

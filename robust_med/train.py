@@ -180,8 +180,7 @@ class Trainer:
     self.task = get_task_class(config.task)(config)
     self.train_data, self.info = self.task.load_split(config.data.train_split)
     self.eval_data, _ = self.task.load_split(config.data.eval_split)
-    self.model = precision.compute_dtype(self.task.build_model(self.info),
-                                         config.model.get('compute_dtype', 'float32'))
+    self.model = precision.build_model(self.task, self.info)
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
     n_dev = self.mesh.devices.size
     if config.batch_size % n_dev:
