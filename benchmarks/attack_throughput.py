@@ -18,8 +18,9 @@ through `attack_single_run` (torchattacks' `forward` attacks only correctly clas
 
 robust_med's PGD-20 is one jitted call in the loop form the head's config picks
 (`config.attack.unroll`: 'auto' unrolls on CPU; the detector's configs loop, its unrolled
-compile being minutes); APGD-100 runs as the evaluator runs it, a host loop over jitted chunks of
-`config.eval.chunk_steps` (default 10) unrolled steps. On CPU the host runs as one device per core (`config.mesh.host_devices = 0`; XLA:CPU runs
+compile being minutes); APGD-100 runs as the evaluator runs it: one jitted `fori_loop` over its 100
+steps (`config.eval.chunk_steps` = 0, the default), or a host loop over jitted chunks of that many
+unrolled steps. On CPU the host runs as one device per core (`config.mesh.host_devices = 0`; XLA:CPU runs
 one device's convolutions on about one core) and the batch is split over them, as the trainer
 and evaluator split it over their mesh; the one-device figure is printed beside it. torch uses
 its default intra-op threads (one per core). Compile time is measured separately and excluded
@@ -124,9 +125,8 @@ def torch_loss_logits(twin, targets):
 
 
 def loop_form(c) -> tuple[bool | None, int]:
-  """(PGD's unroll choice, the evaluator's chunk length) of a head's config."""
-  return (attacks.UNROLL_CHOICES[c.attack.get('unroll', 'auto')],
-          c.eval.get('chunk_steps', 0) or 10)
+  """(PGD's unroll choice, the evaluator's chunk length: 0 = one loop) of a head's config."""
+  return (attacks.UNROLL_CHOICES[c.attack.get('unroll', 'auto')], c.eval.get('chunk_steps', 0))
 
 
 def time_jax(model, params, x, targets, norm, attack, repeats, devices=1, c=None):
@@ -147,7 +147,7 @@ def time_jax(model, params, x, targets, norm, attack, repeats, devices=1, c=None
   else:
     settings = apgd.APGDSettings(norm=norm, steps=100, clip=(0.0, 1.0))
     run = chunked_runner(settings, model, params, xj, targets, eps,
-                         chunk=loop_form(c)[1] if c is not None else 10)
+                         chunk=loop_form(c)[1] if c is not None else 0)
   t = time.perf_counter()
   x_adv = run()
   compile_s = time.perf_counter() - t
@@ -155,12 +155,12 @@ def time_jax(model, params, x, targets, norm, attack, repeats, devices=1, c=None
   return compile_s, best, np.asarray(jax_loss(model, params, targets)(x_adv))
 
 
-def chunked_runner(settings, model, params, x, targets, eps, chunk: int = 10):
-  """APGD as the evaluator runs it on CPU: jitted chunks of unrolled steps in a host loop."""
+def chunked_runner(settings, model, params, x, targets, eps, chunk: int = 0):
+  """APGD as the evaluator runs it: one jitted fori_loop (`chunk` 0), or jitted chunks of
+  `chunk` unrolled steps in a host loop."""
   eps_v = jnp.full(x.shape[:1], eps, x.dtype)
-  unroll = attacks.default_unroll()
-  if not unroll:
-    chunk = settings.steps
+  unroll = chunk > 0
+  chunk = chunk or settings.steps
   init = jax.jit(lambda p, z, k: settings.init(jax_loss(model, p, targets), z, eps_v, k))
 
   @jax.jit
@@ -257,7 +257,8 @@ def run_case(name, attacks_to_run, repeats, torch_ok):
                                          devices, c)
     unroll, chunk = loop_form(c)
     loop = ('unrolled' if (attacks.default_unroll(20) if unroll is None else unroll)
-            else 'fori_loop') if attack == 'pgd' else f'chunks of {chunk}'
+            else 'fori_loop') if attack == 'pgd' else (f'chunks of {chunk}' if chunk
+                                                        else 'fori_loop')
     row = {'head': name, 'model': type(model).__name__, 'input': list(x.shape), 'attack': label,
            'devices': devices, 'loop': loop, 'robust_med_s': jax_s, 'robust_med_img_s': len(x) / jax_s,
            'robust_med_compile_s': compile_s,

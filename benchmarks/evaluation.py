@@ -5,6 +5,12 @@ compiling.
   python benchmarks/evaluation.py                                       # segmentation demo
   python benchmarks/evaluation.py --config=configs/ceph_amat.py:synthetic
   python benchmarks/evaluation.py --workdir=runs/demo                   # a trained checkpoint
+  python benchmarks/evaluation.py --compare_to=/tmp/b755cb3             # before/after ratios
+
+`--compare_to` takes a checkout of an earlier commit (`git worktree add /tmp/b755cb3 b755cb3`,
+the commit before issue 13) and runs, back to back and each in a fresh process, the benchmark
+there (one device, no compilation cache), then here with an empty and then a warm persistent
+compilation cache, and prints the three times and their ratios to the first.
 
 Without --workdir the parameters are a fresh initialisation (the attack's cost does not depend
 on them). The report is computed exactly as `robust_med.main` computes it after training (the
@@ -31,7 +37,7 @@ DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 
 
 def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: int = 0,
-        cache_dir: str = '', host_devices: int = 1, chunk_steps: int = -1) -> dict:
+        cache_dir: str = '', host_devices: int = 0, chunk_steps: int = -1) -> dict:
   compile_log = common.CompileLog.get()
   config = common.load_config(config_spec)
   if host_devices != 1:
@@ -76,6 +82,48 @@ def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: 
           'primary_metric_under_attack': [r[report['metric']] for r in report['results']]}
 
 
+def compare(args) -> None:
+  """Before (in `--compare_to`) and after (empty cache, then warm cache), back to back."""
+  import json
+  import shutil
+  import subprocess
+  import tempfile
+  here = os.path.dirname(os.path.abspath(__file__))
+  before_dir = os.path.join(os.path.abspath(args.compare_to), 'benchmarks')
+  os.makedirs(before_dir, exist_ok=True)
+  for f in ('common.py', 'evaluation.py'):
+    shutil.copy(os.path.join(here, f), before_dir)
+  work = tempfile.mkdtemp(prefix='robust_med_eval_')
+  cache = os.path.join(work, 'cache')
+  flags = [f'--config={args.config}', f'--max_samples={args.max_samples}',
+           f'--batch_size={args.batch_size}', f'--chunk_steps={args.chunk_steps}']
+  if args.workdir:
+    flags.append(f'--workdir={os.path.abspath(args.workdir)}')
+  runs = [('before', before_dir, ['--host_devices=1']),
+          ('after, empty cache', here, [f'--host_devices={args.host_devices}',
+                                         f'--cache_dir={cache}']),
+          ('after, warm cache', here, [f'--host_devices={args.host_devices}',
+                                        f'--cache_dir={cache}'])]
+  rows = []
+  for i, (name, where, extra) in enumerate(runs):
+    out = os.path.join(work, f'{i}.json')
+    cmd = [sys.executable, os.path.join(where, 'evaluation.py'), *flags, *extra, f'--json={out}']
+    print('$', ' '.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=os.path.dirname(where))
+    with open(out) as f:
+      rows.append({'run': name, **json.load(f)})
+  base = rows[0]['wall_s']
+  for r in rows:
+    r['speedup'] = base / r['wall_s']
+  print(common.table(rows, ['run', 'wall_s', 'compile_s', 'xla_compile_s', 'run_s', 'compiles',
+                            'speedup']))
+  print('metric under attack:', {r['run']: np.round(r['primary_metric_under_attack'], 4).tolist()
+                                  for r in rows})
+  common.write_json(args.json, {'benchmark': 'evaluation_compare', 'before': args.compare_to,
+                                'runs': rows})
+  shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--config', default=DEFAULT_CONFIG)
@@ -87,12 +135,19 @@ def main():
   p.add_argument('--cache_dir', default='', help='JAX persistent compilation cache folder (as '
                  'robust_med\'s command-line runs use config.compilation_cache_dir); empty: off. '
                  'Run twice for the warm figure.')
-  p.add_argument('--host_devices', type=int, default=1, help='CPU only: config.mesh.host_devices '
-                 '(0 = one device per core)')
+  p.add_argument('--host_devices', type=int, default=0, help='CPU only: config.mesh.host_devices '
+                 '(0 = one device per core, the default; 1 = one device)')
   p.add_argument('--chunk_steps', type=int, default=-1, help="config.eval.chunk_steps (-1: the "
                  "config's; 0: auto)")
   p.add_argument('--json', default='', help='write the figures here')
+  p.add_argument('--compare_to', default='', help='a checkout of an earlier commit (e.g. b755cb3, '
+                 'before issue 13): run this benchmark there (1 device, no cache), then here with '
+                 'an empty and a warm compilation cache, each in a fresh process, and print the '
+                 'ratios')
   args = p.parse_args()
+  if args.compare_to:
+    compare(args)
+    return
   r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir,
           args.host_devices, args.chunk_steps)
   r['devices'] = len(jax.devices())

@@ -78,6 +78,8 @@ def _config(args, method: str):
   c.batch_size = args.batch_size
   c.mesh.num_devices = args.devices
   c.model.compute_dtype = getattr(args, 'compute_dtype', 'float32')
+  if getattr(args, 'unroll', ''):
+    c.attack.unroll = args.unroll
   return c
 
 
@@ -250,6 +252,8 @@ def main():
   p.add_argument('--devices', type=int, default=0)
   p.add_argument('--compute_dtype', default='float32', help='config.model.compute_dtype: '
                  'float32 or bfloat16 (the network in bf16; meant for GPUs)')
+  p.add_argument('--unroll', default='', help="config.attack.unroll: 'auto', 'unrolled' or "
+                 "'loop' (default: the config's)")
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--data_root', default='', help='config.data.root (default: the config\'s)')
   p.add_argument('--method_configs', default='', help='comma-separated config files whose method '

@@ -11,12 +11,13 @@ Samples are attacked independently because the gradient of ``sum(loss_fn(x))`` w
 ``x_i`` is the gradient of ``loss_fn(x)[i]`` alone, as long as the model treats samples
 independently (instance or layer norm, no batch norm in training mode).
 
-All functions are pure and jittable. On CPU, XLA runs convolutions inside `lax.fori_loop` several
-times slower than straight-line code, but compiles straight-line code in time proportional to its
-length; so loops of up to `UNROLL_MAX_STEPS` steps are unrolled on CPU (the training attacks), and
-longer ones, and every loop on accelerators, are `fori_loop`s (see `benchmarks/train_step.py`).
-Long evaluation attacks on CPU run best as a host loop over jitted chunks of unrolled steps, as
-`robust_med.evaluate.Evaluator` runs them. Pass `unroll` to choose yourself.
+All functions are pure and jittable. XLA:CPU compiles straight-line code in time proportional to
+its length, and runs it a little faster than a `lax.fori_loop` (about 9 % for the segmentation
+demo's training step); so loops of up to `UNROLL_MAX_STEPS` steps are unrolled on CPU (the training
+attacks), and longer ones, and every loop on accelerators, are `fori_loop`s (see
+`benchmarks/train_step.py --unroll`). A model's convolutions must be `robust_med.models.conv.Conv`
+for the loop to be fast on CPU (with `flax.linen.Conv` XLA:CPU runs their input gradients 3-4x
+slower inside loops; models/conv.py). Pass `unroll` to choose yourself.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ UNROLL_MAX_STEPS = 20
 
 
 def default_unroll(steps: int | None = None) -> bool:
-  """Unroll attack loops on CPU (faster convolutions there) unless they are longer than
+  """Unroll attack loops on CPU (slightly faster steps there) unless they are longer than
   `UNROLL_MAX_STEPS` (compile time); loop elsewhere (faster compiles, no speed lost)."""
   return jax.default_backend() == 'cpu' and (steps is None or steps <= UNROLL_MAX_STEPS)
 

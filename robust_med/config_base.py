@@ -136,9 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.max_samples = 0               # 0 = every sample of the split; else k spread over it
   c.eval.seed = 0
-  c.eval.chunk_steps = 0               # attack steps per jitted call: 0 = auto (10 unrolled on
-                                       # CPU, the whole attack as one loop elsewhere); fewer
-                                       # compile faster (a large model unrolled compiles slowly)
+  c.eval.chunk_steps = 0               # 0: each attack is one jitted loop over all its steps
+                                       # (default); k > 0: a host loop over jitted chunks of k
+                                       # unrolled steps (for a model whose convolutions run
+                                       # slowly inside loops on CPU: models/conv.py)
   c.eval.every_epochs = 0              # > 0: clean metrics on eval_split after every k epochs
                                        # ('val' records in metrics.jsonl: the learning curve)
   # Attacks run at every level; the report has each curve and their per-sample worst case.

@@ -44,10 +44,11 @@ class Evaluator:
     n = mesh.devices.size
     self.batch_size = sharding.round_up(batch_size, n)
     self.progress = progress
-    # On CPU the attack runs as a host loop over jitted chunks of unrolled steps (fast convolutions,
-    # bounded compile time); elsewhere as one fori_loop per attack.
-    self.unroll = attacks.default_unroll()
-    self.chunk = chunk_steps or (10 if self.unroll else 1 << 30)
+    # Each attack runs as one jitted `fori_loop` over all its steps (no host round trip, seconds
+    # to compile; the models' convolutions run as fast in a loop as unrolled: models/conv.py);
+    # with `chunk_steps` > 0, as a host loop over jitted chunks of that many unrolled steps.
+    self.unroll = chunk_steps > 0
+    self.chunk = chunk_steps or 1 << 30
     self._stats = jax.jit(self._stats_impl)
     self._apply = jax.jit(lambda params, x: model.apply({'params': params}, x))
     self._init = jax.jit(self._init_impl, static_argnames=('attack',))
@@ -181,8 +182,11 @@ def worst_per_sample(task, stats: list[dict[str, np.ndarray]]) -> tuple[dict, np
 
 def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int) -> dict:
   """Runs `fn(batch_index, device_batch) -> {name: (B, ...)}` over `arrays` in order, on the
-  mesh, and returns the outputs concatenated over the whole set, padding dropped."""
-  batch_size = sharding.round_up(batch_size, mesh.devices.size)
+  mesh, and returns the outputs concatenated over the whole set, padding dropped. A set smaller
+  than one batch runs as one batch of its own size (rounded up to the device count), not padded
+  to `batch_size`."""
+  n = mesh.devices.size
+  batch_size = min(sharding.round_up(batch_size, n), sharding.round_up(len(arrays['id']), n))
   source = data_lib.ArraySource(arrays)
   out: dict[str, list[np.ndarray]] = {}
 

@@ -221,10 +221,9 @@ def bccd_config(method: str, arg: str = '') -> ml_collections.ConfigDict:
     c.method.eps = 1.0 if method == 'sat' else 0.0
     c.eval.noise_levels = (0., 0.5, 1., 2.)
     c.eval.steps = c.eval.apgd_steps = 10
-    # Compiling the detector unrolled is slow on CPU (PGD-10: 48 s against 7 s as a loop, which
-    # runs 3× slower); for this small demo compiling dominates, so loop and compile short chunks.
+    # Compiling the detector unrolled is slow on CPU (PGD-10: 48 s against 7 s as a loop); its
+    # convolutions run as fast in a loop (models/conv.py), so the training attack loops too.
     c.attack.unroll = 'loop'
-    c.eval.chunk_steps = 2
     c.log_every_steps = 16
     c.checkpoint_every_steps = 64
   return c

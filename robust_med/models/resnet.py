@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from robust_med.models.conv import Conv
+
 
 def _norm(features: int, groups: int) -> nn.GroupNorm:
   g = max(1, min(groups, features))
@@ -35,10 +37,10 @@ class PreActBlock(nn.Module):
     pre = nn.relu(_norm(x.shape[-1], self.groups)(x))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), (self.stride, self.stride), use_bias=False)(pre)
-    y = nn.Conv(self.features, (3, 3), (self.stride, self.stride), use_bias=False)(pre)
+      shortcut = Conv(self.features, (1, 1), (self.stride, self.stride), use_bias=False)(pre)
+    y = Conv(self.features, (3, 3), (self.stride, self.stride), use_bias=False)(pre)
     y = nn.relu(_norm(self.features, self.groups)(y))
-    y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+    y = Conv(self.features, (3, 3), use_bias=False)(y)
     return shortcut + y
 
 
@@ -54,7 +56,7 @@ class ResNetClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.base_width, (3, 3), (self.stem_stride, self.stem_stride), use_bias=False,
+    x = Conv(self.base_width, (3, 3), (self.stem_stride, self.stem_stride), use_bias=False,
                 name='stem')(x)
     for stage in range(self.stages):
       width = min(self.base_width * 2 ** stage, self.max_width)

@@ -14,6 +14,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from robust_med.models.conv import Conv
+
 
 class ConvBlock(nn.Module):
   """conv – instance norm – leaky ReLU."""
@@ -24,7 +26,7 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     # No conv bias: the instance norm right after removes it (and Adam would amplify its
     # zero gradient's rounding noise into updates).
-    x = nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding='SAME',
+    x = Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding='SAME',
                 use_bias=False)(x)
     x = nn.InstanceNorm(epsilon=1e-5)(x)
     return nn.leaky_relu(x, negative_slope=0.01)
@@ -43,7 +45,7 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Conv(self.num_classes, (1, 1))(unet_trunk(x, self.features))
+    return Conv(self.num_classes, (1, 1))(unet_trunk(x, self.features))
 
 
 def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
@@ -79,10 +81,10 @@ class MultiTaskUNet(nn.Module):
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     x = unet_trunk(x, self.features)
     prior = math.log(self.heatmap_prior / (1 - self.heatmap_prior))
-    out = {'heatmap': nn.Conv(self.num_landmarks, (1, 1), name='heatmap',
+    out = {'heatmap': Conv(self.num_landmarks, (1, 1), name='heatmap',
                               bias_init=nn.initializers.constant(prior))(x)}
     for name in ('offset_x', 'offset_y'):
-      out[name] = nn.Conv(self.num_landmarks, (1, 1), name=name)(x)
+      out[name] = Conv(self.num_landmarks, (1, 1), name=name)(x)
     return out
 
 

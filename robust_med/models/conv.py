@@ -1,0 +1,112 @@
+"""A convolution with the same values and gradients as `lax.conv_general_dilated`, whose input
+gradient XLA:CPU runs as fast inside a loop as outside one.
+
+JAX transposes a convolution with respect to its input as a convolution of the reversed kernel
+with the kernel's input and output features swapped in the dimension numbers (`01oi`). Outside a
+loop XLA:CPU copies that kernel into the layout its fast convolutions take; inside a
+`fori_loop`/`scan` body it does not, and runs a generic convolution instead: measured on the
+segmentation demo's U-Net, an attack step inside `fori_loop` took 3-4x as long as unrolled, nearly
+all of it in these convolutions (`benchmarks/profile.py`; see benchmarks/README.md). Here the
+input gradient is the same convolution with the reversed kernel materialised in the forward
+layout (`jnp.flip` + swapaxes), which XLA runs on its fast path in either form; the kernel
+gradient is JAX's own. Every model's `Conv` uses it, so attacks can loop (seconds to compile,
+no host round trip per chunk) without running slower.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7, 8, 9, 10))
+def _conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+          feature_group_count, batch_group_count, precision, preferred_element_type):
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                  dimension_numbers, feature_group_count, batch_group_count,
+                                  precision, preferred_element_type)
+
+
+def _conv_fwd(lhs, rhs, *static):
+  return _conv(lhs, rhs, *static), (lhs, rhs)
+
+
+def _conv_bwd(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+              feature_group_count, batch_group_count, precision, preferred_element_type, res, g):
+  lhs, rhs = res
+  static = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+  _, rhs_vjp = jax.vjp(lambda r: _plain(lhs, r, static), rhs)
+  (d_rhs,) = rhs_vjp(g)
+  return _lhs_grad(g, lhs, rhs, static), d_rhs
+
+
+def _plain(lhs, rhs, static):
+  return lax.conv_general_dilated(lhs, rhs, *static)
+
+
+def _lhs_grad(g, lhs, rhs, static):
+  """d lhs of the convolution: `g` convolved with the spatially reversed kernel, input and output
+  features swapped in memory (not in the dimension numbers), window strides as input dilation."""
+  (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+   batch_group_count, precision, preferred_element_type) = static
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  lhs_spec, rhs_spec, out_spec = dn
+  nd = len(lhs_spec) - 2
+  lhs_dilation = lhs_dilation or (1,) * nd
+  rhs_dilation = rhs_dilation or (1,) * nd
+  if feature_group_count != 1 or batch_group_count != 1 or any(d != 1 for d in lhs_dilation):
+    _, lhs_vjp = jax.vjp(lambda x: _plain(x, rhs, static), lhs)
+    return lhs_vjp(g)[0]
+  in_spatial = [lhs.shape[d] for d in lhs_spec[2:]]
+  window = [rhs.shape[d] for d in rhs_spec[2:]]
+  out_spatial = [g.shape[d] for d in out_spec[2:]]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(in_spatial, _dilate(window, rhs_dilation), window_strides,
+                                  padding)
+  k_dil = _dilate(window, rhs_dilation)
+  out_dil = _dilate(out_spatial, window_strides)
+  before = [k - lo - 1 for k, (lo, _) in zip(k_dil, padding)]
+  after = [i + k - 1 - o - b for i, k, o, b in zip(in_spatial, k_dil, out_dil, before)]
+  # The kernel reversed in space, its O and I axes exchanged in memory, so the transposed
+  # convolution keeps the forward dimension numbers' kernel layout.
+  kernel = jnp.flip(rhs, axis=tuple(rhs_spec[2:]))
+  kernel = jnp.swapaxes(kernel, rhs_spec[0], rhs_spec[1])
+  return lax.conv_general_dilated(
+      g, kernel, (1,) * nd, list(zip(before, after)), lhs_dilation=tuple(window_strides),
+      rhs_dilation=tuple(rhs_dilation),
+      dimension_numbers=lax.ConvDimensionNumbers(out_spec, rhs_spec, lhs_spec),
+      precision=precision, preferred_element_type=preferred_element_type).astype(lhs.dtype)
+
+
+def _dilate(shape: Sequence[int], dilation: Sequence[int]) -> list[int]:
+  return [0 if s == 0 else 1 + d * (s - 1) for s, d in zip(shape, dilation)]
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, same signature and values, with the loop-friendly input
+  gradient described in the module docstring."""
+  as_tuple = lambda v: None if v is None else tuple(v)
+  if not isinstance(padding, str):
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if dimension_numbers is not None and not isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    dimension_numbers = tuple(dimension_numbers)
+  return _conv(lhs, rhs, tuple(window_strides), padding, as_tuple(lhs_dilation),
+               as_tuple(rhs_dilation), dimension_numbers, int(feature_group_count),
+               int(batch_group_count), precision, preferred_element_type)
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` (same parameters and names) with `conv_general_dilated` above."""
+  conv_general_dilated: object = conv_general_dilated
+
