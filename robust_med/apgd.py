@@ -188,6 +188,7 @@ class APGDSettings:
   def result(self, x: jax.Array, state: APGDState) -> jax.Array:
     return x + state.delta_best
 
+
   def __call__(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None = None,
                unroll: bool | None = None) -> jax.Array:
     return attacks.run_iterative(self, loss_fn, x, eps, key=key, unroll=unroll)
@@ -199,6 +200,12 @@ class APGDSettings:
                           f'momentum={self.momentum})'),
             'restarts': self.restarts, 'random_start': self.random_start,
             'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
+
+
+# A pytree of static fields only (the checkpoint schedule needs `steps` at trace time), so that
+# the evaluator can pass any iterative attack to its jitted loop as an argument.
+jax.tree_util.register_dataclass(APGDSettings, data_fields=[],
+                                 meta_fields=[f.name for f in dataclasses.fields(APGDSettings)])
 
 
 def apgd(loss_fn: LossFn,

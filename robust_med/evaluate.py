@@ -53,6 +53,7 @@ class Evaluator:
     self._apply = jax.jit(lambda params, x: model.apply({'params': params}, x))
     self._init = jax.jit(self._init_impl, static_argnames=('attack',))
     self._chunk = jax.jit(self._chunk_impl, static_argnames=('attack', 'steps'))
+    self._loop = jax.jit(self._loop_impl)
     self._result = jax.jit(lambda x, state, *, attack: attack.result(x, state),
                            static_argnames=('attack',))
 
@@ -80,6 +81,13 @@ class Evaluator:
       return state
     return jax.lax.fori_loop(0, steps, body, state)
 
+  def _loop_impl(self, params, batch, state, eps, start, steps, attack):
+    """`steps` steps of `attack` (a pytree: `PGDSettings`' step count and step-size factor are
+    traced, so PGDs differing only in those share this compiled loop) as one `fori_loop`."""
+    loss_fn, x = self._loss_fn(params, batch), batch['image']
+    return jax.lax.fori_loop(0, steps, lambda j, s: attack.step(loss_fn, x, s, eps, start + j),
+                             state)
+
   def perturb(self, params, batch, eps: float, key, attack=None) -> jax.Array:
     """The attacked images of a (device) batch at budget `eps` (the primary attack by default)."""
     attack = attack or self.attack
@@ -94,7 +102,11 @@ class Evaluator:
       done = 0
       while done < attack.steps:
         n = min(self.chunk, attack.steps - done)
-        state = self._chunk(params, batch, state, eps_v, jnp.int32(done), attack=attack, steps=n)
+        if self.unroll or jax.tree.leaves(attack) == [attack]:  # Unrolled, or not a pytree.
+          state = self._chunk(params, batch, state, eps_v, jnp.int32(done), attack=attack,
+                              steps=n)
+        else:
+          state = self._loop(params, batch, state, eps_v, jnp.int32(done), jnp.int32(n), attack)
         done += n
       x_adv = self._result(x, state, attack=attack)
       if best is None:

@@ -178,3 +178,19 @@ def test_examples_draw_each_sample_clean_and_attacked_through_the_task(tmp_path)
       assert outputs.shape == (16, 16, 3)
       want = model.apply({'params': params}, image[None])[0]
       np.testing.assert_allclose(outputs, np.asarray(want), atol=1e-4)
+
+
+def test_pgds_differing_in_steps_share_one_compiled_loop():
+  """PGD's step count and step-size factor are traced: the report's PGD-100, weak PGD-20 and
+  huge-ε PGD compile one loop, and each still equals its own one-call attack."""
+  task, data, model, params = untrained_segmenter()
+  mesh = sharding.make_mesh(2)
+  long, short = attacks.PGDSettings(steps=7), attacks.PGDSettings(steps=3, step_size_factor=2.0)
+  evaluator = Evaluator(task, model, mesh, [long, short], batch_size=8, progress=False)
+  batch = {k: v[:8] for k, v in data.items()}
+  loss = lambda x: methods.total(task.loss_terms(model.apply({'params': params}, x), batch))
+  for settings in (long, short):
+    got = evaluator.perturb(params, sharding.put_batch(batch, mesh), 0.7, None, settings)
+    want = jax.jit(lambda x: settings(loss, x, 0.7, unroll=False))(batch['image'])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
+  assert evaluator._loop._cache_size() == 1
