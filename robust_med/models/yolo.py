@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_med.boxes import ltrb_to_box
-from robust_med.models.conv import Conv
+from robust_med.models import conv as conv_lib
 
 STRIDES = (8, 16, 32)
 
@@ -58,8 +58,8 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = Conv(self.features, (self.kernel, self.kernel), strides=(self.strides, self.strides),
-                padding='SAME', use_bias=False)(x)
+    x = conv_lib.Conv(self.features, (self.kernel, self.kernel),
+                      strides=(self.strides, self.strides), padding='SAME', use_bias=False)(x)
     x = nn.GroupNorm(num_groups=_groups(self.features, self.per_group), epsilon=1e-5)(x)
     return nn.silu(x)
 
@@ -116,13 +116,12 @@ class Detector(nn.Module):
       box_branch = Conv(hidden, 3)(Conv(hidden, 3)(feature))
       cls_branch = Conv(hidden, 3)(Conv(hidden, 3)(feature))
       n = feature.shape[1] * feature.shape[2]
-      boxes.append(Conv(4, (1, 1))(box_branch).reshape(-1, n, 4))
+      boxes.append(conv_lib.Conv(4, (1, 1))(box_branch).reshape(-1, n, 4))
       # Objectness starts near 1 % (few cells hold an object), classes near 1 %.
       prior = float(np.log(0.01 / 0.99))
-      obj.append(Conv(1, (1, 1), bias_init=nn.initializers.constant(prior))(box_branch)
-                 .reshape(-1, n))
-      cls.append(Conv(self.num_classes, (1, 1), bias_init=nn.initializers.constant(prior))(
-          cls_branch).reshape(-1, n, self.num_classes))
+      head = lambda k: conv_lib.Conv(k, (1, 1), bias_init=nn.initializers.constant(prior))
+      obj.append(head(1)(box_branch).reshape(-1, n))
+      cls.append(head(self.num_classes)(cls_branch).reshape(-1, n, self.num_classes))
     distances = nn.softplus(jnp.concatenate(boxes, axis=1)) * strides[None, :, None]
     box = ltrb_to_box(jnp.asarray(points)[None], distances)
     return {'box': box, 'obj': jnp.concatenate(obj, axis=1), 'cls': jnp.concatenate(cls, axis=1)}
