@@ -71,22 +71,25 @@ class Evaluator:
     return attack.init(self._loss_fn(params, batch), batch['image'], eps, key)
 
   def _chunk_impl(self, params, batch, state, eps, start, *, attack, steps):
-    loss_fn, x = self._loss_fn(params, batch), batch['image']
-
-    def body(j, s):
-      return attack.step(loss_fn, x, s, eps, start + j)
-    if self.unroll:
-      for j in range(steps):
-        state = body(j, state)
-      return state
-    return jax.lax.fori_loop(0, steps, body, state)
+    """`steps` steps of `attack` (static: a compile per attack and chunk length), unrolled or
+    as a `fori_loop`."""
+    return self._steps(params, batch, state, eps, start, steps, attack, self.unroll)
 
   def _loop_impl(self, params, batch, state, eps, start, steps, attack):
     """`steps` steps of `attack` (a pytree: `PGDSettings`' step count and step-size factor are
     traced, so PGDs differing only in those share this compiled loop) as one `fori_loop`."""
+    return self._steps(params, batch, state, eps, start, steps, attack, False)
+
+  def _steps(self, params, batch, state, eps, start, steps, attack, unroll: bool):
     loss_fn, x = self._loss_fn(params, batch), batch['image']
-    return jax.lax.fori_loop(0, steps, lambda j, s: attack.step(loss_fn, x, s, eps, start + j),
-                             state)
+
+    def body(j, s):
+      return attack.step(loss_fn, x, s, eps, start + j)
+    if unroll:
+      for j in range(steps):
+        state = body(j, state)
+      return state
+    return jax.lax.fori_loop(0, steps, body, state)
 
   def perturb(self, params, batch, eps: float, key, attack=None) -> jax.Array:
     """The attacked images of a (device) batch at budget `eps` (the primary attack by default)."""

@@ -33,7 +33,7 @@ def _conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimensi
 
 
 def _conv_fwd(lhs, rhs, *static):
-  return _conv(lhs, rhs, *static), (lhs, rhs)
+  return _plain(lhs, rhs, static), (lhs, rhs)
 
 
 def _conv_bwd(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
