@@ -36,6 +36,7 @@ def one_run(config: str, workdir: str, cache_dir: str, overrides: list[str]) -> 
   argv = ['robust_med.main', f'--config={config}', f'--workdir={workdir}',
           f'--config.compilation_cache_dir={cache_dir}', '--config.progress_bar=False',
           *overrides]
+  sys.argv = argv  # absl's config flag finds its overrides (--config.x) in sys.argv.
   with log.window() as compiled:
     t = time.perf_counter()
     try:
