@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from robust_med import checkpointing, methods, precision, sharding
+from robust_med import checkpointing, compile_cache, methods, precision, sharding
 from robust_med import margins as margins_lib
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
@@ -65,8 +65,10 @@ def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_terms
                initial_margin: float, seed: int, mesh) -> TrainState:
   """A fresh state placed on the mesh; margins padded to a multiple of the device count."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_key, jnp.asarray(sample_image[:1]))['params']
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  params = compile_cache.run_once(lambda k, x: model.init(k, x)['params'], init_key,
+                                  jnp.asarray(sample_image[:1]))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=compile_cache.run_once(tx.init, params),
                      rng=rng,
                      margins=jnp.full((sharding.round_up(num_train, mesh.devices.size),),
                                       initial_margin, jnp.float32),

@@ -170,3 +170,18 @@ def test_learning_curve_records_clean_validation_metrics(tmp_path):
   assert curve[-1]['loss'] == pytest.approx(expected['loss'], rel=1e-5)
   off = [json.loads(line) for line in open(_train(tiny_config('std'), tmp_path / 'off')[0].log.path)]
   assert not any(r['type'] == 'val' for r in off)
+
+
+def test_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
+  """init_state compiles the initialisation once, unoptimised (compile_cache.run_once): the
+  parameters and optimizer state are the bits the model's and optimizer's own init give."""
+  trainer = train.Trainer(tiny_config('amat'), str(tmp_path))
+  image = trainer.train_data['image']
+  state = train.init_state(trainer.model, trainer.tx, image, num_train=trainer.num_train,
+                           num_terms=2, initial_margin=0.5, seed=3, mesh=trainer.mesh)
+  init_key, _ = jax.random.split(jax.random.PRNGKey(3))
+  params = trainer.model.init(init_key, image[:1])['params']
+  jax.tree.map(np.testing.assert_array_equal, _host(state.params), _host(params))
+  jax.tree.map(np.testing.assert_array_equal, _host(state.opt_state),
+               _host(trainer.tx.init(params)))
+  assert len(jax.tree.leaves(params)) > 4
