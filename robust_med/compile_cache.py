@@ -3,8 +3,8 @@
 Compiling the unrolled attack loops that are fastest on CPU takes tens of seconds per step
 function; with the cache a second run of the same model (a resume, an evaluation, a sweep's next
 ε) loads the executables instead (`benchmarks/demo_compile.py` and `benchmarks/evaluation.py`
-measure both). Entries are keyed
-by JAX on the program, the compiler version and the device, so a stale entry is never used.
+measure both). Entries are keyed by JAX on the program, the compiler version and the device, so a
+stale entry is never used.
 """
 
 from __future__ import annotations

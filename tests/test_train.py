@@ -173,8 +173,9 @@ def test_learning_curve_records_clean_validation_metrics(tmp_path):
 
 
 def test_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
-  """init_state compiles the initialisation once, unoptimised (compile_cache.run_once): the
-  parameters and optimizer state are the bits the model's and optimizer's own init give."""
+  """init_state compiles the initialisation once at XLA optimisation level 1
+  (compile_cache.run_once): the parameters and optimizer state are the bits the model's and
+  optimizer's own (eager) init give."""
   trainer = train.Trainer(tiny_config('amat'), str(tmp_path))
   image = trainer.train_data['image']
   state = train.init_state(trainer.model, trainer.tx, image, num_train=trainer.num_train,
