@@ -32,7 +32,7 @@ DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 def one_run(config: str, workdir: str, cache_dir: str, overrides: list[str]) -> dict:
   """`robust_med.main` in this process, with the compile log listening."""
   log = common.CompileLog.get()
-  from robust_med import cli
+  from robust_med import main as main_lib
   argv = ['robust_med.main', f'--config={config}', f'--workdir={workdir}',
           f'--config.compilation_cache_dir={cache_dir}', '--config.progress_bar=False',
           *overrides]
@@ -40,7 +40,7 @@ def one_run(config: str, workdir: str, cache_dir: str, overrides: list[str]) -> 
   with log.window() as compiled:
     t = time.perf_counter()
     try:
-      cli.run_main(argv)
+      main_lib.main(argv)
     except SystemExit as e:  # absl's app.run ends with sys.exit.
       if e.code not in (0, None):
         raise

@@ -1,13 +1,13 @@
 """BCCD blood cells, object detection (anchor-free YOLO-style detector): SAT.
-Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/presets.py).
+Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/presets/detection.py).
 
   python -m robust_med.main --config=configs/bccd_sat.py:cpu --config.data.root=../shared/data/bccd --workdir=runs/bccd_sat
   python -m robust_med.main --config=configs/bccd_sat.py:synthetic --workdir=/tmp/bccd_sat
 """
 
-from robust_med import presets
+from robust_med.presets import detection as presets
 
-VARIANTS = presets.BCCD_VARIANTS  # What may follow the colon.
+VARIANTS = presets.VARIANTS  # What may follow the colon.
 
 
 def get_config(arg: str = ''):

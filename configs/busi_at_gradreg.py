@@ -1,14 +1,14 @@
 """BUSI breast ultrasound (normal / benign / malignant), classification (pre-activation ResNet, group norm): at_gradreg.
-The method's settings are presets.CLASSIFICATION_METHODS['at_gradreg']. Variants after the colon: ''
-(paper-sized), 'cpu', 'synthetic' (see robust_med/presets.py).
+Method settings: CLASSIFICATION_METHODS['at_gradreg'] in robust_med/presets/classification.py. Variants after the colon: ''
+(paper-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
 
   python -m robust_med.main --config=configs/busi_at_gradreg.py:cpu --config.data.root=../shared/data/busi --workdir=runs/busi_at_gradreg
   python -m robust_med.main --config=configs/busi_at_gradreg.py:synthetic --workdir=/tmp/busi_at_gradreg
 """
 
-from robust_med import presets
+from robust_med.presets import classification as presets
 
-VARIANTS = presets.CLASSIFICATION_VARIANTS  # What may follow the colon.
+VARIANTS = presets.VARIANTS  # What may follow the colon.
 
 
 def get_config(arg: str = ''):

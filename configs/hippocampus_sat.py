@@ -1,10 +1,10 @@
-"""MSD Hippocampus: SAT (see robust_med/presets.py for the variants after the colon).
+"""MSD Hippocampus: SAT (see robust_med/presets/segmentation.py for the variants after the colon).
 
   python -m robust_med.main --config=configs/hippocampus_sat.py --workdir=runs/hippocampus_sat
   python -m robust_med.main --config=configs/hippocampus_sat.py:synthetic --workdir=/tmp/hippocampus_sat
 """
 
-from robust_med import presets
+from robust_med.presets import segmentation as presets
 
 VARIANTS = presets.VARIANTS  # What may follow the colon.
 

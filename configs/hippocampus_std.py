@@ -1,10 +1,10 @@
-"""MSD Hippocampus: STD (see robust_med/presets.py for the variants after the colon).
+"""MSD Hippocampus: STD (see robust_med/presets/segmentation.py for the variants after the colon).
 
   python -m robust_med.main --config=configs/hippocampus_std.py --workdir=runs/hippocampus_std
   python -m robust_med.main --config=configs/hippocampus_std.py:synthetic --workdir=/tmp/hippocampus_std
 """
 
-from robust_med import presets
+from robust_med.presets import segmentation as presets
 
 VARIANTS = presets.VARIANTS  # What may follow the colon.
 

@@ -1,4 +1,6 @@
-"""How well a saliency map agrees with a binary annotation mask (e.g. a lesion outlined by a
+"""Saliency-to-annotation agreement: how well a saliency map matches a binary lesion mask.
+
+How well a saliency map agrees with a binary annotation mask (e.g. a lesion outlined by a
 clinician), per image.
 
 * `iou@k` / `dice@k`: the top-k % region — the ⌈k/100 · H·W⌉ most salient pixels (ties broken in

@@ -1,4 +1,6 @@
-"""Training-time augmentation: per-sample random geometric warps that move targets too, and
+"""Training-time augmentation: per-sample geometric warps that move targets, and intensity changes.
+
+Training-time augmentation: per-sample random geometric warps that move targets too, and
 intensity changes.
 
 Everything is pure JAX and jittable (the strengths are static Python numbers; the key is traced),

@@ -1,4 +1,6 @@
-"""Axis-aligned boxes (x1, y1, x2, y2) in continuous pixels: overlaps, box losses, NMS, and the
+"""Axis-aligned boxes: overlaps, box losses, NMS and the detection metrics (mAP).
+
+Axis-aligned boxes (x1, y1, x2, y2) in continuous pixels: overlaps, box losses, NMS, and the
 detection metrics.
 
 The overlaps and NMS are JAX (jittable, static shapes, batched by `vmap`); the metrics are NumPy

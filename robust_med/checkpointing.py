@@ -197,3 +197,33 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, like: Any, *,
   """The parameters alone of the checkpoint at `step` of a `reader`, on the shapes and shardings
   of `like` (e.g. `jax.eval_shape` of the model's init, or another state's params)."""
   return restore_items(mngr, step, {'params': like}, fix=fix)['params']
+
+
+def read_arrays(workdir: str, step: int | None = None, items=None) -> dict:
+  """A checkpoint's arrays as nested dicts of numpy arrays, readable on any machine and any
+  device count (a plain Orbax restore of a checkpoint written on 8 devices fails elsewhere with
+  "Topology mismatch"): the state of the run in `workdir` at `step` (default: the latest), or
+  only its top-level `items` (e.g. ('params',); the others are not read).
+
+    from robust_med import checkpointing
+    arrays = checkpointing.read_arrays('runs/demo')            # params, opt_state, margins, ...
+    kernel = arrays['params']['Conv_0']['kernel']               # numpy.ndarray
+  """
+  import numpy as np
+  mngr = reader(workdir)
+  try:
+    step = pick_step(mngr, step)
+    with _reading(mngr, step):
+      saved = dict(mngr.item_metadata(step)['state'])
+    if items is not None:
+      missing = sorted(set(items) - set(saved))
+      if missing:
+        raise UserError(f'The checkpoint in {mngr.directory} (step {step}) has no {missing}: it '
+                        f'holds {sorted(saved)}; ask for some of those.')
+      saved = {k: saved[k] for k in items}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+    like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+    arrays = restore_items(mngr, step, like, fix='pass the --workdir of a robust_med.main run.')
+  finally:
+    mngr.close()
+  return jax.tree.map(np.asarray, arrays)

@@ -1,4 +1,10 @@
-"""Command-line entry points: `robust_med.main` (train + evaluate) and `robust_med.evaluate`."""
+"""Command-line plumbing shared by every entry point: flag parsing, one-line errors, a run's saved config.
+
+Low floor: imports only `errors` at module level (`config_base`, `compile_cache` and `sharding`
+inside functions); the entry
+points themselves (`main`, `evaluate`, `interpret`, `sweep`, `data.records`) import it, never the
+other way round.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,8 @@ import os
 import sys
 import warnings
 
-from absl import app, flags, logging
+from absl import flags, logging
 import ml_collections
-from ml_collections import config_flags
 
 from robust_med.errors import UserError
 
@@ -41,11 +46,14 @@ _default_format = warnings.formatwarning
 
 
 def reject_positional(argv) -> None:
+  """A `UserError` for arguments that are not flags (settings go in --config.<key>=<value>)."""
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as --config.<key>=<value>.')
 
 
 def guard(fn):
+  """Wraps an absl `main(argv)`: quiet logging, one-line warnings, and a `UserError` ends in one
+  `error:` line with exit status 2 (`fail`)."""
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     warnings.formatwarning = _one_line_warning
@@ -54,27 +62,6 @@ def guard(fn):
     except UserError as e:
       fail(str(e))
   return wrapped
-
-
-def run_main(argv=None) -> None:
-  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/prostate_amat.py or '
-                                  'configs/prostate_amat.py:synthetic.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics.jsonl and reports.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-
-  @guard
-  def main(argv):
-    reject_positional(argv)
-    from robust_med import config_base, train
-    config = flags.FLAGS.config
-    config_base.validate(config)
-    from robust_med import compile_cache, sharding
-    compile_cache.enable(config.compilation_cache_dir)
-    sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
-    train.train_and_evaluate(config, flags.FLAGS.workdir)
-    print(f'Done: outputs in {os.path.abspath(flags.FLAGS.workdir)}')
-
-  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 def parse_flags(argv):
@@ -127,7 +114,10 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _with_saved_config(argv: list[str]) -> list[str]:
+SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'saved_config.py')
+
+
+def with_saved_config(argv: list[str]) -> list[str]:
   """Adds `--config=<saved_config.py>:<workdir>` unless a --config is given, so that
   `--config.<key>=<value>` overrides apply to the run's own config.json."""
   if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
@@ -140,127 +130,14 @@ def _with_saved_config(argv: list[str]) -> list[str]:
       workdir = argv[i + 1]
   if not workdir:
     return argv
-  from robust_med import saved_config
-  return [argv[0], f'--config={saved_config.__file__}:{workdir}', *argv[1:]]
+  return [argv[0], f'--config={SAVED_CONFIG}:{workdir}', *argv[1:]]
 
 
-def run_evaluate(argv=None) -> None:
-  config_flags.DEFINE_config_file('config', None, 'Config to evaluate with (default: the run\'s '
-                                  'own config.json); override keys with --config.<key>=<value>, '
-                                  'e.g. --config.data.root=PATH.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Workdir of a robust_med.main run.')
-  flags.DEFINE_string('split', '', 'Split of the data to evaluate on (default: '
-                      'config.data.eval_split, i.e. val): e.g. test, or any list in splits.json.')
-  flags.DEFINE_string('out', '', 'Folder for the report (default: <workdir>/eval/<split>).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
-  flags.DEFINE_list('noise_levels', None, 'Shorthand for --config.eval.noise_levels, e.g. 0,1,5.')
-  flags.DEFINE_integer('steps', None, 'Shorthand for --config.eval.steps (PGD iterations).')
-  flags.DEFINE_enum('norm', None, ['l2', 'linf'], 'Shorthand for --config.eval.norm.')
-  flags.mark_flags_as_required(['workdir'])
-
-  @guard
-  def main(argv):
-    reject_positional(argv)
-    from robust_med import config_base, evaluate
-    f = flags.FLAGS
-    config = f.config
-    if f.noise_levels is not None:
-      try:
-        config.eval.noise_levels = tuple(float(e) for e in f.noise_levels)
-      except ValueError:
-        raise UserError(f'--noise_levels={",".join(f.noise_levels)} is not a list of numbers: '
-                        'use e.g. --noise_levels=0,1,5.') from None
-    if f.steps is not None:
-      config.eval.steps = f.steps
-    if f.norm is not None:
-      config.eval.norm = f.norm
-    config_base.validate(config)
-    from robust_med import compile_cache, sharding
-    compile_cache.enable(config.compilation_cache_dir)
-    sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
-    report = evaluate.evaluate_checkpoint(config, f.workdir, split=f.split, out=f.out,
-                                          step=f.step)
-    data = report['data']
-    print(f'{report["split"]} split of {data["root"] or config.data.name}: '
-          f'{report["num_samples"]} of {data["split_size"]} samples, checkpoint step '
-          f'{report["checkpoint"]["step"]} of {report["checkpoint"]["workdir"]}')
-    for name, rows in report['curves'].items():
-      for row in rows:
-        print(json.dumps({'attack': name, **{k: v for k, v in row.items() if k != 'worst_of'}}))
-    out = f.out or os.path.join(f.workdir, 'eval', report['split'])
-    print(f'Done: robustness.json, robustness.png, examples.png in {os.path.abspath(out)}')
-
-  app.run(main, argv=argv, flags_parser=lambda a: parse_flags(_with_saved_config(a)))
-
-
-def run_interpret(argv=None) -> None:
-  from robust_med import saliency
-  config_flags.DEFINE_config_file('config', None, 'Config of the data and interpret settings '
-                                  '(default: the first run\'s own config.json); override keys '
-                                  'with --config.<key>=<value>, e.g. '
-                                  '--config.interpret.top_k="(5,10)".', lock_config=True)
-  flags.DEFINE_list('workdirs', None, 'Workdirs of robust_med.main runs of one head on the same '
-                    'data; the first is the reference of the paired tests.')
-  flags.DEFINE_list('labels', None, 'Names of the models in the report (default: the workdirs\' '
-                    'folder names).')
-  flags.DEFINE_enum('method', None, list(saliency.METHODS), 'Saliency method (default: '
-                    'config.interpret.method).')
-  flags.DEFINE_string('split', '', 'Split to analyse (default: config.data.eval_split, i.e. val).')
-  flags.DEFINE_string('out', '', 'Folder for interpret.json/md/png (default: <parent of the first '
-                      'workdir>/interpret/<split>_<method>).')
-  flags.DEFINE_float('eps', None, 'Budget of the attack the saliency is also measured under '
-                     '(default: config.interpret.eps; 0 there = the middle level of '
-                     'config.eval.noise_levels).')
-  flags.mark_flags_as_required(['workdirs'])
-
-  @guard
-  def main(argv):
-    reject_positional(argv)
-    from robust_med import config_base, interpret
-    f = flags.FLAGS
-    workdirs = [w for w in f.workdirs if w]
-    if not workdirs:
-      raise UserError('--workdirs is empty: pass one or more run folders, e.g. '
-                      '--workdirs=runs/busi/std,runs/busi/at.')
-    labels = list(f.labels) if f.labels else [os.path.basename(os.path.normpath(w))
-                                              for w in workdirs]
-    if len(labels) != len(workdirs):
-      raise UserError(f'--labels has {len(labels)} names for {len(workdirs)} workdirs: pass one '
-                      'per workdir.')
-    config = f.config
-    if f.eps is not None and f.eps < 0:
-      raise UserError(f'--eps={f.eps} is negative: noise budgets must be ≥ 0.')
-    config_base.validate(config)
-    from robust_med import compile_cache, sharding
-    compile_cache.enable(config.compilation_cache_dir)
-    sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
-    for w in workdirs[1:]:  # Another head's config.json has keys this head does not know.
-      path = os.path.join(w, 'config.json')
-      if not os.path.isfile(path):
-        raise UserError(f'{path} not found: pass the --workdirs of robust_med.main runs.')
-      with open(path) as fh:
-        task = json.load(fh).get('task', 'segmentation')
-      if task != config.task:
-        raise UserError(f'{workdirs[0]} is a {config.task!r} run but {w} is a {task!r} run: '
-                        'compare checkpoints of one head.')
-    configs = [config] + [load_workdir_config(w) for w in workdirs[1:]]
-    report = interpret.compare(workdirs, configs, labels, method=f.method or '', split=f.split,
-                               eps=f.eps, out=f.out, command=' '.join(
-                                   ['python -m robust_med.interpret', *sys.argv[1:]]))
-    print(interpret.markdown(report))
-    print(f'Done: interpret.json, interpret.md, interpret.png in {report["out"]}')
-
-  def parse(argv):
-    argv = list(argv)
-    if not any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
-      first = next((a[len('--workdirs='):].split(',')[0] for a in argv[1:]
-                    if a.startswith('--workdirs=')), '')
-      if first:
-        if not os.path.isfile(os.path.join(first, 'config.json')):
-          fail(f'{os.path.join(first, "config.json")} not found: pass the --workdirs of '
-               'robust_med.main runs.')
-        from robust_med import saved_config
-        argv = [argv[0], f'--config={saved_config.__file__}:{first}', *argv[1:]]
-    return parse_flags(argv)
-
-  app.run(main, argv=argv, flags_parser=parse)
+def prepare(config) -> None:
+  """What every command does with its config before JAX's first operation: checks it
+  (`config_base.validate`), turns on the persistent compilation cache and sets the number of
+  host (CPU) devices."""
+  from robust_med import compile_cache, config_base, sharding
+  config_base.validate(config)
+  compile_cache.enable(config.compilation_cache_dir)
+  sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)

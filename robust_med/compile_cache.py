@@ -24,16 +24,23 @@ _enabled: str | None = None
 
 def enable(directory: str) -> str | None:
   """Caches compiled programs in `directory` ('' = leave JAX's setting alone); the environment's
-  JAX_COMPILATION_CACHE_DIR, when set, wins. Returns the folder in use, or None."""
+  JAX_COMPILATION_CACHE_DIR, when set, wins. Returns the folder in use, or None.
+
+  robust_med's own folder is kept under `MAX_BYTES` (least recently used entries evicted). A
+  folder from the environment is left at JAX's defaults (no size limit): other JAX processes
+  share it (a notebook, a test run, another program) and write entries without the eviction's
+  bookkeeping, which an evicting process would trip over with a warning on every compile."""
   global _enabled
-  directory = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.expanduser(directory or '')
+  from_env = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+  directory = from_env or os.path.expanduser(directory or '')
   if not directory:
     return None
   if _enabled != directory:
     os.makedirs(directory, exist_ok=True)
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_SECONDS)
-    jax.config.update('jax_compilation_cache_max_size', MAX_BYTES)
+    if not from_env:
+      jax.config.update('jax_compilation_cache_max_size', MAX_BYTES)
     _enabled = directory
   return directory
 

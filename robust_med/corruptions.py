@@ -1,4 +1,6 @@
-"""The distribution-shift suite: ImageNet-C-style corruptions (Hendrycks & Dietterich 2019) adapted
+"""The distribution-shift suite: ImageNet-C-style corruptions for gray medical images.
+
+The distribution-shift suite: ImageNet-C-style corruptions (Hendrycks & Dietterich 2019) adapted
 to gray medical images, at severities 1–5 (0 = clean).
 
 Every corruption works on the images normalised to [0, 1] by `value_range` (None: by each image's

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from robust_med import attacks, gradient_masking, methods, precision, sharding
+from robust_med import attacks, cli, errors, gradient_masking, methods, precision, sharding
+from robust_med.reports import metric_label, save_figure, write_json
 from robust_med import data as data_lib
+from robust_med.data.source import evaluation_subset
 
 
 class Evaluator:
@@ -312,16 +314,6 @@ def recheck(task, eval_cfg, report: dict) -> dict:
                                 'before': before}}
 
 
-def evaluation_subset(arrays: dict, max_samples: int) -> dict:
-  """At most `max_samples` records spread evenly over the split (all when 0), so a capped
-  evaluation still covers every volume rather than the first few."""
-  n = len(arrays['id'])
-  if not max_samples or max_samples >= n:
-    return arrays
-  index = np.linspace(0, n - 1, max_samples).round().astype(int)
-  return {k: v[index] for k, v in arrays.items()}
-
-
 def make_evaluator(task, model, mesh, config) -> Evaluator:
   """The evaluator of `config.eval`'s attacks."""
   return Evaluator(task, model, mesh, evaluation_attacks(config.eval, config.attack.clip),
@@ -425,32 +417,12 @@ def write_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], no
   save_figure(fig, path)
 
 
-def save_figure(fig, path: str) -> None:
-  """Writes a matplotlib figure as PNG atomically (never a half-written file) and closes it."""
-  import matplotlib.pyplot as plt
-  fig.savefig(path + '.tmp', dpi=120, format='png')
-  plt.close(fig)
-  os.replace(path + '.tmp', path)
-
-
-def write_json(path: str, value) -> None:
-  """Writes JSON atomically: a killed run never leaves a half-written file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + '.tmp', path)
-
-
 def write_report(workdir: str, report: dict) -> None:
   """Writes robustness.png (primary metric vs noise level), then robustness.json, each
   atomically: a report's JSON present means the run's evaluation is complete."""
   os.makedirs(workdir, exist_ok=True)
   plot_curve(report, os.path.join(workdir, 'robustness.png'))
   write_json(os.path.join(workdir, 'robustness.json'), report)
-
-
-def metric_label(metric: str, higher_is_better: bool = True) -> str:
-  """A metric's name for axes and tables, with its direction: 'MRE_MM (lower is better)'."""
-  return f'{metric.upper()} ({"higher" if higher_is_better else "lower"} is better)'
 
 
 def plot_curve(report: dict, path: str) -> None:
@@ -492,19 +464,18 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
   be another folder than the one it was trained on. Restores the parameters alone; writes the
   report into `out` (default `workdir/eval/<split>/`) with the data root, split, sample count and
   checkpoint step that produced it. Returns the report."""
-  from robust_med.errors import UserError
   from robust_med.tasks import get_task_class
   split = split or config.data.eval_split
   out = os.path.abspath(out or os.path.join(workdir, 'eval', split))
   if out == os.path.abspath(workdir):
-    raise UserError(f'--out={out} is the run\'s own workdir: its robustness.json is the training '
+    raise errors.UserError(f'--out={out} is the run\'s own workdir: its robustness.json is the training '
                     'run\'s report; pick another folder (default: <workdir>/eval/<split>).')
   if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f'--out={out} is a file: pass a folder for the report.')
+    raise errors.UserError(f'--out={out} is a file: pass a folder for the report.')
   task = get_task_class(config.task)(config)
   splits = task.splits()
   if split not in splits:
-    raise UserError(f'unknown split {split!r}: the data ({config.data.root or config.data.name}) '
+    raise errors.UserError(f'unknown split {split!r}: the data ({config.data.root or config.data.name}) '
                     f'declares the splits {list(splits)}; pass --split=<one of them>.')
   data, info = task.load_split(split)
   mesh = sharding.make_mesh(config.mesh.num_devices)
@@ -512,6 +483,10 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
                                             what=f'The {split!r} split of the data')
   extra = {'method': meta.get('method', ''), **data_provenance(config, split, len(data['id'])),
            'checkpoint': {'workdir': os.path.abspath(workdir), 'step': int(step)}}
+  note = task.subset_note(info)
+  if note:  # A capped split is said on stderr now and kept in the report.
+    print(f'warning: {note}', file=sys.stderr)
+    extra['data']['subset'] = note
   os.makedirs(out, exist_ok=True)
   write_json(os.path.join(out, 'config.json'), json.loads(config.to_json_best_effort()))
   return evaluate_and_write(make_evaluator(task, model, mesh, config), params, data, config, out,
@@ -526,19 +501,18 @@ def restore_model(task, workdir: str, info, images: np.ndarray, mesh, step: int 
   `UserError` when the checkpoint belongs to another head or was trained on data whose signature
   (`Task.data_signature`) differs from `info`'s."""
   from robust_med import checkpointing
-  from robust_med.errors import UserError
   mngr = checkpointing.reader(workdir)
   step = checkpointing.pick_step(mngr, step)
   meta = checkpointing.read_meta(mngr, step)
   where = checkpointing.checkpoint_dir(workdir)
   if meta.get('task') != task.name:
-    raise UserError(f'The checkpoint in {where} belongs to the {meta.get("task")!r} head but the '
+    raise errors.UserError(f'The checkpoint in {where} belongs to the {meta.get("task")!r} head but the '
                     f'config is for the {task.name!r} head: evaluate it with the config it was '
                     'trained with (leave --config out to use the run\'s config.json).')
   signature = task.data_signature(info)
   if meta.get('data', signature) != signature:
     root = task.config.data.root or task.config.data.name
-    raise UserError(f'{what} ({root}) has {_pairs(signature)} but the checkpoint\'s model in '
+    raise errors.UserError(f'{what} ({root}) has {_pairs(signature)} but the checkpoint\'s model in '
                     f'{where} was trained on {_pairs(meta["data"])}: evaluate on data with the '
                     f'same {" and ".join(signature)} (or train a model for this data).')
   model = precision.build_model(task if config is None else type(task)(config), info)
@@ -558,8 +532,54 @@ def _pairs(d: dict) -> str:
 
 
 def main(argv=None) -> None:
-  from robust_med import cli
-  cli.run_evaluate(argv)
+  """`python -m robust_med.evaluate`: parses the flags and evaluates a run's checkpoint; bad input
+  ends in one `error:` line with exit status 2."""
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'Config to evaluate with (default: the run\'s '
+                                  'own config.json); override keys with --config.<key>=<value>, '
+                                  'e.g. --config.data.root=PATH.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Workdir of a robust_med.main run.')
+  flags.DEFINE_string('split', '', 'Split of the data to evaluate on (default: '
+                      'config.data.eval_split, i.e. val): e.g. test, or any list in splits.json.')
+  flags.DEFINE_string('out', '', 'Folder for the report (default: <workdir>/eval/<split>).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
+  flags.DEFINE_list('noise_levels', None, 'Shorthand for --config.eval.noise_levels, e.g. 0,1,5.')
+  flags.DEFINE_integer('steps', None, 'Shorthand for --config.eval.steps (PGD iterations).')
+  flags.DEFINE_enum('norm', None, ['l2', 'linf'], 'Shorthand for --config.eval.norm.')
+  flags.mark_flags_as_required(['workdir'])
+
+  @cli.guard
+  def main(argv):
+    cli.reject_positional(argv)
+    f = flags.FLAGS
+    config = f.config
+    if f.noise_levels is not None:
+      try:
+        config.eval.noise_levels = tuple(float(e) for e in f.noise_levels)
+      except ValueError:
+        raise errors.UserError(f'--noise_levels={",".join(f.noise_levels)} is not a list of numbers: '
+                        'use e.g. --noise_levels=0,1,5.') from None
+    if f.steps is not None:
+      config.eval.steps = f.steps
+    if f.norm is not None:
+      config.eval.norm = f.norm
+    cli.prepare(config)
+    report = evaluate_checkpoint(config, f.workdir, split=f.split, out=f.out,
+                                          step=f.step)
+    data = report['data']
+    print(f'{report["split"]} split of {data["root"] or config.data.name}: '
+          f'{report["num_samples"]} of {data["split_size"]} samples, checkpoint step '
+          f'{report["checkpoint"]["step"]} of {report["checkpoint"]["workdir"]}')
+    if data.get('subset'):
+      print(f'Note: {data["subset"]}.')
+    for name, rows in report['curves'].items():
+      for row in rows:
+        print(json.dumps({'attack': name, **{k: v for k, v in row.items() if k != 'worst_of'}}))
+    out = f.out or os.path.join(f.workdir, 'eval', report['split'])
+    print(f'Done: robustness.json, robustness.png, examples.png in {os.path.abspath(out)}')
+
+  app.run(main, argv=argv, flags_parser=lambda a: cli.parse_flags(cli.with_saved_config(a)))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,6 @@
-"""Sanity checks that catch gradient masking in a robustness evaluation (Carlini et al. 2019,
+"""Sanity checks that catch gradient masking in a robustness evaluation.
+
+Sanity checks that catch gradient masking in a robustness evaluation (Carlini et al. 2019,
 "On Evaluating Adversarial Robustness", §5 and appendix checklist).
 
 A model that hides its gradients (quantised or saturated inputs, non-differentiable layers) looks

@@ -1,4 +1,6 @@
-"""Do robust models look where clinicians look? Saliency of several checkpoints on the same
+"""Saliency comparison of several checkpoints: alignment with annotations, paired tests, attacks.
+
+Do robust models look where clinicians look? Saliency of several checkpoints on the same
 annotated images, its alignment with the annotation masks, a paired test, and how the saliency
 changes under attack.
 
@@ -26,6 +28,7 @@ own run's config.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -33,7 +36,8 @@ import sys
 import jax
 import numpy as np
 
-from robust_med import alignment, attacks, evaluate, saliency, sharding, stats
+from robust_med import alignment, attacks, cli, evaluate, reports, saliency, sharding, stats
+from robust_med.data.source import evaluation_subset
 from robust_med.errors import UserError
 
 
@@ -88,7 +92,7 @@ def annotated_images(task, config, split: str) -> tuple[dict, object, dict]:
   counts = {'split_size': int(len(keep)), 'annotated': int(keep.sum()),
             'excluded_empty_mask': int((~keep).sum())}
   data = {k: v[keep] for k, v in data.items()}
-  data = evaluate.evaluation_subset(data, config.interpret.max_samples)
+  data = evaluation_subset(data, config.interpret.max_samples)
   counts['used'] = int(len(data['id']))
   fraction = np.asarray(data[key]).astype(bool).reshape(counts['used'], -1).mean(axis=1)
   counts['mask_fraction'] = _summary(fraction)
@@ -172,10 +176,9 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
   split = split or config.data.eval_split
   if len(set(labels)) != len(labels):
     raise UserError(f'the model labels {labels} repeat: pass distinct --labels.')
-  from robust_med.cli import load_workdir_config
   # Compare what the runs were trained on (their saved configs, not the overrides of this
   # command, which may point all of them at the user's own test data).
-  check_same_head_and_data(workdirs, [load_workdir_config(workdirs[0]), *configs[1:]])
+  check_same_head_and_data(workdirs, [cli.load_workdir_config(workdirs[0]), *configs[1:]])
   task = get_task_class(config.task)(config)
   probe = saliency.SaliencySettings.from_config(config.interpret, method)
   saliency.check_settings(probe)
@@ -224,8 +227,8 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
   os.makedirs(out, exist_ok=True)
   draw_figure(task, info, data, masks, models, results, labels, config, eps, report,
               os.path.join(out, 'interpret.png'))
-  write_text(os.path.join(out, 'interpret.md'), markdown(report))
-  evaluate.write_json(os.path.join(out, 'interpret.json'), report)
+  reports.write_text(os.path.join(out, 'interpret.md'), markdown(report))
+  reports.write_json(os.path.join(out, 'interpret.json'), report)
   report['out'] = out
   return report
 
@@ -370,12 +373,6 @@ def markdown(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def write_text(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def figure_rows(data: dict, config) -> np.ndarray:
   """Indices of the images drawn: `figure_ids` (record ids), else a random choice by seed."""
   ids = np.asarray(data['id'])
@@ -429,12 +426,78 @@ def draw_figure(task, info, data, masks, models, results, labels, config, eps, r
                + (f'; attacked: {attack["name"]} {attack["norm"].upper()} ε={eps:.4g}' if attack
                   else ''), fontsize=8)
   fig.tight_layout()
-  evaluate.save_figure(fig, path)
+  reports.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-  from robust_med import cli
-  cli.run_interpret(argv)
+  """`python -m robust_med.interpret`: parses the flags and compares the runs' saliency; bad input
+  ends in one `error:` line with exit status 2."""
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'Config of the data and interpret settings '
+                                  '(default: the first run\'s own config.json); override keys '
+                                  'with --config.<key>=<value>, e.g. '
+                                  '--config.interpret.top_k="(5,10)".', lock_config=True)
+  flags.DEFINE_list('workdirs', None, 'Workdirs of robust_med.main runs of one head on the same '
+                    'data; the first is the reference of the paired tests.')
+  flags.DEFINE_list('labels', None, 'Names of the models in the report (default: the workdirs\' '
+                    'folder names).')
+  flags.DEFINE_enum('method', None, list(saliency.METHODS), 'Saliency method (default: '
+                    'config.interpret.method).')
+  flags.DEFINE_string('split', '', 'Split to analyse (default: config.data.eval_split, i.e. val).')
+  flags.DEFINE_string('out', '', 'Folder for interpret.json/md/png (default: <parent of the first '
+                      'workdir>/interpret/<split>_<method>).')
+  flags.DEFINE_float('eps', None, 'Budget of the attack the saliency is also measured under '
+                     '(default: config.interpret.eps; 0 there = the middle level of '
+                     'config.eval.noise_levels).')
+  flags.mark_flags_as_required(['workdirs'])
+
+  @cli.guard
+  def main(argv):
+    cli.reject_positional(argv)
+    f = flags.FLAGS
+    workdirs = [w for w in f.workdirs if w]
+    if not workdirs:
+      raise UserError('--workdirs is empty: pass one or more run folders, e.g. '
+                      '--workdirs=runs/busi/std,runs/busi/at.')
+    labels = list(f.labels) if f.labels else [os.path.basename(os.path.normpath(w))
+                                              for w in workdirs]
+    if len(labels) != len(workdirs):
+      raise UserError(f'--labels has {len(labels)} names for {len(workdirs)} workdirs: pass one '
+                      'per workdir.')
+    config = f.config
+    if f.eps is not None and f.eps < 0:
+      raise UserError(f'--eps={f.eps} is negative: noise budgets must be ≥ 0.')
+    cli.prepare(config)
+    for w in workdirs[1:]:  # Another head's config.json has keys this head does not know.
+      path = os.path.join(w, 'config.json')
+      if not os.path.isfile(path):
+        raise UserError(f'{path} not found: pass the --workdirs of robust_med.main runs.')
+      with open(path) as fh:
+        task = json.load(fh).get('task', 'segmentation')
+      if task != config.task:
+        raise UserError(f'{workdirs[0]} is a {config.task!r} run but {w} is a {task!r} run: '
+                        'compare checkpoints of one head.')
+    configs = [config] + [cli.load_workdir_config(w) for w in workdirs[1:]]
+    report = compare(workdirs, configs, labels, method=f.method or '', split=f.split,
+                               eps=f.eps, out=f.out, command=' '.join(
+                                   ['python -m robust_med.interpret', *sys.argv[1:]]))
+    print(markdown(report))
+    print(f'Done: interpret.json, interpret.md, interpret.png in {report["out"]}')
+
+  def parse(argv):
+    argv = list(argv)
+    if not any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+      first = next((a[len('--workdirs='):].split(',')[0] for a in argv[1:]
+                    if a.startswith('--workdirs=')), '')
+      if first:
+        if not os.path.isfile(os.path.join(first, 'config.json')):
+          cli.fail(f'{os.path.join(first, "config.json")} not found: pass the --workdirs of '
+               'robust_med.main runs.')
+        argv = [argv[0], f'--config={cli.SAVED_CONFIG}:{first}', *argv[1:]]
+    return cli.parse_flags(argv)
+
+  app.run(main, argv=argv, flags_parser=parse)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,6 @@
-"""Margin telemetry for methods with per-sample margins (AMAT): are the margins still moving?
+"""Margin telemetry for methods with per-sample margins (AMAT): statistics and figures.
+
+Margin telemetry for methods with per-sample margins (AMAT): are the margins still moving?
 
 Every logged training step records statistics of all N margins (`margin_stats`); every epoch
 records a histogram snapshot (`histogram`); `plot` draws both into margins.png next to the report;
@@ -61,7 +63,7 @@ def plot(workdir: str, path: str) -> bool:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  from robust_med.evaluate import save_figure
+  from robust_med.reports import save_figure
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
   colors = plt.get_cmap('viridis')(np.linspace(0, 1, max(len(snapshots), 1)))
   for color, snap in zip(colors, snapshots):

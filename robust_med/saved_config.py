@@ -1,4 +1,6 @@
-"""A run's saved config as a config file: `--config=robust_med/saved_config.py:DIR` loads
+"""A run's saved config.json as a config file (`--config=robust_med/saved_config.py:DIR`).
+
+A run's saved config as a config file: `--config=robust_med/saved_config.py:DIR` loads
 `DIR/config.json` (keys added to robust_med since take their defaults), so `--config.<key>=<value>`
 overrides apply to it as to any config file. `robust_med.evaluate` uses it when no --config is given.
 """

@@ -1,4 +1,6 @@
-"""Distribution-shift evaluation: the task's clean metrics under a corruption suite and on shifted
+"""Distribution-shift evaluation: a head's clean metrics under corruptions and on shifted splits.
+
+Distribution-shift evaluation: the task's clean metrics under a corruption suite and on shifted
 copies of the split, for any head.
 
 For every corruption of `config.shift.corruptions` (`robust_med.corruptions`: noise, blur,
@@ -122,7 +124,7 @@ def plot(report: dict, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  from robust_med.evaluate import metric_label, save_figure
+  from robust_med.reports import metric_label, save_figure
   metric = report['metric']
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   cmap = plt.get_cmap('tab10')
@@ -156,7 +158,8 @@ def evaluate_and_write(evaluator, params, data: dict[str, np.ndarray], config, o
                        extra: dict) -> dict:
   """Writes shift.json and shift.png into `out` (capped by `config.eval.max_samples`, like the
   robustness report) and returns the report."""
-  from robust_med.evaluate import evaluation_subset, write_json
+  from robust_med.data.source import evaluation_subset
+  from robust_med.reports import write_json
   data = evaluation_subset(data, config.eval.max_samples)
   split = extra.get('split', config.data.eval_split)
   shifted = {name: evaluation_subset(arrays, config.eval.max_samples)

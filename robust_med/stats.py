@@ -1,4 +1,6 @@
-"""Statistics shared by the reports: the ROC AUC of scores for a binary outcome, and the paired
+"""Statistics for the reports: ROC AUC and paired comparisons of two models with intervals.
+
+Statistics shared by the reports: the ROC AUC of scores for a binary outcome, and the paired
 comparison of two models measured on the same samples (Wilcoxon signed-rank and paired t-tests
 from scipy, the paired effect size with bootstrap confidence intervals, Holm's correction)."""
 

@@ -1,4 +1,6 @@
-"""A method comparison in one command: STD, SAT at several ε, AMAT (and any other method) trained
+"""Entry point `python -m robust_med.sweep`: a method comparison trained and evaluated alike.
+
+A method comparison in one command: STD, SAT at several ε, AMAT (and any other method) trained
 with otherwise identical settings and evaluated with the same attacks.
 
   python -m robust_med.sweep --config=configs/hippocampus_amat.py:cpu --sat_eps=1,5,10,15 \
@@ -33,7 +35,6 @@ the runs on disk.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import os
@@ -44,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from robust_med import margins as margins_lib
+from robust_med import reports
 from robust_med.errors import ConfigError, UserError
 
 PLAN_FILE = 'sweep.json'
@@ -280,8 +282,7 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
                       'overrides to resume it.')
     known = {r['name']: r for r in old['runs']}
     plan['runs'] = list(known.values()) + [r for r in plan['runs'] if r['name'] not in known]
-  from robust_med.evaluate import write_json
-  write_json(path, plan)
+  reports.write_json(path, plan)
 
 
 def _seconds_per_epoch(run_dir: str) -> float:
@@ -339,8 +340,7 @@ def summarize(workdir: str) -> list[dict]:
   if not rows:
     return rows
   write_csv(rows, os.path.join(workdir, 'summary.csv'))
-  with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-    f.write(markdown(rows))
+  reports.write_text(os.path.join(workdir, 'summary.md'), markdown(rows))
   plot(rows, os.path.join(workdir, 'curves.png'))
   with open(os.path.join(workdir, PLAN_FILE)) as f:
     runs = [(r['label'], os.path.join(workdir, r['name'])) for r in json.load(f)['runs']]
@@ -362,7 +362,6 @@ def plot_training(runs: Sequence[tuple[str, str]], metric: str, path: str) -> bo
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  from robust_med.evaluate import save_figure
   panels = [p for p in (('curve', curves), ('margin', margin)) if p[1]]
   fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
   for ax, (kind, series) in zip(axes[0], panels):
@@ -385,7 +384,7 @@ def plot_training(runs: Sequence[tuple[str, str]], metric: str, path: str) -> bo
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
   fig.tight_layout()
-  save_figure(fig, path)
+  reports.save_figure(fig, path)
   return True
 
 
@@ -396,16 +395,11 @@ def write_csv(rows: list[dict], path: str) -> None:
             *[f'{metric}@eps={_fmt(e)}' for e in levels], f'mean_{metric}_over_grid',
             'train_seconds_per_epoch', 'checks_passed', 'checks_failed',
             *[f'final_margin_{k}' for k in margins_lib.STATS]]
-  with open(path + '.tmp', 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(fields)
-    for r in rows:
-      w.writerow([r['model'], r['run'], r['method'], r['curve'], r['norm'], f'{r["clean"]:.4f}',
-                  *[f'{r["by_eps"][e]:.4f}' for e in levels], f'{r["mean"]:.4f}',
-                  f'{r["seconds_per_epoch"]:.1f}', r['checks_passed'],
-                  ';'.join(r['checks_failed']),
-                  *[_margin(r, k) for k in margins_lib.STATS]])
-  os.replace(path + '.tmp', path)
+  reports.write_csv(path, fields, [
+      [r['model'], r['run'], r['method'], r['curve'], r['norm'], f'{r["clean"]:.4f}',
+       *[f'{r["by_eps"][e]:.4f}' for e in levels], f'{r["mean"]:.4f}',
+       f'{r["seconds_per_epoch"]:.1f}', r['checks_passed'], ';'.join(r['checks_failed']),
+       *[_margin(r, k) for k in margins_lib.STATS]] for r in rows])
 
 
 def _margin(row: dict, stat: str) -> str:
@@ -429,8 +423,7 @@ def markdown(rows: list[dict]) -> str:
   metric, levels = rows[0]['metric'], list(rows[0]['by_eps'])
   curves = list(dict.fromkeys(r['curve'] for r in rows))
   curves.sort(key=lambda c: c != 'worst-case')
-  from robust_med.evaluate import metric_label
-  label = (metric_label(metric, report.get('higher_is_better', True))
+  label = (reports.metric_label(metric, report.get('higher_is_better', True))
            if metric == report['metric'] else metric.upper())  # The direction is the primary's.
   lines = [f'# {label} under attack', '',
            f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
@@ -498,14 +491,12 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title(f'{curve}', fontsize=10)
     ax.set_xlabel(f'noise level ε ({norm})')
     ax.grid(alpha=0.3)
-  from robust_med.evaluate import metric_label
   report = rows[0]['report']
-  axes[0][0].set_ylabel(metric_label(metric, report.get('higher_is_better', True))
+  axes[0][0].set_ylabel(reports.metric_label(metric, report.get('higher_is_better', True))
                         if metric == report['metric'] else metric.upper())
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  reports.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
@@ -532,9 +523,7 @@ def main(argv=None) -> None:
 
   @cli.guard
   def run(argv):
-    if len(argv) > 1:
-      raise UserError(f'Unexpected arguments {argv[1:]}: pass settings as '
-                      '--config.<key>=<value>.')
+    cli.reject_positional(argv)
     f = flags.FLAGS
     try:
       sat_eps = [float(e) for e in f.sat_eps]

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from robust_med import checkpointing, compile_cache, methods, precision, sharding
 from robust_med import margins as margins_lib
+from robust_med import reports
+from robust_med.data.source import evaluation_subset
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
 from robust_med.tasks import get_task_class
@@ -262,7 +264,7 @@ class Trainer:
     state = self.restore_or_init(mngr)
     # Written once the checkpoint is known to match, so a refused resume leaves the run intact.
     if jax.process_index() == 0:
-      evaluate_lib.write_json(os.path.join(self.workdir, 'config.json'),
+      reports.write_json(os.path.join(self.workdir, 'config.json'),
                               json.loads(config.to_json_best_effort()))
     main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx,
                                                *augment_settings(config)), state, self.mesh)
@@ -345,7 +347,7 @@ class Trainer:
     if self._curve_evaluator is None:
       self._curve_evaluator = evaluate_lib.make_evaluator(self.task, self.model, self.mesh,
                                                           self.config)
-      self._curve_data = evaluate_lib.evaluation_subset(self.eval_data,
+      self._curve_data = evaluation_subset(self.eval_data,
                                                         self.config.eval.max_samples)
     row = self._curve_evaluator.clean(params, self._curve_data)
     self.log.write({'type': 'val', 'epoch': epoch, 'step': step,

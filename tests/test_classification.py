@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robust_med import config_base, presets
+from robust_med import config_base
+from robust_med.presets import classification as presets
 from robust_med.errors import ConfigError
 from robust_med.models.resnet import ResNetClassifier
 from robust_med.tasks import classification

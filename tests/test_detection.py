@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cli_helpers import REPO, error_line, run
-from robust_med import attacks, boxes, config_base, methods, presets, train
+from robust_med import attacks, boxes, config_base, methods, train
+from robust_med.presets import detection as presets
 from robust_med.errors import ConfigError
 from robust_med.models.yolo import anchor_points
 from robust_med.tasks import detection
@@ -184,16 +185,19 @@ def test_attacking_sample_0_leaves_sample_1_unchanged():
   batch = {k: jnp.asarray(v[:2]) for k, v in data.items()}
   params = model.init(jax.random.key(0), batch['image'][:1])['params']
 
+  @jax.jit
   def loss_fn(x):
     return methods.total(task.loss_terms(model.apply({'params': params}, x), batch))
-  x_adv = attacks.pgd(loss_fn, batch['image'], jnp.array([2.0, 0.0]), norm='l2', steps=5)
+  # Jitted as the trainer and evaluator run it (eager, the detector's PGD takes minutes on CPU).
+  x_adv = jax.jit(lambda x, eps: attacks.pgd(loss_fn, x, eps, norm='l2', steps=5))(
+      batch['image'], jnp.array([2.0, 0.0]))
   assert float(jnp.linalg.norm(x_adv[0] - batch['image'][0])) > 0.5
   np.testing.assert_array_equal(np.asarray(x_adv[1]), np.asarray(batch['image'][1]))
   clean, attacked = loss_fn(batch['image']), loss_fn(x_adv)
   assert float(attacked[0]) > float(clean[0])
   np.testing.assert_allclose(float(attacked[1]), float(clean[1]), rtol=1e-6)
   # And the gradient of sample 1's loss with respect to sample 0's pixels is exactly zero.
-  grad = jax.grad(lambda x: loss_fn(x)[1])(batch['image'])
+  grad = jax.jit(jax.grad(lambda x: loss_fn(x)[1]))(batch['image'])
   assert float(jnp.abs(grad[0]).max()) == 0.0 and float(jnp.abs(grad[1]).max()) > 0.0
 
 
@@ -213,7 +217,7 @@ def test_training_lowers_the_loss_and_raises_average_iou(tmp_path):
 
 
 @pytest.mark.parametrize('name', ['std', 'sat', 'amat'])
-@pytest.mark.parametrize('arg', presets.BCCD_VARIANTS)
+@pytest.mark.parametrize('arg', presets.VARIANTS)
 def test_every_bccd_config_variant_validates(name, arg):
   import importlib.util
   spec = importlib.util.spec_from_file_location('c', REPO / 'configs' / f'bccd_{name}.py')

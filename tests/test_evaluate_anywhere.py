@@ -26,24 +26,38 @@ def test_train_on_one_msd_folder_and_evaluate_on_another_sites_test_split(tmp_pa
   site2 = make_msd(tmp_path / 'site2', ['b0', 'b1', 'b2'], image_shape=(16, 16, 4), seed=1,
                    splits={'test': ['b0', 'b1', 'b2']})
   work = tmp_path / 'run'
+  # A quick run on the first 2 training volumes (data.max_volumes=2 is saved in its config).
   proc = run('robust_med.main', f'--config={HIPPOCAMPUS}:cpu', f'--workdir={work}',
-             f'--config.data.root={site1}', *SMALL)
+             f'--config.data.root={site1}', '--config.data.max_volumes=2', *SMALL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   own = work / 'robustness.json'
   own_bytes, own_mtime = own.read_bytes(), own.stat().st_mtime_ns
 
+  # Evaluated with the run's config, the other site's test split is capped at 2 of its 3
+  # volumes: said on stdout and stderr and kept in the report, never silent.
   proc = run('robust_med.evaluate', f'--workdir={work}', f'--config.data.root={site2}',
-             '--split=test', '--config.eval.max_samples=0')
+             '--split=test', '--config.eval.max_samples=0', '--out', str(tmp_path / 'capped'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  capped = json.loads((tmp_path / 'capped' / 'robustness.json').read_text())
+  assert capped['num_samples'] == 2 * 2
+  assert 'only 2 of the split\'s 3 volumes' in capped['data']['subset']
+  assert '--config.data.max_volumes=0' in capped['data']['subset']
+  assert 'Note: only 2 of the split\'s 3 volumes' in proc.stdout
+  assert 'warning: only 2 of the split\'s 3 volumes' in proc.stderr
+
+  proc = run('robust_med.evaluate', f'--workdir={work}', f'--config.data.root={site2}',
+             '--split=test', '--config.data.max_volumes=0')
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((work / 'eval' / 'test' / 'robustness.json').read_text())
   assert report['split'] == 'test' and report['data']['root'] == str(site2)
   assert report['num_samples'] == report['data']['split_size'] == 3 * 2  # 2 foreground slices.
-  assert report['checkpoint'] == {'workdir': str(work), 'step': 3 * 2}  # 12 slices / 4, 2 epochs.
+  assert 'subset' not in report['data'] and 'Note:' not in proc.stdout
+  assert report['checkpoint'] == {'workdir': str(work), 'step': 1 * 2}  # 4 slices / 4, 2 epochs.
   assert report['method'] == 'std' and set(report['curves']) == {'pgd-3', 'apgd-3', 'worst-case'}
   assert (work / 'eval' / 'test' / 'examples.png').stat().st_size > 1000
   assert json.loads((work / 'eval' / 'test' / 'config.json').read_text())['data']['root'] == \
       str(site2)
-  assert f'test split of {site2}: 6 of 6 samples, checkpoint step 6' in proc.stdout
+  assert f'test split of {site2}: 6 of 6 samples, checkpoint step 2' in proc.stdout
   # The training run's own report is untouched.
   assert own.read_bytes() == own_bytes and own.stat().st_mtime_ns == own_mtime
 

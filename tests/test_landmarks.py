@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robust_med import config_base, evaluate, presets, train
+from robust_med import config_base, evaluate, train
+from robust_med.presets import landmarks as presets
 from robust_med.errors import ConfigError
 from robust_med.tasks import landmarks as lm
 from tiny import assert_xi_from_the_training_split_only, set_keys
@@ -217,7 +218,7 @@ def test_config_checks_are_one_line():
 
 
 @pytest.mark.parametrize('name', ['ceph_std', 'ceph_std_bce', 'ceph_sat', 'ceph_amat'])
-@pytest.mark.parametrize('arg', presets.CEPH_VARIANTS)
+@pytest.mark.parametrize('arg', presets.VARIANTS)
 def test_every_ceph_config_variant_validates(name, arg):
   import importlib.util
   spec = importlib.util.spec_from_file_location(name, data_paths.REPO_ROOT / 'configs' / f'{name}.py')

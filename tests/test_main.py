@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from robust_med import config_base, presets
+from robust_med import config_base
 from robust_med.errors import ConfigError
 
 from cli_helpers import CONFIG, REPO, TINY, error_line as _error_line, run as _run

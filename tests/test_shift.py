@@ -10,11 +10,14 @@ import pytest
 
 import tiny
 from robust_med import augment, config_base, corruptions, evaluate, presets, sharding, shift, train
+import robust_med.presets.classification
+import robust_med.presets.detection
+import robust_med.presets.landmarks
 from robust_med.tasks import get_task_class
 
 
 def small_classification(**overrides):
-  c = presets.classification_config('busi', 'std', 'synthetic')
+  c = presets.classification.classification_config('busi', 'std', 'synthetic')
   tiny.set_keys(c, {'data.num_train': 32, 'data.num_val': 16, 'data.image_size': 16,
                     'model.base_width': 4, 'model.stages': 2, 'eval.batch_size': 8,
                     'shift.corruptions': ('gaussian_noise', 'contrast', 'elastic'),
@@ -79,7 +82,7 @@ def test_elastic_corruption_moves_segmentation_labels_with_the_image():
 def test_elastic_corruption_moves_landmarks_and_their_full_resolution_copies():
   """An image that is one bright blob per landmark: after the warp each blob's peak is still at
   its (moved) landmark, and the full-resolution copies the MRE reads moved with them."""
-  c = presets.ceph_config('std', 'synthetic')
+  c = presets.landmarks.ceph_config('std', 'synthetic')
   task = get_task_class(c.task)(c)
   data, _ = task.load_split('val')
   data = {k: v[:4] for k, v in data.items()}
@@ -126,8 +129,8 @@ def test_main_writes_shift_json_and_plot_and_shifted_sets(tmp_path):
 
 HEADS = {
     'segmentation': lambda: tiny.tiny_config('std'),
-    'landmarks': lambda: presets.ceph_config('std', 'synthetic'),
-    'detection': lambda: presets.bccd_config('std', 'synthetic'),
+    'landmarks': lambda: presets.landmarks.ceph_config('std', 'synthetic'),
+    'detection': lambda: presets.detection.bccd_config('std', 'synthetic'),
     'classification': lambda: small_classification(),
 }
 

@@ -204,7 +204,7 @@ def test_method_configs_keep_their_order_after_std_and_give_amat_xi_from_std(tmp
   """`--method_configs`: one run per file, the run named 'std' first (AMAT's ξ source), the rest
   in the order given, each with its file's method section and otherwise the --config's
   settings."""
-  from robust_med import presets  # pylint: disable=import-outside-toplevel
+  from robust_med.presets import classification as presets  # pylint: disable=import-outside-toplevel
   config = presets.classification_config('busi', 'rtda', 'cpu')
   files = [f'configs/busi_{m}.py:cpu' for m in ('rtda', 'aug', 'std', 'amat')]
   runs = sweep.method_config_runs(config, str(tmp_path), files)

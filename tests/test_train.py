@@ -37,6 +37,16 @@ def test_eight_devices_match_one_device(tmp_path):
   margins = _host(eight.margins)[:trainer.num_train]
   assert not np.allclose(margins, 0.5)
 
+  # The documented reader gives the 8-device checkpoint's arrays as numpy, bit for bit.
+  arrays = checkpointing.read_arrays(str(tmp_path / 'eight'))
+  assert set(arrays) == {'step', 'params', 'opt_state', 'margins', 'xi', 'rng'}
+  assert isinstance(arrays['margins'], np.ndarray) and int(arrays['step']) == int(eight.step)
+  jax.tree.map(np.testing.assert_array_equal, arrays['params'], _host(eight.params))
+  np.testing.assert_array_equal(arrays['margins'], _host(eight.margins))
+  assert set(checkpointing.read_arrays(str(tmp_path / 'eight'), items=('margins',))) == {'margins'}
+  with pytest.raises(UserError, match="no \\['nope'\\]"):
+    checkpointing.read_arrays(str(tmp_path / 'eight'), items=('nope',))
+
 
 def test_margins_and_xi_are_updated_only_by_amat(tmp_path):
   trainer, state = _train(tiny_config('sat'), tmp_path / 'sat')

@@ -1,4 +1,6 @@
-"""Image-classification data: MedMNIST-format npz files, npz files with a split column (BUSI),
+"""Image-classification data: MedMNIST npz, npz with a split column, image folders, synthetic.
+
+Image-classification data: MedMNIST-format npz files, npz files with a split column (BUSI),
 image folders (PNG/JPEG/DICOM) and a synthetic ultrasound lesion set; the one data path of the
 classification head.
 

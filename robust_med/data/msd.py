@@ -42,6 +42,7 @@ class SegmentationInfo:
   patch_size: tuple[int, int]
   num_volumes: int  # In this split.
   cases: tuple[str, ...]  # Case names in this split, in id order.
+  split_volumes: int = 0  # Volumes the split declares (more than num_volumes under max_volumes).
 
 
 def _root_dir(root: str | os.PathLike) -> Path:
@@ -348,8 +349,9 @@ def load_msd_slices(root: str | os.PathLike, split: str, *,
   files = _case_files(info, path)
   class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
   channels = len(info['modality'])
-  cases = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
-                      tune_from=tune_from)[:max_volumes or None]
+  declared = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
+                         tune_from=tune_from)
+  cases = declared[:max_volumes or None]
   images, labels, case_index, slice_index = [], [], [], []
   for index, case in enumerate(cases):
     image, label = _load_case(case, files[case], class_names, channels)
@@ -370,5 +372,6 @@ def load_msd_slices(root: str | os.PathLike, split: str, *,
             'slice_index': np.concatenate(slice_index)}
   seg_info = SegmentationInfo(name=str(info['name']), num_classes=len(class_names),
                               class_names=tuple(class_names), channels=channels,
-                              patch_size=patch_size, num_volumes=len(cases), cases=tuple(cases))
+                              patch_size=patch_size, num_volumes=len(cases), cases=tuple(cases),
+                              split_volumes=len(declared))
   return arrays, seg_info

@@ -77,3 +77,13 @@ def batches(source: ArraySource, batch_size: int, *, shuffle: bool, seed: int = 
   for b in range(num_batches(len(order), batch_size, drop_remainder)):
     index = order[b * batch_size:(b + 1) * batch_size]
     yield {key: value[index] for key, value in arrays.items()}
+
+
+def evaluation_subset(arrays: dict, max_samples: int) -> dict:
+  """At most `max_samples` records spread evenly over the split (all when 0), so a capped
+  evaluation still covers every volume rather than the first few."""
+  n = len(arrays['id'])
+  if not max_samples or max_samples >= n:
+    return arrays
+  index = np.linspace(0, n - 1, max_samples).round().astype(int)
+  return {k: v[index] for k, v in arrays.items()}

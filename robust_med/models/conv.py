@@ -1,4 +1,6 @@
-"""A convolution with the same values and gradients as `lax.conv_general_dilated`, whose input
+"""A convolution whose input gradient XLA:CPU runs as fast inside loops as outside.
+
+A convolution with the same values and gradients as `lax.conv_general_dilated`, whose input
 gradient XLA:CPU runs as fast inside a loop as outside one.
 
 JAX transposes a convolution with respect to its input as a convolution of the reversed kernel

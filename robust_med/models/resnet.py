@@ -1,4 +1,6 @@
-"""A pre-activation ResNet classifier (He et al., "Identity mappings in deep residual networks",
+"""A pre-activation ResNet classifier with group norm, sized for small medical images.
+
+A pre-activation ResNet classifier (He et al., "Identity mappings in deep residual networks",
 2016) sized for 28–128 px medical images on a CPU.
 
 Layout: a 3×3 stem convolution (stride `stem_stride`), `stages` stages of `blocks` pre-activation

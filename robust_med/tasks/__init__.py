@@ -1,4 +1,6 @@
-"""Task heads, looked up by name: `config.task = 'segmentation'` imports `robust_med.tasks.segmentation`;
+"""Task heads, looked up by name (a built-in head or the dotted path of your own).
+
+Task heads, looked up by name: `config.task = 'segmentation'` imports `robust_med.tasks.segmentation`;
 a dotted path (`config.task = 'mypkg.heads.blobs'`) imports a head that lives outside robust_med.
 
 A head is one module that defines `Task`, a subclass of `robust_med.tasks.base.Task`. Adding a head

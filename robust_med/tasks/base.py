@@ -65,6 +65,13 @@ class Task(abc.ABC):
   def build_model(self, info: Any) -> nn.Module:
     """The Flax model for data described by `info`."""
 
+  def subset_note(self, info: Any) -> str:
+    """A sentence when the loaded split (described by `info`) is only part of what the data
+    declares because of a data setting (e.g. `data.max_volumes`), naming the setting that
+    lifts the cap; '' when the whole split was loaded (the default). `robust_med.evaluate`
+    prints it and stores it in the report, so a capped evaluation is never silent."""
+    return ''
+
   def data_signature(self, info: Any) -> dict:
     """What the model built from `info` takes from the data (e.g. input channels and classes), as
     a JSON-able dict. It is saved in every checkpoint, and evaluating a checkpoint on data whose

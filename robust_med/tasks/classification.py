@@ -1,4 +1,6 @@
-"""Image-classification head: a pre-activation ResNet with group norm on MedMNIST-format npz files,
+"""Image-classification head: a pre-activation ResNet on npz, image folders or synthetic data.
+
+Image-classification head: a pre-activation ResNet with group norm on MedMNIST-format npz files,
 BUSI-style npz files with a split column, image folders (PNG/JPEG/DICOM) or the synthetic lesion
 set (`robust_med.data.classification`).
 

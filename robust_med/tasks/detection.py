@@ -1,4 +1,6 @@
-"""Object-detection head: a compact anchor-free YOLO-style detector (`models/yolo.py`) on BCCD blood
+"""Object-detection head: an anchor-free YOLO-style detector on BCCD or synthetic cells.
+
+Object-detection head: a compact anchor-free YOLO-style detector (`models/yolo.py`) on BCCD blood
 cells (or the synthetic detection set), as in the AMAT paper's third task (Ma & Liang §3.3).
 
 Target assignment, per sample inside the jitted step, on static shapes (B, M boxes, A anchor

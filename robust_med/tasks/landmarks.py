@@ -1,4 +1,6 @@
-"""Landmark-detection head: the Multi-Task U-Net of Yao et al. ("Miss the Point", MICCAI 2020) on
+"""Landmark-detection head: a Multi-Task U-Net on ISBI 2015 cephalograms or synthetic data.
+
+Landmark-detection head: the Multi-Task U-Net of Yao et al. ("Miss the Point", MICCAI 2020) on
 ISBI 2015 cephalograms (or the synthetic landmark set), as in Ma & Liang's AMAT paper (§3.2).
 
 Targets, per landmark, at the model's input resolution (pixel centres at integer coordinates):

@@ -90,6 +90,13 @@ class Task(base.Task):
     self.info = info
     return {k: arrays[k] for k in ('image', 'label', 'id')}, info
 
+  def subset_note(self, info) -> str:
+    if not info.split_volumes or info.num_volumes >= info.split_volumes:
+      return ''
+    return (f'only {info.num_volumes} of the split\'s {info.split_volumes} volumes were loaded '
+            f'(data.max_volumes={self.config.data.max_volumes}): pass '
+            '--config.data.max_volumes=0 to evaluate every volume')
+
   def data_signature(self, info) -> dict:
     return {'channels': int(info.channels), 'num_classes': int(info.num_classes)}
 

@@ -1,0 +1,69 @@
+"""Landmark presets: ISBI 2015 cephalogram sizes, noise grid and ε, and their CPU and demo variants."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from robust_med import config_base
+from robust_med.presets import check_variant
+
+# Landmark detection on ISBI 2015 cephalograms (Ma & Liang §3.2; Yao et al. 2020): input 200×160
+# (H×W; each axis scaled on its own, the per-axis scales go into the mm conversion), intensities
+# in [0, 1], L2 noise grid on those inputs, AMAT's Δε and the SAT budgets of the paper.
+CEPH = dict(patch_size=(200, 160), noise_levels=(0., 0.5, 1., 2., 3., 4., 5.), delta_eps=1.,
+            sat_eps=(1., 2., 3., 5.))
+VARIANTS = ('', 'cpu', 'synthetic')
+
+
+def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_collections.ConfigDict:
+  """`configs/ceph_<method>.py`: '' is the paper-sized run (500 epochs, batch 8, 200×160), 'cpu' a
+  CPU-sized run on the real data (96×80 inputs, a narrow depth-5 U-Net), 'synthetic' the offline demo."""
+  check_variant(arg, VARIANTS, 'configs/ceph_amat.py:synthetic')
+  c = config_base.task_config('landmarks')
+  c.data.name = 'isbi2015'
+  c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, 'isbi2015_ceph')
+  c.data.patch_size = CEPH['patch_size']
+  c.landmarks.heatmap_loss = heatmap_loss
+  c.method.name = method
+  c.method.delta_eps = CEPH['delta_eps']
+  c.method.eps = CEPH['sat_eps'][0] if method == 'sat' else 0.0
+  c.method.xi_stat = 'mean+2std'          # Ma & Liang: ξ = mean + 2·std of the clean losses
+  c.eval.noise_levels = CEPH['noise_levels']
+  c.eval.batch_size = 16
+  c.model.base_width, c.model.depth = 32, 4  # 200 and 160 are divisible by 2³
+  c.batch_size, c.num_epochs = 8, 500
+  c.log_every_steps = 19
+  c.checkpoint_every_steps = 190
+  if arg == 'cpu':
+    # 96×80 keeps a depth-5 U-Net (sides divisible by 2⁴): a landmark detector needs the large
+    # receptive field (at depth 3 the heatmap loss did not move in 12 epochs on the real data).
+    c.data.patch_size = (96, 80)
+    c.landmarks.radius = 5.0                # ≈ 0.05 × 96, as at full size
+    c.model.base_width, c.model.depth = 8, 5
+    c.num_epochs = 40
+    c.optimizer.learning_rate = 5e-3
+    c.method.xi_warmup_epochs = 5
+    c.attack.steps = 5
+    c.eval.every_epochs = 5
+  elif arg == 'synthetic':
+    # Offline demo: four distinct patterns on textured 64×64 backgrounds; a few minutes on 2 cores.
+    c.data.name = 'synthetic'
+    c.data.root = ''
+    c.data.patch_size = (64, 64)
+    c.data.num_landmarks = 4
+    c.data.num_train, c.data.num_val = 256, 32
+    c.landmarks.radius = 6.0
+    c.model.base_width, c.model.depth = 8, 3
+    c.batch_size, c.num_epochs = 16, 8
+    c.optimizer.learning_rate = 1e-2
+    c.method.xi_warmup_epochs = 2
+    c.attack.steps = 5
+    c.method.delta_eps = 0.5
+    c.method.eps = 1.0 if method == 'sat' else 0.0
+    c.eval.noise_levels = (0., 0.5, 1., 2.)
+    c.eval.steps = c.eval.apgd_steps = 20
+    c.log_every_steps = 16
+    c.checkpoint_every_steps = 64
+  return c
