@@ -4,7 +4,7 @@
   python -m robust_med.main --config=configs/prostate_amat.py:synthetic --workdir=/tmp/demo
 
 Several processes (hosts, or one process per GPU) train one model together when each is started
-with the same flags plus the distributed ones (see README, "Launching on several hosts"):
+with the same flags plus the distributed ones (see docs/scale.md, "Launching on several hosts"):
 
   python -m robust_med.main ... --coordinator_address=HOST0:1234 --num_processes=2 --process_id=0
   python -m robust_med.main ... --distributed   # under SLURM / Open MPI / a TPU pod: auto-detected

@@ -1,13 +1,16 @@
-"""The README's bring-your-own-head example, written out as an importable module."""
+"""The bring-your-own-head example of docs/bring_your_own_head.md, written out as an importable module."""
 
 import re
 
 from data_paths import REPO_ROOT
 
+# The manual page that holds the example (it moved there from the README).
+BYO_HEAD_PAGE = REPO_ROOT / 'docs' / 'bring_your_own_head.md'
+
 
 def readme_head_code() -> str:
-  """The first Python block after the README's `<!-- byo-head -->` marker."""
-  section = (REPO_ROOT / 'README.md').read_text().split('<!-- byo-head -->', 1)[1]
+  """The first Python block after the `<!-- byo-head -->` marker of docs/bring_your_own_head.md."""
+  section = BYO_HEAD_PAGE.read_text().split('<!-- byo-head -->', 1)[1]
   return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 

@@ -1,4 +1,4 @@
-"""Bring your own head: the README's example head, imported by its dotted path, trains with STD
+"""Bring your own head: the example head of docs/bring_your_own_head.md, imported by its dotted path, trains with STD
 and AMAT through the unchanged trainer and is evaluated on its test split."""
 
 import json
@@ -18,7 +18,7 @@ from tiny import tiny_config
 
 @pytest.fixture
 def head(tmp_path, monkeypatch):
-  """The README's head as the module my_heads.blobs in a temporary folder on sys.path."""
+  """The docs' example head as the module my_heads.blobs in a temporary folder on sys.path."""
   monkeypatch.syspath_prepend(str(tmp_path / 'heads_src'))
   yield write_readme_head(tmp_path / 'heads_src')
   for name in ('my_heads.blobs', 'my_heads'):

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -46,6 +47,13 @@ def test_eight_devices_match_one_device(tmp_path):
   assert set(checkpointing.read_arrays(str(tmp_path / 'eight'), items=('margins',))) == {'margins'}
   with pytest.raises(UserError, match="no \\['nope'\\]"):
     checkpointing.read_arrays(str(tmp_path / 'eight'), items=('nope',))
+  # The docs' example (docs/outputs.md) runs as written, on this run's folder.
+  page = (Path(__file__).resolve().parent.parent / 'docs' / 'outputs.md').read_text()
+  example = page.split('## Reading a checkpoint', 1)[1].split('```python\n', 1)[1].split('```')[0]
+  namespace = {}
+  exec(example.replace("'runs/prostate_amat'", repr(str(tmp_path / 'eight'))), namespace)
+  jax.tree.map(np.testing.assert_array_equal, namespace['params'], _host(eight.params))
+  np.testing.assert_array_equal(namespace['margins'], _host(eight.margins))
 
 
 def test_margins_and_xi_are_updated_only_by_amat(tmp_path):

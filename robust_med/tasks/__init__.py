@@ -34,5 +34,5 @@ def get_task_class(name: str) -> type[Task]:
   task = getattr(module, 'Task', None)
   if not (isinstance(task, type) and issubclass(task, Task)):
     raise ConfigError(f'The task module {path} defines no class Task(robust_med.tasks.base.Task): '
-                      'add one (see "Bring your own head" in the README).')
+                      'add one (see docs/bring_your_own_head.md).')
   return task
