@@ -1,9 +1,13 @@
 """Running the command lines as a user does (subprocesses) and checking their one-line errors."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / 'configs' / 'prostate_amat.py')
@@ -31,3 +35,30 @@ def error_line(proc) -> str:
   assert len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith('error: ')
   return lines[0]
+
+
+def shared_run(tmp_path_factory, name: str, module: str, *args: str):
+  """Runs `python -m module *args --workdir=<folder>` once per test session, however many xdist
+  workers ask for it (a file lock in the session's shared temporary folder; the later callers
+  wait and reuse the folder), and returns the folder. Callers must not write into it: copy it
+  (`copy_run`) first."""
+  from filelock import FileLock
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # pytest-N/, shared by this session's workers (popen-gw0/, ...) only.
+  work, done = root / 'shared_runs' / name, root / 'shared_runs' / f'{name}.done'
+  work.parent.mkdir(parents=True, exist_ok=True)
+  with FileLock(str(work) + '.lock'):
+    if not done.exists():
+      shutil.rmtree(work, ignore_errors=True)
+      proc = run(module, *args, f'--workdir={work}', timeout=900)
+      if proc.returncode != 0:
+        pytest.fail(f'the shared run {name} failed:\n{proc.stderr[-3000:]}')
+      done.write_text(json.dumps(list(args)))
+  return work
+
+
+def copy_run(run, folder):
+  """A private copy of a shared run that a test may change."""
+  shutil.copytree(run, folder)
+  return folder

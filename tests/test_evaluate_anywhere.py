@@ -67,14 +67,11 @@ def test_train_on_one_msd_folder_and_evaluate_on_another_sites_test_split(tmp_pa
   assert "unknown split 'val'" in line and "['test']" in line
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny synthetic run (3 classes, 2 channels) with checkpoints at steps 2, 4, ..., 12."""
-  work = tmp_path_factory.mktemp('trained') / 'run'
-  proc = run('robust_med.main', f'--config={CONFIG}:synthetic', f'--workdir={work}', *TINY,
-             '--config.eval.masking_checks=False', '--config.keep_checkpoints=2')
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return work
+@pytest.fixture
+def trained(segmentation_run):
+  """The session's tiny synthetic run (conftest.py) with checkpoints at steps 10 and 12; the
+  tests here only read it (or copy it first)."""
+  return segmentation_run
 
 
 @pytest.mark.parametrize('args, words', [

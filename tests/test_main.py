@@ -12,14 +12,14 @@ import pytest
 from robust_med import config_base
 from robust_med.errors import ConfigError
 
-from cli_helpers import CONFIG, REPO, TINY, error_line as _error_line, run as _run
+from cli_helpers import CONFIG, REPO, TINY, copy_run, error_line as _error_line, run as _run
+
 
 
 @pytest.mark.slow
-def test_main_writes_outputs_and_evaluate_recomputes_them(tmp_path):
-  work = tmp_path / 'run'
-  proc = _run('robust_med.main', f'--config={CONFIG}:synthetic', f'--workdir={work}', *TINY)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_main_writes_outputs_and_evaluate_recomputes_them(segmentation_run, tmp_path):
+  # `robust_med.main --config=...:synthetic TINY` (the session's shared run, conftest.py).
+  work = copy_run(segmentation_run, tmp_path / 'run')
   report = json.loads((work / 'robustness.json').read_text())
   assert report['attack']['norm'] == 'l2' and report['attack']['steps'] == 3
   assert [r['eps'] for r in report['results']] == [0.0, 0.5, 1.0]
