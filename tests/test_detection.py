@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import REPO, error_line, run
-from robust_med import attacks, boxes, config_base, methods, train
+from robust_med import attacks, boxes, compile_cache, config_base, methods, train
 from robust_med.presets import detection as presets
 from robust_med.errors import ConfigError
 from robust_med.models.yolo import anchor_points
@@ -183,13 +183,15 @@ def test_attacking_sample_0_leaves_sample_1_unchanged():
   data, info = task.load_split('train')
   model = task.build_model(info)
   batch = {k: jnp.asarray(v[:2]) for k, v in data.items()}
-  params = model.init(jax.random.key(0), batch['image'][:1])['params']
+  # Compiled at XLA's level 1, as the trainer initialises (compile_cache.run_once).
+  params = compile_cache.run_once(model.init, jax.random.key(0), batch['image'][:1])['params']
 
   @jax.jit
   def loss_fn(x):
     return methods.total(task.loss_terms(model.apply({'params': params}, x), batch))
   # Jitted as the trainer and evaluator run it (eager, the detector's PGD takes minutes on CPU).
-  x_adv = jax.jit(lambda x, eps: attacks.pgd(loss_fn, x, eps, norm='l2', steps=5))(
+  x_adv = jax.jit(lambda x, eps: attacks.pgd(loss_fn, x, eps, norm='l2', steps=5,
+                                                unroll=False))(
       batch['image'], jnp.array([2.0, 0.0]))
   assert float(jnp.linalg.norm(x_adv[0] - batch['image'][0])) > 0.5
   np.testing.assert_array_equal(np.asarray(x_adv[1]), np.asarray(batch['image'][1]))
