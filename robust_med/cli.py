@@ -1,9 +1,8 @@
 """Command-line plumbing shared by every entry point: flag parsing, one-line errors, a run's saved config.
 
 Low floor: imports only `errors` at module level (`config_base`, `compile_cache` and `sharding`
-inside functions); the entry
-points themselves (`main`, `evaluate`, `interpret`, `sweep`, `data.records`) import it, never the
-other way round.
+inside functions); the entry points themselves (`main`, `evaluate`, `interpret`, `sweep`,
+`data.records`) import it, never the other way round.
 """
 
 from __future__ import annotations
