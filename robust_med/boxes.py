@@ -22,25 +22,26 @@ COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
-def area(b):
-  return jnp.maximum(b[..., 2] - b[..., 0], 0) * jnp.maximum(b[..., 3] - b[..., 1], 0)
+def area(b, xp=jnp):
+  return xp.maximum(b[..., 2] - b[..., 0], 0) * xp.maximum(b[..., 3] - b[..., 1], 0)
 
 
-def _intersection(a, b):
-  w = jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0])
-  h = jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1])
-  return jnp.maximum(w, 0) * jnp.maximum(h, 0)
+def _intersection(a, b, xp=jnp):
+  w = xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0])
+  h = xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1])
+  return xp.maximum(w, 0) * xp.maximum(h, 0)
 
 
-def iou(a, b, eps: float = 1e-9):
-  """Element-wise IoU of broadcastable (..., 4) boxes."""
-  inter = _intersection(a, b)
-  return inter / (area(a) + area(b) - inter + eps)
+def iou(a, b, eps: float = 1e-9, xp=jnp):
+  """Element-wise IoU of broadcastable (..., 4) boxes; `xp=np` computes it with NumPy on the
+  host (the metrics), in the same float32 operations."""
+  inter = _intersection(a, b, xp)
+  return inter / (area(a, xp) + area(b, xp) - inter + eps)
 
 
-def pairwise_iou(a, b):
+def pairwise_iou(a, b, xp=jnp):
   """(N, M) IoU of (N, 4) and (M, 4) boxes."""
-  return iou(a[:, None, :], b[None, :, :])
+  return iou(a[:, None, :], b[None, :, :], xp=xp)
 
 
 def giou(a, b, eps: float = 1e-9):
@@ -107,8 +108,10 @@ def nms(boxes, scores, labels, *, iou_threshold: float = 0.5, score_threshold: f
 
 
 def _np_pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  return np.asarray(pairwise_iou(jnp.asarray(a, jnp.float32).reshape(-1, 4),
-                                 jnp.asarray(b, jnp.float32).reshape(-1, 4)), np.float64)
+  # NumPy float32, as the jitted overlaps compute it: eager jnp would compile its operations
+  # anew for every image's box counts.
+  return pairwise_iou(np.asarray(a, np.float32).reshape(-1, 4),
+                      np.asarray(b, np.float32).reshape(-1, 4), xp=np).astype(np.float64)
 
 
 def average_iou(pred_boxes, pred_labels, pred_valid, gt_boxes, gt_labels, gt_valid) -> np.ndarray:
