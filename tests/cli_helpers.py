@@ -19,11 +19,18 @@ TINY = ['--config.data.patch_size=(16,16)', '--config.data.num_train=32',
         '--config.eval.noise_levels=(0.5,1.0)',
         '--config.log_every_steps=2', '--config.checkpoint_every_steps=2',
         '--config.progress_bar=False', '--config.mesh.num_devices=1']
+# The tests compile unoptimised XLA code, in process (conftest.py), in their command-line runs and
+# in the notebooks: about a fifth less CPU for these compile-bound tiny runs. Numbers differ from
+# a default build's in the last bits only, and every comparison a test makes is between
+# computations compiled alike; where the default build itself is the subject, a test runs it in a
+# process of its own (test_train.py's fresh-state check). Speed is measured in benchmarks/, with
+# the default flags.
+XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
 def run(module, *args, timeout=300, pythonpath=()):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, pythonpath)]),
-             XLA_FLAGS='')
+             XLA_FLAGS=XLA_FLAGS)
   return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import pytest
 
-from cli_helpers import CONFIG, REPO
+from cli_helpers import CONFIG, REPO, XLA_FLAGS
 from robust_med import checkpointing, sharding
 
 ARGS = [f'--config={CONFIG}:synthetic', '--config.data.patch_size=(16,16)',
@@ -55,10 +55,10 @@ def _free_port() -> int:
 
 
 def _env(devices: int, cache: str) -> dict:
-  # Unoptimised XLA code compiles ~4x faster (the eager model init alone is ~100 small
-  # compiles); every run uses the same flags, so the equality checks compare like with like.
-  flags = (f'--xla_force_host_platform_device_count={devices} '
-           '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+  # Unoptimised XLA code (cli_helpers.XLA_FLAGS) compiles ~4x faster (the eager model init alone
+  # is ~100 small compiles); every run uses the same flags, so the equality checks compare like
+  # with like.
+  flags = f'--xla_force_host_platform_device_count={devices} {XLA_FLAGS}'
   return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu', XLA_FLAGS=flags,
               PJRT_NPROC='4',  # See the module docstring.
               # What process 0 of a run compiled, process 0 of a later run reads.

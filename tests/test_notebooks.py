@@ -9,6 +9,8 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from cli_helpers import XLA_FLAGS
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / 'colab').glob('*.ipynb'))
 
@@ -22,7 +24,9 @@ def execute(path: Path, workdir: Path, monkeypatch, timeout: int = 600):
   hangs."""
   monkeypatch.setenv('ROBUST_MED_FAST', '1')
   monkeypatch.setenv('PYTHONPATH', str(REPO))
-  monkeypatch.setenv('XLA_FLAGS', '')  # One CPU device: the tiny runs are fastest there.
+  # One CPU device (the tiny runs are fastest there), unoptimised XLA code as the tests' command
+  # lines compile (cli_helpers.XLA_FLAGS).
+  monkeypatch.setenv('XLA_FLAGS', XLA_FLAGS)
   monkeypatch.setenv('MPLBACKEND', 'Agg')
   # Compilation is most of a fast run, and each run of a sweep (and each re-evaluation) compiles
   # the same attack and evaluation programs again from fresh closures: a persistent compilation

@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -190,17 +192,33 @@ def test_learning_curve_records_clean_validation_metrics(tmp_path):
   assert not any(r['type'] == 'val' for r in off)
 
 
-def test_fresh_state_is_the_eager_initialisation_bit_for_bit(tmp_path):
+FRESH_STATE_CHECK = """
+import sys, tempfile
+import jax, numpy as np
+from robust_med import train
+from tiny import tiny_config
+host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
+trainer = train.Trainer(tiny_config('amat'), tempfile.mkdtemp())
+image = trainer.train_data['image']
+state = train.init_state(trainer.model, trainer.tx, image, num_train=trainer.num_train,
+                         num_terms=2, initial_margin=0.5, seed=3, mesh=trainer.mesh)
+init_key, _ = jax.random.split(jax.random.PRNGKey(3))
+params = trainer.model.init(init_key, image[:1])['params']
+jax.tree.map(np.testing.assert_array_equal, host(state.params), host(params))
+jax.tree.map(np.testing.assert_array_equal, host(state.opt_state), host(trainer.tx.init(params)))
+assert len(jax.tree.leaves(params)) > 4
+print('equal')
+"""
+
+
+def test_fresh_state_is_the_eager_initialisation_bit_for_bit():
   """init_state compiles the initialisation once at XLA optimisation level 1
   (compile_cache.run_once): the parameters and optimizer state are the bits the model's and
-  optimizer's own (eager) init give."""
-  trainer = train.Trainer(tiny_config('amat'), str(tmp_path))
-  image = trainer.train_data['image']
-  state = train.init_state(trainer.model, trainer.tx, image, num_train=trainer.num_train,
-                           num_terms=2, initial_margin=0.5, seed=3, mesh=trainer.mesh)
-  init_key, _ = jax.random.split(jax.random.PRNGKey(3))
-  params = trainer.model.init(init_key, image[:1])['params']
-  jax.tree.map(np.testing.assert_array_equal, _host(state.params), _host(params))
-  jax.tree.map(np.testing.assert_array_equal, _host(state.opt_state),
-               _host(trainer.tx.init(params)))
-  assert len(jax.tree.leaves(params)) > 4
+  optimizer's own (eager) init give. Checked in a process of its own with XLA's default flags,
+  which users run with (the tests' processes compile unoptimised code: conftest.py)."""
+  env = dict(os.environ, XLA_FLAGS='',
+             PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent),
+                                         str(Path(__file__).parent)]))
+  proc = subprocess.run([sys.executable, '-c', FRESH_STATE_CHECK], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip() == 'equal', proc.stderr[-3000:]
