@@ -13,6 +13,7 @@ import pytest
 
 from robust_med import sweep
 from robust_med.errors import ConfigError
+from cli_helpers import XLA_FLAGS
 from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def _sweep_cmd(config, work, *extra):
 
 
 def _env():
-  return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='')
+  return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=XLA_FLAGS)
 
 
 @pytest.mark.slow
