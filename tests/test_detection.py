@@ -178,7 +178,8 @@ def test_xi_is_a_three_vector_from_the_training_split_only():
 
 
 def test_attacking_sample_0_leaves_sample_1_unchanged():
-  config = tiny_detection_config()
+  # 32×32 images: the same detector, loss and attack at all three scales, compiled faster.
+  config = tiny_detection_config(**{'data.image_size': 32})
   task = detection.Task(config)
   data, info = task.load_split('train')
   model = task.build_model(info)
@@ -204,8 +205,10 @@ def test_attacking_sample_0_leaves_sample_1_unchanged():
 
 
 def test_training_lowers_the_loss_and_raises_average_iou(tmp_path):
+  # Depth 0 (CSP blocks without bottlenecks): the same head, loss and trainer, learnt faster and
+  # compiled in less time than depth 1.
   config = tiny_detection_config(**{'data.num_train': 64, 'model.base_width': 8,
-                                    'num_epochs': 6})
+                                    'model.depth': 0, 'num_epochs': 4})
   trainer = train.Trainer(config, str(tmp_path))
   before = trainer.fresh_state().params
   state = trainer.train()

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from robust_med import compile_cache
 from robust_med.models import yolo
 
 
@@ -23,14 +24,18 @@ def test_anchor_points_cover_the_three_scales():
 
 @pytest.fixture(scope='module')
 def model_and_params():
+  """The detector, its parameters, a batch of two and its jitted apply: initialised as the trainer
+  does (compile_cache.run_once) and applied jitted, as the trainer and evaluator run it (eagerly,
+  every layer dispatches and compiles on its own: 50 s instead of a few)."""
   model = yolo.Detector(num_classes=3, width=4, depth=1)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
-  return model, model.init(jax.random.PRNGKey(1), x), x
+  params = compile_cache.run_once(model.init, jax.random.PRNGKey(1), x)
+  return model, params, x, jax.jit(model.apply)
 
 
 def test_outputs_and_boxes_around_their_points(model_and_params):
-  model, params, x = model_and_params
-  out = jax.jit(model.apply)(params, x)
+  model, params, x, apply = model_and_params
+  out = apply(params, x)
   assert out['box'].shape == (2, 84, 4) and out['obj'].shape == (2, 84)
   assert out['cls'].shape == (2, 84, 3)
   points, _ = yolo.anchor_points(64)
@@ -45,13 +50,13 @@ def test_outputs_and_boxes_around_their_points(model_and_params):
 
 def test_samples_are_independent(model_and_params):
   # Changing sample 0 leaves sample 1's outputs unchanged (group norm, no batch statistics) ...
-  model, params, x = model_and_params
-  out = model.apply(params, x)
+  model, params, x, apply = model_and_params
+  out = apply(params, x)
   noisy = x.at[0].add(jax.random.normal(jax.random.PRNGKey(2), x.shape[1:]))
-  out2 = model.apply(params, noisy)
+  out2 = apply(params, noisy)
   for k in out:
     np.testing.assert_allclose(out2[k][1], out[k][1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(out2[k][0], out[k][0])
   # ... and the gradient of sample 1's outputs with respect to sample 0's input is zero.
-  g = jax.grad(lambda z: model.apply(params, z)['obj'][1].sum())(x)
+  g = jax.jit(jax.grad(lambda z: apply(params, z)['obj'][1].sum()))(x)
   assert float(jnp.abs(g[0]).max()) == 0.0 and float(jnp.abs(g[1]).max()) > 0.0
