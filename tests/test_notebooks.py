@@ -19,7 +19,7 @@ def execute(path: Path, workdir: Path, monkeypatch, timeout: int = 600):
   """Runs the notebook at `path` with `workdir` as its working folder, in fast mode; raises
   CellExecutionError at the first cell that raises. Returns the executed notebook. `timeout` is
   the limit per cell in seconds: the slowest cell in fast mode, detection.ipynb's training and
-  evaluation of two detectors, takes about 2 min on 2 quiet cores (most of it XLA compiling the
+  evaluation of two detectors, takes about 65 s on 2 quiet cores (most of it XLA compiling the
   train steps and attacks), so 600 s leaves room for a loaded machine and stops a cell that
   hangs."""
   monkeypatch.setenv('ROBUST_MED_FAST', '1')
