@@ -131,6 +131,43 @@ def average_iou(pred_boxes, pred_labels, pred_valid, gt_boxes, gt_labels, gt_val
   return out
 
 
+def matched_box_iou(pred_boxes, pred_scores, pred_labels, pred_valid, gt_boxes, gt_labels,
+                    gt_valid) -> np.ndarray:
+  """Each ground-truth box's IoU with the one detection matched to it, one to one, as the AMAT
+  authors' YOLOv5 evaluation matches them (SarielMa/amat_conf, yolov5/evaluate_adv_avIOU.py,
+  `get_sample_iou`): every valid detection goes to the ground-truth box of its class it overlaps
+  most (ties: the first box); a box claimed by several detections keeps the highest-scoring one;
+  a box no detection claimed scores 0. An image without any valid detection is skipped, as their
+  loop skips it: its row is NaN, like the slots of invalid ground truth. Returns (N, M).
+
+  Their average IoU is the mean of all non-NaN entries (pooled over boxes, not over images).
+  Unlike `average_iou`, a detection serves one box only: one box covering two cells scores 0.5
+  on average (its overlap with one cell, 0 for the other), where `average_iou` gives each cell
+  its best overlap."""
+  gt_valid = np.asarray(gt_valid, bool)
+  out = np.full(gt_valid.shape, np.nan)
+  for n in range(len(gt_boxes)):
+    g = np.flatnonzero(gt_valid[n])
+    p = np.flatnonzero(np.asarray(pred_valid[n], bool))
+    if not p.size:
+      continue
+    out[n, g] = 0.0
+    if not g.size:
+      continue
+    overlap = _np_pairwise_iou(np.asarray(pred_boxes[n])[p], np.asarray(gt_boxes[n])[g])
+    same = np.asarray(pred_labels[n])[p][:, None] == np.asarray(gt_labels[n])[g][None, :]
+    overlap = np.where(same, overlap, -1.0)                      # (detections, boxes)
+    scores = np.asarray(pred_scores[n], np.float64)[p]
+    best_score = np.full(len(g), -np.inf)
+    for d in range(len(p)):
+      if not same[d].any():
+        continue
+      j = int(np.argmax(overlap[d]))
+      if scores[d] > best_score[j]:
+        best_score[j], out[n, g[j]] = scores[d], overlap[d, j]
+  return out
+
+
 def average_precision(pred_boxes, pred_scores, pred_labels, pred_valid, gt_boxes, gt_labels,
                       gt_valid, num_classes: int,
                       iou_thresholds=COCO_IOU_THRESHOLDS) -> np.ndarray:

@@ -73,6 +73,43 @@ def test_average_iou_by_hand():
   assert np.isnan(bx.average_iou(pred, pred_labels, pred_valid, gt, gt_labels, none)[0])
 
 
+def test_matched_box_iou_is_one_to_one_as_the_authors_match():
+  """One detection serves one box (SarielMa/amat_conf's get_sample_iou), by hand."""
+  v = np.array([[True, True]])
+  # Two cells annotated on the same spot and one perfect box: average_iou gives each cell its best
+  # overlap (1.0 on average); one to one, the box serves one cell: (1 + 0) / 2 = 0.5.
+  cells = np.array([[[0, 0, 10, 10], [0, 0, 10, 10]]], np.float32)
+  box, label, score = np.array([[[0, 0, 10, 10]]], np.float32), np.array([[0]]), np.array([[0.9]])
+  one = np.array([[True]])
+  assert bx.average_iou(box, label, one, cells, np.array([[0, 0]]), v)[0] == pytest.approx(1.0)
+  got = bx.matched_box_iou(box, score, label, one, cells, np.array([[0, 0]]), v)
+  np.testing.assert_allclose(got, [[1.0, 0.0]])
+  assert np.nanmean(got) == pytest.approx(0.5)
+  # Two adjacent cells and one box over both: IoU 1/2 with each; one to one, 0.5 and 0.
+  cells = np.array([[[0, 0, 10, 10], [10, 0, 20, 10]]], np.float32)
+  box = np.array([[[0, 0, 20, 10]]], np.float32)
+  np.testing.assert_allclose(bx.matched_box_iou(box, score, label, one, cells,
+                                                np.array([[0, 0]]), v), [[0.5, 0.0]])
+  # A box claimed by two detections keeps the higher-scoring one (IoU 1/2), not the better one.
+  cell = np.array([[[0, 0, 10, 10], [0, 0, 0, 0]]], np.float32)
+  dets = np.array([[[0, 0, 10, 5], [0, 0, 10, 10], [30, 30, 40, 40]]], np.float32)
+  scores, labels = np.array([[0.9, 0.5, 0.8]]), np.array([[0, 0, 1]])
+  valid, gt_valid = np.array([[True, True, True]]), np.array([[True, False]])
+  got = bx.matched_box_iou(dets, scores, labels, valid, cell, np.array([[0, 0]]), gt_valid)
+  np.testing.assert_allclose(got[0, 0], 0.5)
+  assert np.isnan(got[0, 1])  # An invalid ground-truth slot.
+  # Swapping the scores gives the box the perfect detection.
+  got = bx.matched_box_iou(dets, scores[:, [1, 0, 2]], labels, valid, cell, np.array([[0, 0]]),
+                           gt_valid)
+  assert got[0, 0] == pytest.approx(1.0)
+  # Only other-class detections: the box scores 0. No valid detection: the image is skipped (NaN).
+  got = bx.matched_box_iou(dets, scores, np.array([[1, 1, 1]]), valid, cell, np.array([[0, 0]]),
+                           gt_valid)
+  assert got[0, 0] == 0.0
+  got = bx.matched_box_iou(dets, scores, labels, ~valid, cell, np.array([[0, 0]]), gt_valid)
+  assert np.isnan(got).all()
+
+
 def fixture_detections(seed=0, images=8, classes=3, per_image=6, extra=4):
   rng = np.random.default_rng(seed)
   k = per_image + extra
