@@ -159,6 +159,9 @@ def test_average_iou_and_map_by_hand():
                det_label=det_label, det_score=det_score, det_valid=det_valid)
   m = detection.detection_metrics(stats, ('a', 'b'), score_threshold=0.25)
   assert m['avg_iou'] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+  # One to one over every kept detection: image 1's two class-1 boxes both claim its cell, and
+  # the higher-scoring one (IoU 1) keeps it; image 0 as above.
+  assert m['avg_iou_matched'] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
   # Class a: one of two cells found, at IoU 0.5, with precision 1: at the 0.5 threshold the 51
   # recall points ≤ 0.5 read precision 1 (AP 51/101), above it nothing matches (AP 0).
   # Class b: ranked 0.8 (a false positive in image 0), 0.7 (the cell), 0.1 (false): the one

@@ -22,10 +22,13 @@ Post-processing (jitted, outside any gradient path): score = σ(obj) · σ(best 
 `detection.pre_nms` best points, class-wise NMS at `detection.nms_iou` keeping up to
 `detection.max_detections` above `detection.map_score_threshold` (0.001, as YOLOv5's val.py).
 
-Metrics (host side, `robust_med.boxes`): `avg_iou` as the AMAT paper defines it — each ground-truth
-box's best IoU among the detections of its class, unmatched = 0, averaged over every box of the
-split — counting detections with score ≥ `detection.score_threshold` (0.25, the deployed
-detector's threshold, so that a cloud of low-confidence boxes does not count as a detection);
+Metrics (host side, `robust_med.boxes`): `avg_iou` — each ground-truth box's best IoU among the
+detections of its class, unmatched = 0, averaged over every box of the split — counting detections
+with score ≥ `detection.score_threshold` (0.25, the deployed detector's threshold, so that a cloud
+of low-confidence boxes does not count as a detection); `avg_iou_matched`, the average IoU as the
+AMAT authors' code computes it (SarielMa/amat_conf, yolov5/evaluate_adv_avIOU.py): detections
+matched to boxes one to one over every detection kept (score ≥ 0.001), pooled over the boxes of
+the images that have a detection;
 COCO-style `map50_95` and `map50` over every detection kept (101-point interpolation, checked
 against pycocotools), and the AP@0.5:0.95 of each class. A sample's score for the worst case is its
 image's average IoU.
@@ -129,7 +132,8 @@ def postprocess(outputs, *, pre_nms: int, nms_iou: float, score_threshold: float
 def detection_metrics(stats: Mapping[str, np.ndarray], class_names: tuple[str, ...],
                       score_threshold: float) -> dict[str, float]:
   """avg_iou (over every ground-truth box, detections with score ≥ `score_threshold`), map50_95,
-  map50 and the AP@0.5:0.95 of each class (over every detection kept)."""
+  map50 and the AP@0.5:0.95 of each class (over every detection kept), and avg_iou_matched (the
+  AMAT authors' one-to-one average IoU, over every detection kept)."""
   gt = (stats['gt_box'], stats['gt_label'], stats['gt_valid'])
   confident = stats['det_valid'] & (stats['det_score'] >= score_threshold)
   per_image = box_lib.average_iou(stats['det_box'], stats['det_label'], confident, *gt)
@@ -146,6 +150,11 @@ def detection_metrics(stats: Mapping[str, np.ndarray], class_names: tuple[str, .
   for c, name in enumerate(class_names):
     if present[c]:
       out[f'ap50_95/{name}'] = float(ap[:, c].mean())
+  # The AMAT authors' average IoU (boxes.matched_box_iou): one-to-one, over every detection kept,
+  # pooled over the boxes of the images with a detection; 0 when no image has one.
+  matched = box_lib.matched_box_iou(stats['det_box'], stats['det_score'], stats['det_label'],
+                                    stats['det_valid'], *gt)
+  out['avg_iou_matched'] = float(np.nanmean(matched)) if (~np.isnan(matched)).any() else 0.0
   out['detections_per_image'] = float(confident.sum(axis=1).mean())
   return out
 
