@@ -4,8 +4,9 @@ Axis-aligned boxes (x1, y1, x2, y2) in continuous pixels: overlaps, box losses, 
 detection metrics.
 
 The overlaps and NMS are JAX (jittable, static shapes, batched by `vmap`); the metrics are NumPy
-on the host: `average_iou` as the AMAT paper defines it (each ground-truth box's best IoU among
-the predictions of its class, unmatched = 0, averaged over boxes) and COCO-style `average_precision`
+on the host: `average_iou` (each ground-truth box's best IoU among the predictions of its class,
+unmatched = 0, averaged over boxes), `matched_box_iou` (one-to-one, as the AMAT authors' code
+matches) and COCO-style `average_precision`
 (greedy matching by score, 101-point interpolated precision, IoU thresholds 0.50:0.05:0.95),
 which the tests check against pycocotools.
 """
