@@ -28,10 +28,14 @@ TINY = ['--config.data.patch_size=(16,16)', '--config.data.num_train=32',
 XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
+def env(pythonpath=()) -> dict:
+  """The environment of the tests' command-line runs: the repository importable, XLA_FLAGS."""
+  return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, pythonpath)]),
+              XLA_FLAGS=XLA_FLAGS)
+
+
 def run(module, *args, timeout=300, pythonpath=()):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, pythonpath)]),
-             XLA_FLAGS=XLA_FLAGS)
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env(pythonpath),
                         capture_output=True, text=True, timeout=timeout)
 
 

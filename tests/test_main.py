@@ -12,7 +12,7 @@ import pytest
 from robust_med import config_base
 from robust_med.errors import ConfigError
 
-from cli_helpers import (CONFIG, REPO, TINY, XLA_FLAGS, copy_run, error_line as _error_line,
+from cli_helpers import (CONFIG, REPO, TINY, copy_run, env, error_line as _error_line,
                          run as _run)
 
 
@@ -63,8 +63,7 @@ def test_sigkill_resumes_from_last_complete_checkpoint(tmp_path):
   work = tmp_path / 'run'
   args = [f'--config={CONFIG}:synthetic', f'--workdir={work}', *TINY,
           '--config.num_epochs=30', '--config.eval.noise_levels=(0.5,)']
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=XLA_FLAGS)
-  proc = subprocess.Popen([sys.executable, '-m', 'robust_med.main', *args], cwd=REPO, env=env,
+  proc = subprocess.Popen([sys.executable, '-m', 'robust_med.main', *args], cwd=REPO, env=env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = work / 'checkpoints'
   deadline = time.time() + 240

@@ -13,7 +13,7 @@ import pytest
 
 from robust_med import sweep
 from robust_med.errors import ConfigError
-from cli_helpers import XLA_FLAGS
+from cli_helpers import env
 from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,14 +65,12 @@ def _sweep_cmd(config, work, *extra):
           '--sat_eps=0.5,1', *extra]
 
 
-def _env():
-  return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=XLA_FLAGS)
 
 
 @pytest.mark.slow
 def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
   config, work = _write_config(tmp_path), tmp_path / 'sweep'
-  proc = subprocess.Popen(_sweep_cmd(config, work), cwd=REPO, env=_env(),
+  proc = subprocess.Popen(_sweep_cmd(config, work), cwd=REPO, env=env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   # Kill it once STD is finished and the next run (AMAT) has written a checkpoint.
   deadline = time.time() + 300
@@ -89,7 +87,7 @@ def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
   std_log = (work / 'std' / 'metrics.jsonl').read_text()
   std_report = (work / 'std' / 'robustness.json').stat().st_mtime_ns
 
-  done = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=_env(), capture_output=True,
+  done = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=env(), capture_output=True,
                         text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'STD: done, skipped' in done.stderr
@@ -131,7 +129,7 @@ def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
   assert (work / 'training.png').stat().st_size > 5000
 
   # A third call finds everything done and only rewrites the summary.
-  again = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=_env(), capture_output=True,
+  again = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=env(), capture_output=True,
                          text=True, timeout=300)
   assert again.returncode == 0 and again.stderr.count('done, skipped') == 4
 
@@ -141,7 +139,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
   work.mkdir()
   plan = sweep.plan_runs(tiny_config('amat'), str(work), sat_eps=(0.5,))
   sweep._check_plan(str(work), tiny_config('amat'), plan)
-  proc = subprocess.run(_sweep_cmd(config, work, '--config.eval.steps=5'), cwd=REPO, env=_env(),
+  proc = subprocess.run(_sweep_cmd(config, work, '--config.eval.steps=5'), cwd=REPO, env=env(),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = proc.stderr.strip().splitlines()[-1]

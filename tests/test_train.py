@@ -193,7 +193,7 @@ def test_learning_curve_records_clean_validation_metrics(tmp_path):
 
 
 FRESH_STATE_CHECK = """
-import sys, tempfile
+import tempfile
 import jax, numpy as np
 from robust_med import train
 from tiny import tiny_config
