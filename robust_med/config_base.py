@@ -15,6 +15,7 @@ from robust_med.errors import ConfigError
 
 EVAL_ATTACKS = ('pgd', 'apgd')
 DATA_PIPELINES = ('memory', 'grain')
+PROTOCOLS = ('robust_med', 'paper')
 DEFAULT_DATA_HOME = os.environ.get('ROBUST_MED_DATA', os.path.expanduser('~/robust_med_data'))
 
 
@@ -22,6 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = 'segmentation'
+  # Which settings a run claims to follow: 'robust_med' (the library's defaults below; claims no
+  # paper's setting) or 'paper' (set by the presets of configs named after a paper's experiment,
+  # which apply that paper's settings: docs/fidelity.md). Recorded in every report.
+  c.protocol = 'robust_med'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'            # 'synthetic' | 'msd'
@@ -71,8 +76,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.consistency_views = 0.0     # rtda: λ of the symmetric KL between two augmented views
   c.method.consistency_adv = 0.0       # rtda: λ of the symmetric KL between clean and adversarial
   c.method.fgsm_norm = 'linf'          # FGSM augmentations: norm of the one-step noise
+  c.method.fgsm_source = 'online'      # FGSM augmentations: 'online' (regenerated from the model
+                                       # being trained at every step) | 'offline' (generated once
+                                       # from the trained model in fgsm_checkpoint and added to
+                                       # the training set, which then trains with STD's loss)
+  c.method.fgsm_checkpoint = ''        # fgsm_source=offline: workdir of the trained model
   c.method.delta_eps = 1.0             # amat: Δε, margin growth step and initial margin
   c.method.xi_stat = 'mean'            # amat: 'mean' | 'mean+2std' of the clean training losses
+  c.method.xi_mode = 'per_term'        # amat: what must pass ξ: 'per_term' (every loss term its
+                                       # own ξ_k) | 'sum' (the summed loss one ξ) | 'score' (the
+                                       # head's per-sample score, e.g. segmentation's Dice, above
+                                       # the mean training score; refine='paper' only)
   c.method.xi_source = 'warmup'        # amat: 'warmup' (STD epochs first) | 'checkpoint'
   c.method.xi_warmup_epochs = 1        # amat, xi_source=warmup: STD epochs before ξ is measured
   c.method.xi_checkpoint = ''          # amat, xi_source=checkpoint: workdir of a trained STD run
@@ -91,6 +105,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.clip = ()                   # () = no clipping, else (lo, hi)
   c.attack.unroll = 'auto'             # 'auto' (unrolled on CPU: faster convolutions, slower
                                        # compiles; a loop elsewhere) | 'unrolled' | 'loop'
+
+  # Budgets in a paper's units (robust_med/units.py). With budgets='paper', method.eps,
+  # method.delta_eps, method.max_margin, eval.noise_levels, eval.huge_eps and interpret.eps are
+  # stated in the units of the paper's network input and converted once to this model's: the
+  # same per-pixel size relative to the intensity range. Reports show both.
+  c.units = ml_collections.ConfigDict()
+  c.units.budgets = 'model'            # 'model' | 'paper'
+  c.units.paper_shape = ()             # (C, H, W) of the paper's network input
+  c.units.paper_per_model_intensity = 1.0  # paper intensity units per unit of this model's input
+                                       # (e.g. 2.0: the paper's [-1, 1] for our [0, 1])
 
   # Training-time augmentation (config.method.augment): per-sample random strengths drawn up to
   # these maxima inside the jitted step; geometric ones move the head's targets too. 0 = off.
@@ -242,6 +266,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('data.train_split', 'data.eval_split'):
     need(isinstance(given[key], str) and bool(given[key]),
          f'config.{key} = {given[key]!r}: name a split of the data, e.g. train, val or test.')
+  need(config.protocol in PROTOCOLS, f'config.protocol = {config.protocol!r}: use one of '
+       f'{PROTOCOLS} (docs/fidelity.md).')
+  from robust_med import units  # Local import keeps this module light.
+  units.check(config)
+  need(config.method.fgsm_source in ('online', 'offline'), f'config.method.fgsm_source = '
+       f'{config.method.fgsm_source!r}: use online or offline.')
+  if config.method.fgsm_source == 'offline':
+    need(config.method.name in ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'),
+         f"config.method.fgsm_source = 'offline' applies to the FGSM augmentations, not "
+         f'{config.method.name!r}: set it to online or pick fgsm_aug, inverse_fgsm_aug or '
+         'fgsm_both_aug.')
+    need(bool(config.method.fgsm_checkpoint), "config.method.fgsm_source is 'offline' but "
+         'config.method.fgsm_checkpoint is empty: set it to the workdir of the trained model '
+         'the adversarial copies are made from.')
+    need(config.data.pipeline == 'memory', "config.method.fgsm_source = 'offline' adds the "
+         "copies to the training arrays in memory: set config.data.pipeline='memory'.")
   need(config.data.train_split != config.data.eval_split,
        f'config.data.train_split and config.data.eval_split are both {config.data.eval_split!r}: '
        'evaluating on the training data overstates the model; evaluate on another split.')
@@ -276,6 +316,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.method.name == 'amat':
     need(config.method.delta_eps > 0, 'config.method.delta_eps must be > 0 for amat: set it to the '
          'margin growth step Δε (e.g. 10 for MSD Prostate).')
+    need(config.method.xi_mode in methods.XI_MODES,
+         f'Unknown config.method.xi_mode {config.method.xi_mode!r}: use one of {methods.XI_MODES}.')
+    if config.method.xi_mode == 'score':
+      need(bool(getattr(task, 'xi_score_name', '')), f"config.method.xi_mode = 'score' but the "
+           f'{config.task!r} head defines no per-sample score for ξ (Task.xi_score): use '
+           "xi_mode='sum' or 'per_term'.")
+      need(config.method.refine == 'paper', "config.method.xi_mode = 'score' works with "
+           "refine='paper' only: set --config.method.refine=paper or another xi_mode.")
     need(config.method.xi_stat in methods.XI_STATS,
          f'Unknown config.method.xi_stat {config.method.xi_stat!r}: use one of {methods.XI_STATS}.')
     need(config.method.refine in methods.REFINE_RULES,

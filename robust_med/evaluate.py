@@ -336,10 +336,19 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   into `out` as robustness.json, robustness.png and examples.png (and, when `config.shift` asks
   for it, shift.json and shift.png: `robust_med.shift`); failed checks are printed as warnings on
   stderr."""
+  from robust_med import units
   data = evaluation_subset(data, config.eval.max_samples)
-  extra = dict(extra, compute_dtype=config.model.get('compute_dtype', 'float32'))
+  extra = dict(extra, compute_dtype=config.model.get('compute_dtype', 'float32'),
+               protocol=config.get('protocol', 'robust_med'))
+  unit_report = units.report(config)
+  if unit_report:
+    extra['units'] = unit_report
   report = robustness_report(evaluator, params, data, config.eval, clip=config.attack.clip,
                              extra=extra)
+  if unit_report:  # Every row also in the paper's units.
+    for rows in report['curves'].values():
+      for row in rows:
+        row['eps_paper'] = row['eps'] / unit_report['model_per_paper']
   os.makedirs(out, exist_ok=True)
   write_examples(evaluator, params, data, config.eval.noise_levels,
                  os.path.join(out, 'examples.png'), title=extra.get('method', 'model'))
@@ -478,6 +487,8 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
     raise errors.UserError(f'unknown split {split!r}: the data ({config.data.root or config.data.name}) '
                     f'declares the splits {list(splits)}; pass --split=<one of them>.')
   data, info = task.load_split(split)
+  from robust_med import units
+  config = units.resolve(config, data['image'].shape[1:])
   mesh = sharding.make_mesh(config.mesh.num_devices)
   model, params, meta, step = restore_model(task, workdir, info, data['image'], mesh, step,
                                             what=f'The {split!r} split of the data')

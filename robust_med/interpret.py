@@ -184,6 +184,8 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
   saliency.check_settings(probe)
   ks = alignment.check_top_k(config.interpret.top_k)
   data, info, counts = annotated_images(task, config, split)
+  from robust_med import units
+  config = units.resolve(config, data['image'].shape[1:])
   figure_rows(data, config)  # Bad figure ids are refused before any work.
   eps = middle_level(config.eval.noise_levels) if eps is None and not config.interpret.eps \
       else float(config.interpret.eps if eps is None else eps)

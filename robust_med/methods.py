@@ -7,14 +7,17 @@ A method is called inside the jitted train step as
 where `objective.terms(x)` gives the per-term per-sample losses `{name: (B,)}` of the model being
 trained (differentiable in its parameters), `objective.attack_loss(x)` gives the summed per-sample
 loss with the parameters held constant (what the attacks ascend), `margins` are the per-sample
-budgets of the batch (B,), `xi` the per-term thresholds (K,) in sorted term order and `key` a PRNG
-key. Methods without margins return them unchanged.
+budgets of the batch (B,), `xi` AMAT's thresholds (`xi_values`: one per term, one on the total, or
+one on the head's score) and `key` a PRNG key. Methods without margins return them unchanged.
 
 * `std`: L(f(x), y).
 * `sat`: (L(f(x), y) + L(f(x̃), y)) / 2, x̃ = PGD(x, y, ε) with a fixed ε.
 * `amat`: the same with x̃ = PGD(x, y, E(i)) for per-sample margins E; afterwards
-  E(i) += Δε when every term of L(f(x̃_i), y_i) is below its threshold ξ (enlarge), else
-  E(i) = (‖x̃_i − x_i‖ + E(i)) / 2 (refine).  Ma & Liang, "Adaptive adversarial training to improve
+  E(i) += Δε when the noisy sample is acceptable (enlarge), else E(i) = (‖x̃_i − x_i‖ + E(i)) / 2
+  (refine). Acceptable (`xi_mode`): L(f(x̃_i), y_i) < ξ for the summed loss ('sum', the paper's
+  rule for a one-term loss such as nnU-Net's), every term below its own ξ_k ('per_term', the
+  paper's rule for a loss of K terms), or the head's per-sample score above ξ ('score': the
+  authors' nnU-Net code tests the sample's Dice against the mean training Dice).  Ma & Liang, "Adaptive adversarial training to improve
   adversarial robustness of DNNs for medical image segmentation and detection".
 * `fgsm_aug`: (L(x) + L(x + ε·sign∇L)) / 2; `inverse_fgsm_aug`: (L(x) + L(x − ε·sign∇L)) / 2; and
   `fgsm_both_aug`: (L(x) + L(x + ε·sign∇L) + L(x − ε·sign∇L)) / 3 ("adversarial attack driven data
@@ -52,6 +55,8 @@ class Objective:
   terms: Callable[[jax.Array], Terms]
   attack_loss: Callable[[jax.Array], jax.Array]
   attack_terms: Callable[[jax.Array], Terms] | None = None
+  # xi_mode='score': the head's per-sample score (B,) of outputs (`Task.xi_score`), higher better.
+  score_of: Callable[[Any], jax.Array] | None = None
   # For methods that compare predictions (consistency): the model's outputs (differentiable in
   # the parameters), the loss terms of given outputs, the head's per-sample divergence of two
   # outputs (B,), and `second_view(key)`, another augmented view of the batch's samples whose
@@ -73,6 +78,39 @@ def total(terms: Terms) -> jax.Array:
 def stack_terms(terms: Terms) -> jax.Array:
   """Per-sample terms as a (B, K) array in sorted name order (the order of ξ)."""
   return jnp.stack([terms[k] for k in sorted(terms)], axis=-1)
+
+
+XI_MODES = ('per_term', 'sum', 'score')
+
+
+def xi_names(term_names, mode: str) -> tuple[str, ...]:
+  """The names of AMAT's thresholds under `mode`, in the order of ξ."""
+  if mode not in XI_MODES:
+    raise ConfigError(f'Unknown config.method.xi_mode {mode!r}: use one of {XI_MODES}.')
+  return {'per_term': tuple(sorted(term_names)), 'sum': ('total',), 'score': ('score',)}[mode]
+
+
+def xi_values(terms: Terms, mode: str, score: jax.Array | None = None, xp=jnp) -> jax.Array:
+  """The (B, K') values AMAT compares with its thresholds ξ (K',): a sample is acceptable when
+  every value is below its threshold. 'per_term': the K loss terms in sorted name order; 'sum':
+  their total (K' = 1); 'score': the negated per-sample score (K' = 1), so that "score above the
+  mean score" reads as "value below ξ" (ξ then holds the negated threshold; `xi_display` turns it
+  back). `xp=np` computes on the host in the terms' precision."""
+  if mode == 'per_term':
+    return xp.stack([terms[k] for k in sorted(terms)], axis=-1)
+  if mode == 'sum':
+    return total(terms)[:, None]
+  if mode == 'score':
+    if score is None:
+      raise ValueError("xi_mode='score' needs the head's per-sample score (Objective.score_of).")
+    return -score[:, None]
+  raise ConfigError(f'Unknown config.method.xi_mode {mode!r}: use one of {XI_MODES}.')
+
+
+def xi_display(xi, mode: str) -> np.ndarray:
+  """ξ as a reader states it: the thresholds themselves, or for 'score' the score threshold."""
+  xi = np.asarray(xi, np.float64)
+  return -xi if mode == 'score' else xi
 
 
 def _term_metrics(prefix: str, terms: Terms) -> dict[str, jax.Array]:
@@ -152,42 +190,63 @@ class Amat:
     E(i) = min(E(i), distance of that iterate), which can shrink it.
 
   `max_margin` > 0 clamps the margins to [0, max_margin] (the authors' `max_margin`).
-  `adv_only_correct` (the authors' AMAT_loss): a sample whose clean loss terms are not all below
-  ξ gets no adversarial loss and keeps its margin; the loss is
+  `adv_only_correct` (the authors' AMAT_loss): a sample that is not acceptable clean gets no
+  adversarial loss and keeps its margin; the loss is
   (mean clean loss + mean noisy loss over the other samples) / 2.
+  `xi_mode` picks what "acceptable" tests (`xi_values`); 'score' works with refine='paper' only.
   """
   delta_eps: float
   attack: AttackSettings
   refine: str = 'paper'
   max_margin: float = 0.0
   adv_only_correct: bool = False
+  xi_mode: str = 'per_term'
   uses_margins = True
   needs_xi = True
 
+  def _losses(self, objective: Objective, x, x_adv):
+    """The loss, the (B, K') values of the clean and noisy samples (no gradient) and metrics."""
+    if self.xi_mode != 'score':
+      loss, clean, noisy, metrics = clean_and_noisy_loss(objective, x, x_adv)
+      values = [jax.lax.stop_gradient(xi_values(t, self.xi_mode)) for t in (clean, noisy)]
+      return loss, clean, noisy, values, metrics
+    if objective.outputs is None or objective.terms_of is None or objective.score_of is None:
+      raise ValueError("xi_mode='score' needs Objective.outputs, terms_of and score_of.")
+    out_clean, out_noisy = objective.outputs(x), objective.outputs(x_adv)
+    clean, noisy = objective.terms_of(out_clean), objective.terms_of(out_noisy)
+    loss = jnp.mean(total(clean) + total(noisy)) / 2
+    metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy)}
+    values = [jax.lax.stop_gradient(xi_values(t, 'score', objective.score_of(o)))
+              for t, o in ((clean, out_clean), (noisy, out_noisy))]
+    metrics['noisy/score'] = -jnp.mean(values[1])
+    return loss, clean, noisy, values, metrics
+
   def __call__(self, objective: Objective, x, margins, xi, key):
     if self.refine == 'boundary':
+      if self.xi_mode == 'score':
+        raise ConfigError("config.method.xi_mode = 'score' works with refine='paper' only: set "
+                          "--config.method.refine=paper or another xi_mode.")
       if objective.attack_terms is None:
         raise ValueError("refine='boundary' needs Objective.attack_terms.")
       a = self.attack
       # The last iterate is checked on the noisy terms the loss computes there anyway.
       x_adv, x_boundary, crossed = attacks.boundary_pgd(
-          lambda z: stack_terms(objective.attack_terms(z)), x, margins, xi, norm=a.norm,
-          steps=a.steps, step_size=a.step_size(margins, x),
+          lambda z: xi_values(objective.attack_terms(z), self.xi_mode), x, margins, xi,
+          norm=a.norm, steps=a.steps, step_size=a.step_size(margins, x),
           key=key if a.random_start else None, clip=a.clip, unroll=a.unroll, check_last=False)
     else:
       x_adv = self.attack(objective.attack_loss, x, margins, key)
-    loss, clean, noisy, metrics = clean_and_noisy_loss(objective, x, x_adv)
+    loss, clean, noisy, (clean_v, noisy_v), metrics = self._losses(objective, x, x_adv)
     if self.refine == 'boundary':
-      _, x_boundary, crossed = attacks.boundary_finish(x_adv, x_boundary, crossed,
-                                                       stack_terms(noisy), xi)
+      _, x_boundary, crossed = attacks.boundary_finish(x_adv, x_boundary, crossed, noisy_v, xi)
     correct = jnp.ones(x.shape[:1], bool)
     if self.adv_only_correct:
-      correct = jax.lax.stop_gradient(jnp.all(stack_terms(clean) < xi, axis=-1))
+      correct = jnp.all(clean_v < xi, axis=-1)
       weight = correct.astype(x.dtype)
       noisy_mean = jnp.sum(total(noisy) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
       loss = (jnp.mean(total(clean)) + noisy_mean) / 2
       metrics.update(loss=loss, correct_fraction=jnp.mean(weight))
-    noisy_k = jax.lax.stop_gradient(stack_terms(noisy))
+    noisy_k = noisy_v
     if self.refine == 'boundary':
       grow = ~crossed
       distance = attacks.perturbation_norm(x_boundary - x, self.attack.norm)
@@ -317,29 +376,35 @@ def build_method(method_config, attack_config):
   if name == 'amat':
     return Amat(delta_eps=method_config.delta_eps, attack=settings,
                 refine=method_config.refine, max_margin=method_config.max_margin,
-                adv_only_correct=method_config.adv_only_correct)
+                adv_only_correct=method_config.adv_only_correct,
+                xi_mode=method_config.xi_mode)
   if name == 'rtda':
     return Rtda(eps=method_config.eps, attack=settings, grad_penalty=method_config.grad_penalty,
                 consistency_views=method_config.consistency_views,
                 consistency_adv=method_config.consistency_adv)
   augment = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
              'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
+  if name in augment and method_config.get('fgsm_source', 'online') == 'offline':
+    return Std()  # The copies are in the training set already (robust_med.offline_augmentation).
   if name in augment:
     return AttackAugmentation(eps=method_config.eps, attack_names=augment[name],
                               norm=method_config.fgsm_norm, clip=settings.clip)
   raise ConfigError(f'Unknown method {name!r}: set config.method.name to one of {METHODS}.')
 
 
-def estimate_xi(clean_terms: Mapping[str, np.ndarray], stat: str = 'mean') -> np.ndarray:
-  """AMAT's thresholds from per-sample clean losses V of a model trained on clean data.
+def estimate_xi(clean_terms: Mapping[str, np.ndarray], stat: str = 'mean',
+                mode: str = 'per_term', scores: np.ndarray | None = None) -> np.ndarray:
+  """AMAT's thresholds from the per-sample clean values V (`xi_values` of the losses, or of the
+  `scores`) of a model trained on clean data.
 
-  Returns a (K,) vector in sorted term order: mean(V_k), or mean(V_k) + 2·std(V_k).
+  Returns a (K',) vector in the order of `xi_names`: mean(V_k), or mean(V_k) + 2·std(V_k).
   Call it on training data only.
   """
   if stat not in XI_STATS:
     raise ConfigError(f'Unknown xi statistic {stat!r}: set config.method.xi_stat to one of '
                       f'{XI_STATS}.')
-  v = np.stack([np.asarray(clean_terms[k], np.float64) for k in sorted(clean_terms)], axis=-1)
+  terms = {k: np.asarray(v, np.float64) for k, v in clean_terms.items()}
+  v = xi_values(terms, mode, None if scores is None else np.asarray(scores, np.float64), xp=np)
   xi = v.mean(axis=0)
   if stat == 'mean+2std':
     xi = xi + 2 * v.std(axis=0)

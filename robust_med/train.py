@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from robust_med import checkpointing, compile_cache, methods, precision, sharding
 from robust_med import margins as margins_lib
-from robust_med import reports
+from robust_med import reports, units
 from robust_med.data.source import evaluation_subset
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
@@ -46,7 +46,7 @@ class TrainState:
   rng: jax.Array
   margins: jax.Array   # (N_train rounded up to the device count,): AMAT's E(i), by example id
                        # (a resume on another device count re-pads them)
-  xi: jax.Array        # (K,): AMAT's per-term thresholds, NaN until measured
+  xi: jax.Array        # (K',): AMAT's thresholds (methods.xi_names), NaN until measured
 
 
 def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
@@ -63,7 +63,7 @@ def state_shardings(state: TrainState, mesh) -> TrainState:
   return shardings.replace(margins=sharding.data_sharding(mesh))
 
 
-def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_terms: int,
+def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_xi: int,
                initial_margin: float, seed: int, mesh) -> TrainState:
   """A fresh state placed on the mesh; margins padded to a multiple of the device count."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
@@ -74,7 +74,7 @@ def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_terms
                      rng=rng,
                      margins=jnp.full((sharding.round_up(num_train, mesh.devices.size),),
                                       initial_margin, jnp.float32),
-                     xi=jnp.full((num_terms,), jnp.nan, jnp.float32))
+                     xi=jnp.full((num_xi,), jnp.nan, jnp.float32))
   return sharding.put_global(state, state_shardings(state, mesh))
 
 
@@ -107,6 +107,7 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None):
       terms_of = lambda out: task.loss_terms(out, batch)
       objective = methods.Objective(
           lambda x: terms_of(outputs(x)), lambda x: methods.total(attack_terms(x)), attack_terms,
+          score_of=lambda out: task.xi_score(out, batch),
           outputs=outputs, terms_of=terms_of, divergence=task.divergence, second_view=second_view)
       loss, new_margins, metrics = method(objective, batch['image'], margins, state.xi, key)
       return loss, (new_margins, metrics)
@@ -139,13 +140,22 @@ def jit_train_step(step_fn, state: TrainState, mesh):
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int) -> dict:
-  """Per-sample clean loss terms {name: (N,)} of `params` on `arrays` (for ξ).
+def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int,
+                           with_score: bool = False) -> dict:
+  """Per-sample clean loss terms {name: (N,)} of `params` on `arrays` (for ξ), and with
+  `with_score` the head's per-sample score (`Task.xi_score`) under the key 'xi_score'.
 
   In a multi-process run the outputs are replicated, so that every process can read them."""
   replicate = {'out_shardings': sharding.replicated(mesh)} if sharding.is_multiprocess() else {}
-  fn = jax.jit(lambda p, b: task.loss_terms(model.apply({'params': p}, b['image']), b),
-               **replicate)
+
+  def terms(p, b):
+    out = model.apply({'params': p}, b['image'])
+    values = dict(task.loss_terms(out, b))
+    if with_score:
+      values['xi_score'] = task.xi_score(out, b)
+    return values
+
+  fn = jax.jit(terms, **replicate)
   return evaluate_lib.per_sample_outputs(lambda _, b: fn(params, b), arrays, mesh, batch_size)
 
 
@@ -184,8 +194,16 @@ class Trainer:
     self.task = get_task_class(config.task)(config)
     self.train_data, self.info = self.task.load_split(config.data.train_split)
     self.eval_data, _ = self.task.load_split(config.data.eval_split)
+    # The run's config as given (config.json) and with its budgets in the model's units.
+    self.given_config = config
+    self.config = config = units.resolve(config, self.train_data['image'].shape[1:])
     self.model = precision.build_model(self.task, self.info)
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
+    self.offline_record = None
+    if config.method.get('fgsm_source', 'online') == 'offline':
+      from robust_med import offline_augmentation
+      self.train_data, self.offline_record = offline_augmentation.augment_training_set(
+          config, self.task, self.info, self.train_data, self.mesh)
     n_dev = self.mesh.devices.size
     if config.batch_size % n_dev:
       raise ConfigError(f'config.batch_size = {config.batch_size} is not divisible by the '
@@ -211,11 +229,14 @@ class Trainer:
                  'data': self.task.data_signature(self.info)}
     os.makedirs(workdir, exist_ok=True)
     self.log = MetricsLog(workdir)
+    if self.offline_record is not None:
+      self.log.write(self.offline_record)
     self._curve_evaluator = self._curve_data = None
 
   def fresh_state(self) -> TrainState:
     return init_state(self.model, self.tx, self.train_data['image'], num_train=self.num_train,
-                      num_terms=len(self.task.loss_term_names),
+                      num_xi=len(methods.xi_names(self.task.loss_term_names,
+                                                  self.config.method.xi_mode)),
                       initial_margin=self.config.method.delta_eps, seed=self.config.seed,
                       mesh=self.mesh)
 
@@ -255,8 +276,9 @@ class Trainer:
           'config.method.xi_checkpoint to one.')
       mngr.close()
     terms = per_sample_clean_terms(self.task, self.model, params, self.train_data, self.mesh,
-                                   self.config.eval.batch_size)
-    return methods.estimate_xi(terms, mc.xi_stat)
+                                   self.config.eval.batch_size, mc.xi_mode == 'score')
+    scores = terms.pop('xi_score', None)
+    return methods.estimate_xi(terms, mc.xi_stat, mc.xi_mode, scores)
 
   def train(self) -> TrainState:
     config = self.config
@@ -265,7 +287,7 @@ class Trainer:
     # Written once the checkpoint is known to match, so a refused resume leaves the run intact.
     if jax.process_index() == 0:
       reports.write_json(os.path.join(self.workdir, 'config.json'),
-                              json.loads(config.to_json_best_effort()))
+                         json.loads(self.given_config.to_json_best_effort()))
     main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx,
                                                *augment_settings(config)), state, self.mesh)
     std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx,
@@ -286,10 +308,12 @@ class Trainer:
           xi, xi_ready = self.measure_xi(state.params), True
           state = state.replace(xi=sharding.put_global(jnp.asarray(xi),
                                                        sharding.replicated(self.mesh)))
-          names = sorted(self.task.loss_term_names)  # ξ's order.
+          mode = config.method.xi_mode
+          names = methods.xi_names(self.task.loss_term_names, mode)  # ξ's order.
           self.log.write({'type': 'xi', 'step': step, 'source': config.method.xi_source,
-                          'stat': config.method.xi_stat,
-                          **{f'xi/{k}': float(v) for k, v in zip(names, xi)}})
+                          'stat': config.method.xi_stat, 'mode': mode,
+                          **{f'xi/{k}': float(v)
+                             for k, v in zip(names, methods.xi_display(xi, mode))}})
         fn = std_step if step < self.warmup_steps else main_step
         state, metrics = fn(state, self._put_batch(batch))
         step += 1

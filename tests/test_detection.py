@@ -158,10 +158,10 @@ def test_average_iou_and_map_by_hand():
   stats = dict(gt_box=gt_box, gt_label=gt_label, gt_valid=gt_valid, det_box=det_box,
                det_label=det_label, det_score=det_score, det_valid=det_valid)
   m = detection.detection_metrics(stats, ('a', 'b'), score_threshold=0.25)
-  assert m['avg_iou'] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+  assert m['avg_iou_best'] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
   # One to one over every kept detection: image 1's two class-1 boxes both claim its cell, and
   # the higher-scoring one (IoU 1) keeps it; image 0 as above.
-  assert m['avg_iou_matched'] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+  assert m['avg_iou'] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
   # Class a: one of two cells found, at IoU 0.5, with precision 1: at the 0.5 threshold the 51
   # recall points ≤ 0.5 read precision 1 (AP 51/101), above it nothing matches (AP 0).
   # Class b: ranked 0.8 (a false positive in image 0), 0.7 (the cell), 0.1 (false): the one
@@ -171,8 +171,22 @@ def test_average_iou_and_map_by_hand():
   assert m['ap50_95/b'] == pytest.approx(0.5)
   assert m['map50'] == pytest.approx((ap_a50 + 0.5) / 2)
   assert m['map50_95'] == pytest.approx((ap_a50 / 10 + 0.5) / 2)
+  # Per image for the worst case (one to one): image 0's boxes 0.5 and 0, image 1's one box 1.
   task = detection.Task(tiny_detection_config())
   np.testing.assert_allclose(task.sample_scores(stats), [0.25, 1.0])
+
+
+def test_reported_average_iou_is_one_to_one_on_two_cells_one_box():
+  # Two cells annotated on one spot and one perfect detection: the reported avg_iou (the authors'
+  # one-to-one matching) lets the detection serve one cell: (1 + 0) / 2 = 0.5; avg_iou_best gives
+  # each cell its best overlap, 1.0.
+  stats = dict(gt_box=np.array([[[0, 0, 10, 10], [0, 0, 10, 10]]], float),
+               gt_label=np.array([[0, 0]]), gt_valid=np.array([[True, True]]),
+               det_box=np.array([[[0, 0, 10, 10]]], float), det_label=np.array([[0]]),
+               det_score=np.array([[0.9]]), det_valid=np.array([[True]]))
+  m = detection.detection_metrics(stats, ('a',), score_threshold=0.25)
+  assert m['avg_iou'] == pytest.approx(0.5)
+  assert m['avg_iou_best'] == pytest.approx(1.0)
 
 
 def test_xi_is_a_three_vector_from_the_training_split_only():

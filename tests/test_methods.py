@@ -463,3 +463,74 @@ def test_refine_options_are_validated():
   c.method.refine, c.method.max_margin = 'boundary', -1.0
   with pytest.raises(ConfigError, match='max_margin'):
     config_base.validate(c)
+
+
+# ----------------------------------------------------------------------------- what passes ξ
+
+
+def test_xi_on_the_summed_loss_grows_a_sample_the_per_term_rule_refines():
+  # Clean training losses of the STD model: CE 0.2 and 0.4 (mean 0.3), Dice 0.4 and 0.6 (mean
+  # 0.5); their sum has mean 0.8. A noisy sample with CE 0.2 (under its mean), Dice 0.55 (over
+  # its mean), sum 0.75 (under 0.8) passes the paper's one threshold and fails the per-term test.
+  clean = {'dice': np.array([0.4, 0.6]), 'ce': np.array([0.2, 0.4])}
+  np.testing.assert_allclose(methods.estimate_xi(clean, 'mean', 'per_term'), [0.3, 0.5])
+  np.testing.assert_allclose(methods.estimate_xi(clean, 'mean', 'sum'), [0.8])
+  noisy = {'ce': jnp.asarray([0.2]), 'dice': jnp.asarray([0.55])}
+  margins, norms = jnp.asarray([2.0]), jnp.asarray([2.0])
+  for mode, want in (('sum', 2.5), ('per_term', 2.0)):
+    xi = jnp.asarray(methods.estimate_xi(clean, 'mean', mode))
+    new = methods.amat_margin_update(margins, methods.xi_values(noisy, mode), xi, norms, 0.5)
+    assert float(new[0]) == pytest.approx(want), mode
+
+
+def test_amat_xi_modes_end_to_end():
+  # Terms that the tiny budget barely moves: sample 0 sits at CE 0.2, Dice 0.55 (as above);
+  # sample 1 at CE 0.35, Dice 0.4 (CE over its ξ, sum 0.75 under). E = 1e-3, Δε = 0.5.
+  w = jnp.asarray([0.6, 0.0, 0.8, 0.0, 0.0])
+  base = jnp.asarray([[0.2, 0.55], [0.35, 0.4]])
+  terms = lambda z: {'ce': base[:, 0] + z @ w, 'dice': base[:, 1] + z @ w}
+  objective = methods.Objective(terms, lambda z: methods.total(terms(z)), terms)
+  x, margins = jnp.zeros((2, 5)), jnp.full((2,), 1e-3)
+  # Not grown: the paper's refine keeps E ((E + E) / 2); boundary refine drops it to the
+  # crossing, 0 (the clean sample is already past a threshold).
+  grown = 1e-3 + 0.5
+  for mode, xi, want in (('sum', [0.8], {'paper': grown, 'boundary': grown}),
+                         ('per_term', [0.3, 0.5], {'paper': 1e-3, 'boundary': 0.0})):
+    for refine in methods.REFINE_RULES:
+      _, new, metrics = _call(_amat(refine=refine, xi_mode=mode), objective, x, margins,
+                              jnp.asarray(xi))
+      np.testing.assert_allclose(np.asarray(new), [want[refine]] * 2, atol=2e-5,
+                                 err_msg=f'{mode} {refine}')
+      assert float(metrics['grow_fraction']) == (1.0 if mode == 'sum' else 0.0)
+
+
+def test_amat_score_mode_grows_samples_scoring_above_the_mean_score():
+  # outputs = x·w; one loss term; the head's score is 1 − outputs (higher is better). Training
+  # scores 0.6 and 0.8: ξ holds −0.7; a sample grows when its noisy score is above 0.7.
+  w = jnp.asarray([0.6, 0.0, 0.8, 0.0, 0.0])
+  outputs = lambda z: z @ w
+  terms_of = lambda out: {'l': out}
+  objective = methods.Objective(lambda z: terms_of(outputs(z)), outputs, outputs=outputs,
+                                terms_of=terms_of, score_of=lambda out: 1.0 - out)
+  xi = methods.estimate_xi({'l': np.zeros(2)}, 'mean', 'score', scores=np.array([0.6, 0.8]))
+  np.testing.assert_allclose(xi, [-0.7])
+  assert methods.xi_display(xi, 'score') == pytest.approx([0.7])
+  x = jnp.asarray([0.1, 0.5])[:, None] * w[None]         # clean scores 0.9 and 0.5
+  _, new, metrics = _call(_amat(xi_mode='score'), objective, x, jnp.full((2,), 0.1),
+                          jnp.asarray(xi))
+  # PGD raises x·w by the full margin 0.1: noisy scores 0.8 (grows) and 0.4 (refined: stays).
+  np.testing.assert_allclose(np.asarray(new), [0.6, 0.1], atol=1e-5)
+  assert float(metrics['noisy/score']) == pytest.approx((0.8 + 0.4) / 2, abs=1e-5)
+  with pytest.raises(ConfigError, match='refine'):
+    _call(_amat(xi_mode='score', refine='boundary'), objective, x, jnp.full((2,), 0.1),
+          jnp.asarray(xi))
+
+
+def test_xi_mode_is_validated():
+  c = base_config()
+  c.method.xi_mode = 'both'
+  with pytest.raises(ConfigError, match='xi_mode'):
+    config_base.validate(c)
+  c.method.xi_mode, c.method.refine = 'score', 'boundary'
+  with pytest.raises(ConfigError, match="refine='paper'"):
+    config_base.validate(c)

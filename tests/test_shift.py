@@ -155,7 +155,7 @@ def test_augmented_train_step_moves_each_heads_targets(head):
   tx = train.make_optimizer(config.optimizer, 10)
   mesh = sharding.make_mesh(1)
   state = train.init_state(model, tx, data['image'], num_train=len(data['id']),
-                           num_terms=len(task.loss_term_names), initial_margin=0.5, seed=0,
+                           num_xi=len(task.loss_term_names), initial_margin=0.5, seed=0,
                            mesh=mesh)
   from robust_med import methods
   step = train.jit_train_step(train.make_train_step(task, model, methods.Std(), tx, settings),

@@ -143,17 +143,88 @@ def test_nan_loss_stops_with_one_clear_line(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / 'checkpoints' / '4'), 'a NaN state was checkpointed'
 
 
-def test_xi_from_a_std_checkpoint(tmp_path):
+@pytest.fixture(scope='module')
+def std_run(tmp_path_factory):
+  """A finished tiny STD run: (workdir, final state)."""
+  workdir = tmp_path_factory.mktemp('std_run') / 'std'
+  return workdir, _train(tiny_config('std'), workdir)[1]
+
+
+def test_xi_from_a_std_checkpoint(tmp_path, std_run):
   """ξ measured with a finished STD run's parameters on this run's training split."""
-  _, std_state = _train(tiny_config('std'), tmp_path / 'std')
+  std_dir, std_state = std_run
   config = tiny_config('amat', **{'method.xi_source': 'checkpoint',
-                                  'method.xi_checkpoint': str(tmp_path / 'std'),
+                                  'method.xi_checkpoint': str(std_dir),
                                   'method.xi_stat': 'mean+2std', 'num_epochs': 1})
   trainer, state = _train(config, tmp_path / 'amat')
   terms = train.per_sample_clean_terms(trainer.task, trainer.model, std_state.params,
                                        trainer.train_data, trainer.mesh, 8)
   expected = [terms[k].mean() + 2 * terms[k].std() for k in ('ce', 'dice')]
   np.testing.assert_allclose(_host(state.xi), expected, rtol=1e-5)
+
+
+def test_xi_on_the_sum_and_on_the_dice_score_from_a_std_checkpoint(std_run):
+  """'sum': one ξ, the mean summed training loss; 'score': the mean training hard Dice (the best
+  foreground class per image, as the AMAT authors' getOnlineDiceMax), computed here by hand."""
+  std_dir, std_state = std_run
+  def trainer_for(mode):
+    return train.Trainer(tiny_config('amat', **{
+        'method.xi_source': 'checkpoint', 'method.xi_checkpoint': str(std_dir),
+        'method.xi_mode': mode}), '/tmp/unused_xi_mode_workdir')
+  trainer = trainer_for('sum')
+  params = trainer.fresh_state().params
+  terms = train.per_sample_clean_terms(trainer.task, trainer.model, std_state.params,
+                                       trainer.train_data, trainer.mesh, 8)
+  np.testing.assert_allclose(trainer.measure_xi(params), [np.mean(terms['ce'] + terms['dice'])],
+                             rtol=1e-5)
+  trainer = trainer_for('score')
+  data = trainer.train_data
+  pred = np.asarray(trainer.model.apply({'params': _host(std_state.params)},
+                                        data['image'])).argmax(-1)
+  labels = np.asarray(data['label'])
+  dice = []
+  for p, g in zip(pred, labels):
+    per_class = []
+    for c in range(1, 3):
+      tp, fp, fn = ((p == c) & (g == c)).sum(), ((p == c) & (g != c)).sum(), ((p != c) & (g == c)).sum()
+      per_class.append(2 * tp / (2 * tp + fp + fn + 1e-8))
+    dice.append(max(per_class))
+  xi = trainer.measure_xi(params)
+  assert xi.shape == (1,) and 0 < np.mean(dice) < 1
+  np.testing.assert_allclose(-xi, [np.mean(dice)], rtol=1e-5)
+
+
+def test_offline_fgsm_doubles_the_training_set_with_the_checkpoints_copies(std_run):
+  """fgsm_source='offline': the training set followed by the FGSM copy of every sample, made by
+  the given checkpoint's model (not the fresh one), targets repeated, and nothing else."""
+  from robust_med import attacks, methods
+  std_dir, std_state = std_run
+  config = tiny_config('fgsm_aug', **{'method.eps': 0.05, 'method.fgsm_source': 'offline',
+                                      'method.fgsm_checkpoint': str(std_dir)})
+  plain = train.Trainer(tiny_config('std'), '/tmp/unused_offline_workdir')
+  trainer = train.Trainer(config, '/tmp/unused_offline_workdir')
+  orig, data = plain.train_data, trainer.train_data
+  n = len(orig['id'])
+  assert trainer.num_train == 2 * n and sorted(data) == sorted(orig)
+  np.testing.assert_array_equal(data['id'], np.arange(2 * n))
+  np.testing.assert_array_equal(data['image'][:n], orig['image'])
+  for k in orig:
+    if k not in ('image', 'id'):
+      np.testing.assert_array_equal(data[k][:n], orig[k])
+      np.testing.assert_array_equal(data[k][n:], orig[k])
+  assert isinstance(trainer.method, methods.Std)
+
+  def fgsm_by(params):
+    loss = lambda x: methods.total(plain.task.loss_terms(
+        plain.model.apply({'params': params}, x), orig))
+    return np.asarray(attacks.fgsm(loss, jax.numpy.asarray(orig['image']), 0.05))
+
+  copies = data['image'][n:]
+  np.testing.assert_allclose(np.abs(copies - orig['image']).max(), 0.05, rtol=1e-5)
+  assert np.isclose(copies, fgsm_by(_host(std_state.params)), atol=1e-6).mean() > 0.99
+  assert np.isclose(copies, fgsm_by(_host(plain.fresh_state().params)), atol=1e-6).mean() < 0.9
+  record = trainer.offline_record
+  assert record['checkpoint'] == str(std_dir) and record['added'] == n
 
 
 def test_xi_checkpoint_must_be_a_std_run(tmp_path):
@@ -201,7 +272,7 @@ host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
 trainer = train.Trainer(tiny_config('amat'), tempfile.mkdtemp())
 image = trainer.train_data['image']
 state = train.init_state(trainer.model, trainer.tx, image, num_train=trainer.num_train,
-                         num_terms=2, initial_margin=0.5, seed=3, mesh=trainer.mesh)
+                         num_xi=2, initial_margin=0.5, seed=3, mesh=trainer.mesh)
 init_key, _ = jax.random.split(jax.random.PRNGKey(3))
 params = trainer.model.init(init_key, image[:1])['params']
 jax.tree.map(np.testing.assert_array_equal, host(state.params), host(params))

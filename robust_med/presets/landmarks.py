@@ -7,20 +7,33 @@ import os
 import ml_collections
 
 from robust_med import config_base
-from robust_med.presets import check_variant
+from robust_med.presets import apply_protocol, parse_arg
 
 # Landmark detection on ISBI 2015 cephalograms (Ma & Liang §3.2; Yao et al. 2020): input 200×160
 # (H×W; each axis scaled on its own, the per-axis scales go into the mm conversion), intensities
-# in [0, 1], L2 noise grid on those inputs, AMAT's Δε and the SAT budgets of the paper.
+# in [0, 1] (1 channel). The L2 noise grid, AMAT's Δε and SAT's budgets are stated in the units of
+# the authors' input under the paper protocol: 3 × 200 × 160 in [-1, 1] (SarielMa/amat_conf
+# landmark_detection/data_loader.py: Resize([200, 160]), Normalize([0.5], [0.5])).
 CEPH = dict(patch_size=(200, 160), noise_levels=(0., 0.5, 1., 2., 3., 4., 5.), delta_eps=1.,
             sat_eps=(1., 2., 3., 5.))
+# The paper protocol (sources in docs/fidelity.md).
+PAPER = {
+    'method.xi_mode': 'per_term',          # §3: a vector ξ for a loss of K terms
+    'method.xi_stat': 'mean+2std',         # train_AMAT_2zscore.py: mean + 2·std
+    'attack.step_size_factor': 5.0,        # train_AMAT_2zscore.py: alpha = 5, max_iter = 20,
+    'attack.random_start': True,           # step = alpha·margin/max_iter, a random start
+    'attack.clip': (0.0, 1.0),             # their attacks clamp to the input range [-1, 1]
+    'units.budgets': 'paper',
+    'units.paper_shape': (3, 200, 160),
+    'units.paper_per_model_intensity': 2.0,  # [-1, 1] against our [0, 1]
+}
 VARIANTS = ('', 'cpu', 'synthetic')
 
 
 def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_collections.ConfigDict:
   """`configs/ceph_<method>.py`: '' is the paper-sized run (500 epochs, batch 8, 200×160), 'cpu' a
   CPU-sized run on the real data (96×80 inputs, a narrow depth-5 U-Net), 'synthetic' the offline demo."""
-  check_variant(arg, VARIANTS, 'configs/ceph_amat.py:synthetic')
+  arg, protocol = parse_arg(arg, VARIANTS, 'configs/ceph_amat.py:synthetic')
   c = config_base.task_config('landmarks')
   c.data.name = 'isbi2015'
   c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, 'isbi2015_ceph')
@@ -29,7 +42,7 @@ def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_co
   c.method.name = method
   c.method.delta_eps = CEPH['delta_eps']
   c.method.eps = CEPH['sat_eps'][0] if method == 'sat' else 0.0
-  c.method.xi_stat = 'mean+2std'          # Ma & Liang: ξ = mean + 2·std of the clean losses
+  c.method.xi_stat = 'mean+2std'          # also robust_med's setting for this head
   c.eval.noise_levels = CEPH['noise_levels']
   c.eval.batch_size = 16
   c.model.base_width, c.model.depth = 32, 4  # 200 and 160 are divisible by 2³
@@ -66,4 +79,9 @@ def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_co
     c.eval.steps = c.eval.apgd_steps = 20
     c.log_every_steps = 16
     c.checkpoint_every_steps = 64
+  paper = dict(PAPER)
+  if arg == 'synthetic':
+    # The synthetic images' budgets are the demo's own (no paper image to state them for).
+    paper = {k: v for k, v in paper.items() if not k.startswith('units.')}
+  apply_protocol(c, protocol, paper)
   return c

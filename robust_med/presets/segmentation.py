@@ -1,10 +1,11 @@
 """Segmentation presets: the MSD datasets' sizes, noise grids and ε, and their CPU and demo variants.
 
 `configs/<dataset>_<method>.py` calls `msd_config(dataset, method, arg)`. The `arg` after the colon
-picks a variant: '' (the paper-sized run on the real MSD data), 'cpu' (a CPU-sized run on the real
-data), 'cpu_long' (the CPU-sized model trained until STD's validation metric has plateaued, for
-convergence-length comparisons; see experiments/README.md), 'synthetic' (the offline demo on
-built-in phantoms; no files needed).
+picks a variant: '' (the full-sized run on the real MSD data: for Prostate and Heart the paper's
+input and batch sizes), 'cpu' (a CPU-sized run on the real data), 'cpu_long' (the CPU-sized model
+trained until STD's validation metric has plateaued, for convergence-length comparisons; see
+experiments/README.md), 'synthetic' (the offline demo on built-in phantoms; no files needed).
+Every variant follows the AMAT paper's protocol (`PAPER` below) unless ',robust_med' follows it.
 """
 
 from __future__ import annotations
@@ -14,27 +15,59 @@ import os
 import ml_collections
 
 from robust_med import config_base
-from robust_med.presets import check_variant
+from robust_med.presets import apply_protocol, parse_arg
 
-# The AMAT paper's settings: MSD task folder, channels, noise grid (L2, z-scored inputs),
-# AMAT's Δε and SAT's default ε (the paper also sweeps SAT over several ε; see experiments/).
+# Each MSD dataset: task folder, channels, classes, robust_med's full-sized input (Prostate and
+# Heart: the 2-D nnU-Net input the AMAT authors trained on, `paper_shape`, with its batch size;
+# Hippocampus: slices padded to 48×64, the nnU-Net input not verified), the L2 noise grid, AMAT's
+# Δε and SAT's ε, stated in the units of `paper_shape` (z-scored intensities, as nnU-Net's).
 DATASETS = {
-    'prostate': dict(folder='Task05_Prostate', channels=2, num_classes=3, patch_size=(128, 128),
-                     resize=True, noise_levels=(0., 10., 20., 30., 40.), delta_eps=10., sat_eps=20.),
-    'heart': dict(folder='Task02_Heart', channels=1, num_classes=2, patch_size=(128, 128),
-                  resize=True, noise_levels=(0., 5., 10., 15., 20., 25.), delta_eps=5., sat_eps=15.),
+    'prostate': dict(folder='Task05_Prostate', channels=2, num_classes=3, patch_size=(320, 320),
+                     batch_size=32, paper_shape=(2, 320, 320), resize=True,
+                     noise_levels=(0., 10., 20., 30., 40.), delta_eps=10., sat_eps=20.,
+                     cpu_patch_size=(128, 128)),
+    'heart': dict(folder='Task02_Heart', channels=1, num_classes=2, patch_size=(320, 256),
+                  batch_size=40, paper_shape=(1, 320, 256), resize=True,
+                  noise_levels=(0., 5., 10., 15., 20., 25.), delta_eps=5., sat_eps=15.,
+                  cpu_patch_size=(128, 128)),
     'hippocampus': dict(folder='Task04_Hippocampus', channels=1, num_classes=3,
-                        patch_size=(48, 64), resize=False,
+                        patch_size=(48, 64), batch_size=32, paper_shape=(1, 48, 64), resize=False,
                         noise_levels=(0., 1., 3., 5., 7., 9., 11., 13., 15.), delta_eps=2.5,
                         sat_eps=5., cpu_noise_levels=(0., 1., 3., 5., 7., 10., 15.)),
 }
+FGSM_METHODS = ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug')
+
+
+def paper_settings(dataset: str, method: str, variant: str) -> dict:
+  """The AMAT paper's protocol for MSD segmentation (sources in docs/fidelity.md)."""
+  d = DATASETS[dataset]
+  paper = {
+      'method.xi_mode': 'sum',              # Ma & Liang §3.1: one ξ = mean(V) of the whole loss
+      'attack.step_size_factor': 4.0,       # SarielMa/amat_conf nnUNet network_trainer.py:
+      'attack.random_start': True,          # step = 4·noise/max_iter, max_iter 20, random start
+      'units.budgets': 'paper',             # budgets stated for the paper's input
+      'units.paper_shape': d['paper_shape'],
+      'units.paper_per_model_intensity': 1.0,  # z-scored like nnU-Net's
+  }
+  if variant == '':
+    # Runs that need a trained STD model first find it at runs/<dataset>_std (the commands in
+    # docs/segmentation.md train it there; robust_med.sweep passes its own).
+    std = os.path.join('runs', f'{dataset}_std')
+    if method == 'amat':                    # ξ from a trained STD model (§3.1)
+      paper.update({'method.xi_source': 'checkpoint', 'method.xi_checkpoint': std})
+    if method in FGSM_METHODS:              # seed 001: the copies made once by a trained model
+      paper.update({'method.fgsm_source': 'offline', 'method.fgsm_checkpoint': std})
+  return paper
+
+
 VARIANTS = ('', 'cpu', 'cpu_long', 'synthetic')
 CPU_LONG_EPOCHS = 16  # see the cpu_long branch below
 
 
 def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.ConfigDict:
   d = DATASETS[dataset]
-  check_variant(arg, VARIANTS, 'configs/prostate_amat.py:synthetic')
+  arg, protocol = parse_arg(arg, VARIANTS, 'configs/prostate_amat.py:synthetic')
+  variant = arg
   c = config_base.base_config()
   c.task = 'segmentation'
   c.data.name = 'msd'
@@ -48,9 +81,10 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
   c.method.eps = d['sat_eps'] if method == 'sat' else 0.0
   c.eval.noise_levels = d['noise_levels']
   c.model.base_width, c.model.depth = 32, 5
-  c.batch_size, c.num_epochs = 32, 50
+  c.batch_size, c.num_epochs = d['batch_size'], 50
 
   if arg in ('cpu', 'cpu_long'):
+    c.data.patch_size = d.get('cpu_patch_size', d['patch_size'])
     c.model.base_width, c.model.depth = 8, 3
     c.batch_size, c.num_epochs = 32, 8
     c.optimizer.learning_rate = 2e-3
@@ -86,6 +120,11 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
     c.eval.noise_levels = (0., 0.5, 1., 2., 4.)
     c.log_every_steps = 16
     c.checkpoint_every_steps = 64
-  if method in ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
+  if method in FGSM_METHODS:
     c.method.eps = 0.05 if arg == 'synthetic' else 0.1  # L∞ budget in z-score units.
+  paper = paper_settings(dataset, method, variant)
+  if arg == 'synthetic':
+    # The phantoms' budgets above are the demo's own (no paper image to state them for).
+    paper = {k: v for k, v in paper.items() if not k.startswith('units.')}
+  apply_protocol(c, protocol, paper)
   return c

@@ -33,6 +33,8 @@ class Task(abc.ABC):
   sample_score_name: str = 'negated per-sample loss'
   #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
   loss_term_names: tuple[str, ...] = ()
+  #: What `xi_score` measures ('' = the head defines none; AMAT's xi_mode='score' needs one).
+  xi_score_name: str = ''
 
   @classmethod
   def default_config(cls) -> dict[str, dict[str, Any]]:
@@ -82,6 +84,14 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def loss_terms(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     """Per-sample loss of each term, each of shape (B,), keyed by `loss_term_names`."""
+
+  def xi_score(self, outputs: Any, batch: Batch) -> jax.Array:
+    """A per-sample score (B,), higher is better, that AMAT with xi_mode='score' compares with
+    its mean over the training set (e.g. segmentation's hard Dice). Pure; not differentiated.
+    Default: none (set `xi_score_name` when defining it)."""
+    del outputs, batch
+    raise ConfigError(f'The {self.name!r} head defines no per-sample score for ξ '
+                      "(Task.xi_score): use config.method.xi_mode='sum' or 'per_term'.")
 
   @abc.abstractmethod
   def eval_stats(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:

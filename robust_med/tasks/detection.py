@@ -22,16 +22,18 @@ Post-processing (jitted, outside any gradient path): score = σ(obj) · σ(best 
 `detection.pre_nms` best points, class-wise NMS at `detection.nms_iou` keeping up to
 `detection.max_detections` above `detection.map_score_threshold` (0.001, as YOLOv5's val.py).
 
-Metrics (host side, `robust_med.boxes`): `avg_iou` — each ground-truth box's best IoU among the
-detections of its class, unmatched = 0, averaged over every box of the split — counting detections
-with score ≥ `detection.score_threshold` (0.25, the deployed detector's threshold, so that a cloud
-of low-confidence boxes does not count as a detection); `avg_iou_matched`, the average IoU as the
-AMAT authors' code computes it (SarielMa/amat_conf, yolov5/evaluate_adv_avIOU.py): detections
-matched to boxes one to one over every detection kept (score ≥ 0.001), pooled over the boxes of
-the images that have a detection;
+Metrics (host side, `robust_med.boxes`): `avg_iou` — the average IoU as the AMAT authors' code
+computes it (SarielMa/amat_conf, yolov5/evaluate_adv_avIOU.py, `get_sample_iou`): every detection
+kept (score ≥ `detection.map_score_threshold`, 0.001 as theirs) claims the same-class box it
+overlaps most, a box keeps its highest-scoring claimant (one to one), unclaimed boxes count 0, and
+the mean is pooled over the boxes of the images that have a detection (an image without any is
+skipped, as their loop skips it); `avg_iou_best` — each ground-truth box's best IoU among the
+detections of its class scoring ≥ `detection.score_threshold` (0.25), one detection may serve
+several boxes, unmatched = 0, averaged over every box of the split (robust_med's earlier
+`avg_iou`: it does not skip images whose detections an attack removed);
 COCO-style `map50_95` and `map50` over every detection kept (101-point interpolation, checked
 against pycocotools), and the AP@0.5:0.95 of each class. A sample's score for the worst case is its
-image's average IoU.
+image's one-to-one average IoU (0 for an image with boxes but no detection, 1 for one without boxes).
 """
 
 from __future__ import annotations
@@ -131,30 +133,29 @@ def postprocess(outputs, *, pre_nms: int, nms_iou: float, score_threshold: float
 
 def detection_metrics(stats: Mapping[str, np.ndarray], class_names: tuple[str, ...],
                       score_threshold: float) -> dict[str, float]:
-  """avg_iou (over every ground-truth box, detections with score ≥ `score_threshold`), map50_95,
-  map50 and the AP@0.5:0.95 of each class (over every detection kept), and avg_iou_matched (the
-  AMAT authors' one-to-one average IoU, over every detection kept)."""
+  """avg_iou (the AMAT authors' one-to-one average IoU over every detection kept), map50_95,
+  map50 and the AP@0.5:0.95 of each class (over every detection kept), and avg_iou_best (over
+  every ground-truth box, its best IoU with detections scoring ≥ `score_threshold`)."""
   gt = (stats['gt_box'], stats['gt_label'], stats['gt_valid'])
   confident = stats['det_valid'] & (stats['det_score'] >= score_threshold)
   per_image = box_lib.average_iou(stats['det_box'], stats['det_label'], confident, *gt)
   counts = np.asarray(stats['gt_valid']).sum(axis=1)
   has = counts > 0
-  avg_iou = float(np.sum(per_image[has] * counts[has]) / max(counts.sum(), 1))
-  ap = box_lib.average_precision(stats['det_box'], stats['det_score'], stats['det_label'],
-                                 stats['det_valid'], *gt, num_classes=len(class_names))
-  with np.errstate(invalid='ignore'):
-    present = ~np.isnan(ap[0])
-    out = {'avg_iou': avg_iou,
-           'map50_95': float(ap[:, present].mean()) if present.any() else 0.0,
-           'map50': float(ap[0, present].mean()) if present.any() else 0.0}
-  for c, name in enumerate(class_names):
-    if present[c]:
-      out[f'ap50_95/{name}'] = float(ap[:, c].mean())
   # The AMAT authors' average IoU (boxes.matched_box_iou): one-to-one, over every detection kept,
   # pooled over the boxes of the images with a detection; 0 when no image has one.
   matched = box_lib.matched_box_iou(stats['det_box'], stats['det_score'], stats['det_label'],
                                     stats['det_valid'], *gt)
-  out['avg_iou_matched'] = float(np.nanmean(matched)) if (~np.isnan(matched)).any() else 0.0
+  out = {'avg_iou': float(np.nanmean(matched)) if (~np.isnan(matched)).any() else 0.0}
+  ap = box_lib.average_precision(stats['det_box'], stats['det_score'], stats['det_label'],
+                                 stats['det_valid'], *gt, num_classes=len(class_names))
+  with np.errstate(invalid='ignore'):
+    present = ~np.isnan(ap[0])
+    out.update(map50_95=float(ap[:, present].mean()) if present.any() else 0.0,
+               map50=float(ap[0, present].mean()) if present.any() else 0.0)
+  for c, name in enumerate(class_names):
+    if present[c]:
+      out[f'ap50_95/{name}'] = float(ap[:, c].mean())
+  out['avg_iou_best'] = float(np.sum(per_image[has] * counts[has]) / max(counts.sum(), 1))
   out['detections_per_image'] = float(confident.sum(axis=1).mean())
   return out
 
@@ -190,7 +191,7 @@ class Task(base.Task):
             'nms_iou': 0.6,               # class-wise NMS IoU (YOLOv5 val.py: 0.6)
             'max_detections': 100,        # static detections per image after NMS
             'map_score_threshold': 0.001,  # detections kept for mAP (YOLOv5 val.py: 0.001)
-            'score_threshold': 0.25,      # detections counted by avg_iou and drawn
+            'score_threshold': 0.25,      # detections counted by avg_iou_best and drawn
         },
     }
 
@@ -264,11 +265,16 @@ class Task(base.Task):
     return detection_metrics(stats, self._class_names(), self.config.detection.score_threshold)
 
   def sample_scores(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Each image's average IoU (1 for an image without ground truth: nothing to miss)."""
-    confident = stats['det_valid'] & (stats['det_score'] >= self.config.detection.score_threshold)
-    per_image = box_lib.average_iou(stats['det_box'], stats['det_label'], confident,
-                                    stats['gt_box'], stats['gt_label'], stats['gt_valid'])
-    return np.nan_to_num(per_image, nan=1.0)
+    """Each image's one-to-one average IoU (`avg_iou`'s matching): 0 for an image with boxes but
+    no detection (where `avg_iou` skips the image, the worst case counts it as missed), 1 for an
+    image without boxes (nothing to miss)."""
+    gt_valid = np.asarray(stats['gt_valid'], bool)
+    matched = box_lib.matched_box_iou(stats['det_box'], stats['det_score'], stats['det_label'],
+                                      stats['det_valid'], stats['gt_box'], stats['gt_label'],
+                                      gt_valid)
+    sums = np.where(gt_valid, np.nan_to_num(matched, nan=0.0), 0.0).sum(axis=1)
+    counts = gt_valid.sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
 
   def draw(self, ax, image, outputs, item) -> None:
     """Ground-truth boxes in green, confident detections in red with class and score."""

@@ -114,6 +114,16 @@ class Task(base.Task):
     pred = jnp.argmax(outputs, axis=-1)
     return confusion_counts(pred, batch['label'], outputs.shape[-1])
 
+  xi_score_name = 'hard Dice, the best foreground class'
+
+  def xi_score(self, outputs, batch):
+    """Each sample's hard Dice 2TP / (2TP + FP + FN + 1e-8), the largest over the foreground
+    classes: the test the AMAT authors' nnU-Net code applies to noisy samples (SarielMa/amat_conf,
+    nnUNetTrainer.getOnlineDiceMax used by nnUNetTrainerV2.classify_model_adv_output_seg)."""
+    c = confusion_counts(jnp.argmax(outputs, axis=-1), batch['label'], outputs.shape[-1])
+    tp, fp, fn = (c[k].astype(jnp.float32) for k in ('tp', 'fp', 'fn'))
+    return jnp.max(2 * tp / (2 * tp + fp + fn + 1e-8), axis=-1)
+
   def sample_scores(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     """Per-sample mean Dice over the classes present in the label or the prediction (1 when
     neither has any foreground)."""
