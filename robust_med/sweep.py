@@ -9,7 +9,8 @@ with otherwise identical settings and evaluated with the same attacks.
 Each model trains in `DIR/<run>/` exactly as `robust_med.main` would (same config, method changed),
 so a killed sweep resumes: finished runs (with a `robustness.json`) are skipped and an interrupted
 one continues from its last checkpoint. AMAT's thresholds ξ come from the sweep's own STD model
-(`--xi_from_std`, the AMAT paper's protocol), measured on the clean *training* losses.
+(`--xi_from_std`, as the AMAT paper does), measured on the clean *training* losses; offline FGSM
+augmentation (`method.fgsm_source='offline'`) takes its copies from that STD model too.
 
 Outputs: `DIR/summary.csv` (one row per model and curve), `DIR/summary.md` (the paper's Table 2:
 clean metric, metric at each noise level, mean over the grid, training seconds per epoch, and the
@@ -136,6 +137,9 @@ def plan_runs(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
     elif method == 'amat':
       runs += _amat_runs(c, workdir, methods, xi_from_std, xi_sources, amat_variants)
     elif method in METHODS_WITH_EPS:
+      if c.method.get('fgsm_source', 'online') == 'offline' and 'std' in methods:
+        # Seed 001's copies come from the sweep's trained STD model.
+        c.method.fgsm_checkpoint = os.path.abspath(os.path.join(workdir, 'std'))
       runs.append(Run(f'{method}_eps{_fmt(c.method.eps)}', f'{method} ε={_fmt(c.method.eps)}', c))
     else:
       runs.append(Run(method, method, c))
@@ -329,7 +333,7 @@ def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list
           'mean': float(np.mean(values)), 'seconds_per_epoch': _seconds_per_epoch(run_dir),
           'checks_passed': f'{len(checks) - len(failed)}/{len(checks)}' if checks else 'not run',
           'checks_failed': failed, 'margins': margins_lib.final_stats(run_dir),
-          'report': report})
+          'protocol': report.get('protocol', 'unrecorded'), 'report': report})
   return rows
 
 
@@ -394,12 +398,12 @@ def write_csv(rows: list[dict], path: str) -> None:
   fields = ['model', 'run', 'method', 'curve', 'norm', f'clean_{metric}',
             *[f'{metric}@eps={_fmt(e)}' for e in levels], f'mean_{metric}_over_grid',
             'train_seconds_per_epoch', 'checks_passed', 'checks_failed',
-            *[f'final_margin_{k}' for k in margins_lib.STATS]]
+            *[f'final_margin_{k}' for k in margins_lib.STATS], 'protocol']
   reports.write_csv(path, fields, [
       [r['model'], r['run'], r['method'], r['curve'], r['norm'], f'{r["clean"]:.4f}',
        *[f'{r["by_eps"][e]:.4f}' for e in levels], f'{r["mean"]:.4f}',
        f'{r["seconds_per_epoch"]:.1f}', r['checks_passed'], ';'.join(r['checks_failed']),
-       *[_margin(r, k) for k in margins_lib.STATS]] for r in rows])
+       *[_margin(r, k) for k in margins_lib.STATS], r['protocol']] for r in rows])
 
 
 def _margin(row: dict, stat: str) -> str:
@@ -410,6 +414,16 @@ def _margin(row: dict, stat: str) -> str:
 def _root(report: dict) -> str:
   root = report.get('data', {}).get('root')
   return f' of {root}' if root else ''
+
+
+def _units_note(report: dict) -> str:
+  """For budgets stated in a paper's units: the levels in those units."""
+  u = report.get('units')
+  if not u:
+    return ''
+  levels = ', '.join(_fmt(e) for e in u['noise_levels_paper'])
+  return (f' (ε below in the model\'s units; stated as {levels} for the paper\'s '
+          f'{"×".join(map(str, u["paper_shape"]))} input: × {u["model_per_paper"]:.4g})')
 
 
 def _describe(a: dict) -> str:
@@ -428,7 +442,10 @@ def markdown(rows: list[dict]) -> str:
   lines = [f'# {label} under attack', '',
            f'Task {report["task"]}, {report["num_samples"]} evaluation samples '
            f'({report.get("split", "val")} split{_root(report)}), noise levels in the '
-           f'{report["attack"]["norm"].upper()} norm. Attacks:', '']
+           f'{report["attack"]["norm"].upper()} norm'
+           + _units_note(report) + '. Protocol: '
+           + ', '.join(sorted({r['protocol'] for r in rows}))
+           + ' (docs/fidelity.md). Attacks:', '']
   lines += [f'- {_describe(a)}' for a in report.get('attacks', [report['attack']])]
   if 'worst_case' in report:
     lines.append(f'- worst-case: {report["worst_case"]["rule"]}')
