@@ -159,6 +159,16 @@ def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int,
   return evaluate_lib.per_sample_outputs(lambda _, b: fn(params, b), arrays, mesh, batch_size)
 
 
+def need_trained_run(workdir: str, key: str, alternative: str) -> None:
+  """One `UserError` naming `config.<key>` when `workdir` holds no finished checkpoint: train
+  the model there first, or take `alternative`."""
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    raise UserError(f'config.{key} = {workdir!r} has no checkpoints ({os.path.abspath(workdir)}): '
+                    f'train the STD model there first (python -m robust_med.main --config=<the '
+                    f'same config file with std in its name> --workdir={workdir}), point it at '
+                    f'such a run, or pass {alternative}.')
+
+
 class MetricsLog:
   """Appends one JSON object per line to `workdir/metrics.jsonl` (in a multi-process run only
   process 0 writes; the others' writes are dropped)."""
@@ -201,6 +211,8 @@ class Trainer:
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
     self.offline_record = None
     if config.method.get('fgsm_source', 'online') == 'offline':
+      need_trained_run(config.method.fgsm_checkpoint, 'method.fgsm_checkpoint',
+                       '--config.method.fgsm_source=online to make the copies at every step')
       from robust_med import offline_augmentation
       self.train_data, self.offline_record = offline_augmentation.augment_training_set(
           config, self.task, self.info, self.train_data, self.mesh)
@@ -218,6 +230,9 @@ class Trainer:
     self.method = methods.build_method(config.method, config.attack)
     self.std_method = methods.Std()
     self.warmup_steps = 0
+    if self.method.needs_xi and config.method.xi_source == 'checkpoint':  # Before any writing.
+      need_trained_run(config.method.xi_checkpoint, 'method.xi_checkpoint',
+                       '--config.method.xi_source=warmup to measure ξ after a warm-up instead')
     if self.method.needs_xi and config.method.xi_source == 'warmup':
       self.warmup_steps = self.steps_per_epoch * config.method.xi_warmup_epochs
       if self.warmup_steps >= self.total_steps:
@@ -267,6 +282,8 @@ class Trainer:
     """ξ from per-sample clean training losses of a model trained on clean data."""
     mc = self.config.method
     if mc.xi_source == 'checkpoint':
+      need_trained_run(mc.xi_checkpoint, 'method.xi_checkpoint',
+                       '--config.method.xi_source=warmup to measure ξ after a warm-up instead')
       mngr = checkpointing.reader(mc.xi_checkpoint)
       step = checkpointing.pick_step(mngr)
       checkpointing.check_compatible(checkpointing.read_meta(mngr, step),

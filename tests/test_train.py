@@ -293,3 +293,14 @@ def test_fresh_state_is_the_eager_initialisation_bit_for_bit():
   proc = subprocess.run([sys.executable, '-c', FRESH_STATE_CHECK], env=env, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip() == 'equal', proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize('method,keys', [
+    ('amat', {'method.xi_source': 'checkpoint', 'method.xi_checkpoint': 'missing_std'}),
+    ('fgsm_aug', {'method.fgsm_source': 'offline', 'method.fgsm_checkpoint': 'missing_std'})])
+def test_a_missing_std_run_is_one_clear_line_before_anything_is_written(tmp_path, method, keys):
+  key = next(k for k in keys if k.endswith('checkpoint'))
+  with pytest.raises(UserError, match=f'config.{key}') as e:
+    train.Trainer(tiny_config(method, **keys), str(tmp_path / 'run'))
+  assert 'train the STD model there first' in str(e.value) and '\n' not in str(e.value)
+  assert not (tmp_path / 'run').exists()
