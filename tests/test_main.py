@@ -23,6 +23,7 @@ def test_main_writes_outputs_and_evaluate_recomputes_them(segmentation_run, tmp_
   work = copy_run(segmentation_run, tmp_path / 'run')
   report = json.loads((work / 'robustness.json').read_text())
   assert report['attack']['norm'] == 'l2' and report['attack']['steps'] == 3
+  assert report['protocol'] == 'paper'  # A config named after the paper's experiment.
   assert [r['eps'] for r in report['results']] == [0.0, 0.5, 1.0]
   assert all(0.0 <= r['adi'] <= 1.0 and 0.0 <= r['tvdi'] <= 1.0 for r in report['results'])
   assert (work / 'robustness.png').stat().st_size > 1000
