@@ -90,8 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.xi_source = 'warmup'        # amat: 'warmup' (STD epochs first) | 'checkpoint'
   c.method.xi_warmup_epochs = 1        # amat, xi_source=warmup: STD epochs before ξ is measured
   c.method.xi_checkpoint = ''          # amat, xi_source=checkpoint: workdir of a trained STD run
-  c.method.refine = 'paper'            # amat: 'paper' ((‖x̃−x‖+E)/2) | 'boundary' (min(E, distance
-                                       # of the first PGD iterate past ξ), the authors' code)
+  c.method.refine = 'paper'            # amat: 'paper' ((‖x̃−x‖+E)/2, the paper and the authors'
+                                       # nnU-Net loop) | 'boundary' (min(E, distance of the first
+                                       # PGD iterate past ξ): docs/methods.md)
   c.method.max_margin = 0.0            # amat: clamp margins to [0, max_margin]; 0 = no clamp
   c.method.adv_only_correct = False    # amat: no adversarial loss (and margin kept) for samples
                                        # whose clean loss terms are not all below ξ

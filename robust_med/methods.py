@@ -15,10 +15,11 @@ one on the head's score) and `key` a PRNG key. Methods without margins return th
 * `amat`: the same with x̃ = PGD(x, y, E(i)) for per-sample margins E; afterwards
   E(i) += Δε when the noisy sample is acceptable (enlarge), else E(i) = (‖x̃_i − x_i‖ + E(i)) / 2
   (refine). Acceptable (`xi_mode`): L(f(x̃_i), y_i) < ξ for the summed loss ('sum', the paper's
-  rule for a one-term loss such as nnU-Net's), every term below its own ξ_k ('per_term', the
-  paper's rule for a loss of K terms), or the head's per-sample score above ξ ('score': the
-  authors' nnU-Net code tests the sample's Dice against the mean training Dice).  Ma & Liang, "Adaptive adversarial training to improve
-  adversarial robustness of DNNs for medical image segmentation and detection".
+  rule for nnU-Net's loss, §3.1), every term below its own ξ_k ('per_term', the paper's rule for a
+  loss of K terms), or the head's per-sample score above ξ ('score': the authors' nnU-Net code
+  tests the sample's Dice against the mean training Dice). Ma & Liang, "Adaptive adversarial
+  training to improve adversarial robustness of DNNs for medical image segmentation and
+  detection"; docs/fidelity.md compares every setting with the paper and the authors' code.
 * `fgsm_aug`: (L(x) + L(x + ε·sign∇L)) / 2; `inverse_fgsm_aug`: (L(x) + L(x − ε·sign∇L)) / 2; and
   `fgsm_both_aug`: (L(x) + L(x + ε·sign∇L) + L(x − ε·sign∇L)) / 3 ("adversarial attack driven data
   augmentation for accurate and robust medical image segmentation").
@@ -182,11 +183,13 @@ REFINE_RULES = ('paper', 'boundary')
 class Amat:
   """AMAT. `refine` picks how a margin shrinks when the noise was not acceptable:
 
-  * 'paper' (Ma & Liang, as written): E(i) = (‖x̃_i − x_i‖ + E(i)) / 2 with x̃ the last PGD
+  * 'paper' (Ma & Liang, as written, and the authors' nnU-Net training loop,
+    nnUNetTrainerV2.run_AMAT_iteration): E(i) = (‖x̃_i − x_i‖ + E(i)) / 2 with x̃ the last PGD
     iterate. That iterate lies on the ball's boundary, so this leaves E(i) (nearly) unchanged.
-  * 'boundary' (the authors' code, SarielMa/amat_conf: `stop_near_boundary` and
-    `AMAT_update_margin`): PGD also remembers the first iterate at which a noisy term reaches its
-    threshold (`attacks.boundary_pgd`); E(i) grows by Δε when no iterate did, else
+  * 'boundary' (robust_med's option, after the `stop_near_boundary` mode of the authors' library
+    function AMAT_check_margin_one_batch, which their published training scripts leave off):
+    PGD also remembers the first iterate at which a noisy value reaches its threshold
+    (`attacks.boundary_pgd`); E(i) grows by Δε when no iterate did, else
     E(i) = min(E(i), distance of that iterate), which can shrink it.
 
   `max_margin` > 0 clamps the margins to [0, max_margin] (the authors' `max_margin`).
