@@ -1,5 +1,5 @@
 """BCCD blood cells, object detection (anchor-free YOLO-style detector): AMAT.
-Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/presets/detection.py).
+Variants after the colon: '' (full-sized), 'cpu', 'synthetic' (see robust_med/presets/detection.py).
 
   python -m robust_med.main --config=configs/bccd_amat.py:cpu --config.data.root=../shared/data/bccd --workdir=runs/bccd_amat
   python -m robust_med.main --config=configs/bccd_amat.py:synthetic --workdir=/tmp/bccd_amat

@@ -1,5 +1,5 @@
 """BCCD blood cells, object detection (anchor-free YOLO-style detector): STD.
-Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/presets/detection.py).
+Variants after the colon: '' (full-sized), 'cpu', 'synthetic' (see robust_med/presets/detection.py).
 
   python -m robust_med.main --config=configs/bccd_std.py:cpu --config.data.root=../shared/data/bccd --workdir=runs/bccd_std
   python -m robust_med.main --config=configs/bccd_std.py:synthetic --workdir=/tmp/bccd_std

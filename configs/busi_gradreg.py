@@ -1,6 +1,6 @@
 """BUSI breast ultrasound (normal / benign / malignant), classification (pre-activation ResNet, group norm): gradreg.
 Method settings: CLASSIFICATION_METHODS['gradreg'] in robust_med/presets/classification.py. Variants after the colon: ''
-(paper-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
+(full-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
 
   python -m robust_med.main --config=configs/busi_gradreg.py:cpu --config.data.root=../shared/data/busi --workdir=runs/busi_gradreg
   python -m robust_med.main --config=configs/busi_gradreg.py:synthetic --workdir=/tmp/busi_gradreg

@@ -1,6 +1,6 @@
 """BUSI breast ultrasound (normal / benign / malignant), classification (pre-activation ResNet, group norm): rtda.
 Method settings: CLASSIFICATION_METHODS['rtda'] in robust_med/presets/classification.py. Variants after the colon: ''
-(paper-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
+(full-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
 
   python -m robust_med.main --config=configs/busi_rtda.py:cpu --config.data.root=../shared/data/busi --workdir=runs/busi_rtda
   python -m robust_med.main --config=configs/busi_rtda.py:synthetic --workdir=/tmp/busi_rtda

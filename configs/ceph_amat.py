@@ -1,5 +1,5 @@
 """ISBI 2015 cephalograms, landmark detection (Multi-Task U-Net, Dice heatmap loss): AMAT.
-Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/presets/landmarks.py).
+Variants after the colon: '' (full-sized), 'cpu', 'synthetic' (see robust_med/presets/landmarks.py).
 
   python -m robust_med.main --config=configs/ceph_amat.py:cpu --config.data.root=../shared/data/isbi2015_ceph --workdir=runs/ceph_amat
   python -m robust_med.main --config=configs/ceph_amat.py:synthetic --workdir=/tmp/ceph_amat

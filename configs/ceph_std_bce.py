@@ -1,5 +1,5 @@
 """ISBI 2015 cephalograms: STD with the heatmap BCE loss of Yao et al. (the paper's "STD(BCE)").
-Variants after the colon: '' (paper-sized), 'cpu', 'synthetic' (see robust_med/presets/landmarks.py).
+Variants after the colon: '' (full-sized), 'cpu', 'synthetic' (see robust_med/presets/landmarks.py).
 
   python -m robust_med.main --config=configs/ceph_std_bce.py:cpu --config.data.root=../shared/data/isbi2015_ceph --workdir=runs/ceph_std_bce
 """

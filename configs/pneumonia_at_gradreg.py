@@ -1,6 +1,6 @@
 """PneumoniaMNIST chest X-rays (normal / pneumonia), classification (pre-activation ResNet, group norm): at_gradreg.
 Method settings: CLASSIFICATION_METHODS['at_gradreg'] in robust_med/presets/classification.py. Variants after the colon: ''
-(paper-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
+(full-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
 
   python -m robust_med.main --config=configs/pneumonia_at_gradreg.py:cpu --config.data.root=../shared/data/pneumoniamnist_variant --workdir=runs/pneumonia_at_gradreg
   python -m robust_med.main --config=configs/pneumonia_at_gradreg.py:synthetic --workdir=/tmp/pneumonia_at_gradreg

@@ -1,6 +1,6 @@
 """PneumoniaMNIST chest X-rays (normal / pneumonia), classification (pre-activation ResNet, group norm): aug.
 Method settings: CLASSIFICATION_METHODS['aug'] in robust_med/presets/classification.py. Variants after the colon: ''
-(paper-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
+(full-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
 
   python -m robust_med.main --config=configs/pneumonia_aug.py:cpu --config.data.root=../shared/data/pneumoniamnist_variant --workdir=runs/pneumonia_aug
   python -m robust_med.main --config=configs/pneumonia_aug.py:synthetic --workdir=/tmp/pneumonia_aug

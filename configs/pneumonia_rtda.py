@@ -1,6 +1,6 @@
 """PneumoniaMNIST chest X-rays (normal / pneumonia), classification (pre-activation ResNet, group norm): rtda.
 Method settings: CLASSIFICATION_METHODS['rtda'] in robust_med/presets/classification.py. Variants after the colon: ''
-(paper-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
+(full-sized), 'cpu', 'synthetic' (see robust_med/presets/classification.py).
 
   python -m robust_med.main --config=configs/pneumonia_rtda.py:cpu --config.data.root=../shared/data/pneumoniamnist_variant --workdir=runs/pneumonia_rtda
   python -m robust_med.main --config=configs/pneumonia_rtda.py:synthetic --workdir=/tmp/pneumonia_rtda

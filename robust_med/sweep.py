@@ -12,7 +12,7 @@ one continues from its last checkpoint. AMAT's thresholds ξ come from the sweep
 (`--xi_from_std`, as the AMAT paper does), measured on the clean *training* losses; offline FGSM
 augmentation (`method.fgsm_source='offline'`) takes its copies from that STD model too.
 
-Outputs: `DIR/summary.csv` (one row per model and curve), `DIR/summary.md` (the paper's Table 2:
+Outputs: `DIR/summary.csv` (one row per model and curve), `DIR/summary.md` (laid out like the AMAT paper's Table 2:
 clean metric, metric at each noise level, mean over the grid, training seconds per epoch, and the
 gradient-masking checks), `DIR/curves.png` (metric vs noise, one line per model) and
 `DIR/training.png` (learning curves when config.eval.every_epochs > 0; AMAT's mean margins).

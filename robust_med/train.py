@@ -246,6 +246,15 @@ class Trainer:
     self.log = MetricsLog(workdir)
     if self.offline_record is not None:
       self.log.write(self.offline_record)
+    unit_report = units.report(config)
+    if unit_report:  # Say once how the stated budgets map onto this model's input.
+      self.log.write({'type': 'units', **unit_report})
+      if jax.process_index() == 0:
+        print(f'note: budgets are stated for the paper\'s {unit_report["paper_shape"]} input; '
+              f'on this model\'s input they are × {unit_report["model_per_paper"]:.4g} '
+              f'(noise levels {unit_report["noise_levels_paper"]} → '
+              f'{[round(e, 4) for e in unit_report["noise_levels_model"]]}; '
+              'docs/fidelity.md)', file=sys.stderr)
     self._curve_evaluator = self._curve_data = None
 
   def fresh_state(self) -> TrainState:

@@ -1,4 +1,4 @@
-"""Classification presets: BUSI and PneumoniaMNIST settings, the RTDA paper's methods, CPU and demo variants."""
+"""Classification presets: BUSI and PneumoniaMNIST settings, RTDA and its baselines, CPU and demo variants."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import ml_collections
 from robust_med import config_base
 from robust_med.presets import check_variant
 
-# Image classification (issue 11; the RTDA paper's setting on BUSI ultrasound and PneumoniaMNIST):
-# inputs in [0, 1], L∞ threat model (train at ε = 4/255, evaluate on the grid below) with an L2
-# grid for the same checkpoints (`CLASSIFICATION_L2_LEVELS`, through robust_med.evaluate).
-# The eight methods: STD, the RTDA paper's six baselines and RTDA, plus AMAT (task-agnostic).
+# Image classification (issue 11) on BUSI ultrasound and PneumoniaMNIST, robust_med's settings
+# (protocol 'robust_med': seed 000's RTDA gives no formula or settings, only a summary's claims, so
+# RTDA here is robust_med's reconstruction; docs/fidelity.md): inputs in [0, 1], L∞ threat model
+# (train at ε = 4/255, evaluate on the grid below) with an L2 grid for the same checkpoints
+# (`CLASSIFICATION_L2_LEVELS`, through robust_med.evaluate). The eight methods: RTDA, six
+# baselines (STD, AT, gradient regularisation, augmentation, AT + augmentation, AT + gradient
+# regularisation) and AMAT (task-agnostic).
 LINF_LEVELS = (0., 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 CLASSIFICATION_L2_LEVELS = (0., 0.25, 0.5, 1.0)
 TRAIN_EPS = 4 / 255
@@ -51,7 +54,7 @@ CLASSIFICATION = {
 
 
 def classification_config(dataset: str, method: str, arg: str = '') -> ml_collections.ConfigDict:
-  """`configs/<dataset>_<method>.py` for BUSI and PneumoniaMNIST: '' is the paper-sized run
+  """`configs/<dataset>_<method>.py` for BUSI and PneumoniaMNIST: '' is the full-sized run
   (ResNet-18-like width, 100 epochs), 'cpu' a CPU-sized run on the real data, 'synthetic' the
   offline demo on built-in lesion images."""
   check_variant(arg, VARIANTS, f'configs/{dataset}_rtda.py:synthetic')

@@ -27,7 +27,7 @@ PAPER = {
 
 
 def bccd_config(method: str, arg: str = '') -> ml_collections.ConfigDict:
-  """`configs/bccd_<method>.py`: '' is the paper-sized run (320×320, 300 epochs, batch 32, a
+  """`configs/bccd_<method>.py`: '' is the full-sized run (320×320, 300 epochs, batch 32, a
   YOLOv5s-wide detector), 'cpu' a CPU-sized run on the real data (see below), 'synthetic' the
   offline demo."""
   arg, protocol = parse_arg(arg, VARIANTS, 'configs/bccd_amat.py:synthetic')

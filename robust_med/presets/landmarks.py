@@ -31,7 +31,7 @@ VARIANTS = ('', 'cpu', 'synthetic')
 
 
 def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_collections.ConfigDict:
-  """`configs/ceph_<method>.py`: '' is the paper-sized run (500 epochs, batch 8, 200×160), 'cpu' a
+  """`configs/ceph_<method>.py`: '' is the full-sized run (500 epochs, batch 8, 200×160), 'cpu' a
   CPU-sized run on the real data (96×80 inputs, a narrow depth-5 U-Net), 'synthetic' the offline demo."""
   arg, protocol = parse_arg(arg, VARIANTS, 'configs/ceph_amat.py:synthetic')
   c = config_base.task_config('landmarks')
