@@ -43,6 +43,7 @@ def paper_settings(dataset: str, method: str, variant: str) -> dict:
   d = DATASETS[dataset]
   paper = {
       'method.xi_mode': 'sum',              # Ma & Liang §3.1: one ξ = mean(V) of the whole loss
+      'method.xi_stat': 'mean',
       'attack.step_size_factor': 4.0,       # SarielMa/amat_conf nnUNet network_trainer.py:
       'attack.random_start': True,          # step = 4·noise/max_iter, max_iter 20, random start
       'units.budgets': 'paper',             # budgets stated for the paper's input
