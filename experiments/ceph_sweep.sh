@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
+# Protocol robust_med (',robust_med' after the variant): the settings these results were
+# measured with before issue 27; experiments/paper_protocol_reruns.sh measures the paper's.
 # The landmark head's comparison on ISBI 2015 cephalograms (issue 9; the AMAT paper's §3.2 on a
 # CPU): STD with the heatmap BCE loss (Yao et al.), and STD, SAT at each ε and AMAT (Δε = 1) with
 # the Dice heatmap loss. AMAT twice: ξ = mean + 2·std of the STD(Dice) model's clean per-sample
-# training losses, one per term (the paper's rule), and ξ measured the same way on AMAT's own
+# training losses, one per term (the paper's rule for K terms; mean + 2·std is robust_med's reading), and ξ measured the same way on AMAT's own
 # model after its STD warm-up epochs (the configs' default). configs/ceph_*.py:cpu — 96×80
 # inputs, U-Net 8×5, 40 epochs (where STD's clean validation MRE has plateaued:
 # experiments/README.md), PGD-5 while training. Every model is evaluated on the `test` split (the
@@ -16,12 +18,12 @@ out=${2:-runs/ceph}
 sat_eps=${3:-1,2,3,5}
 common=(--config.data.root="$root" --config.data.eval_split=test --config.eval.every_epochs=0
         --config.progress_bar=False "${@:4}")
-python -m robust_med.sweep --config=configs/ceph_std_bce.py:cpu --methods=std \
+python -m robust_med.sweep --config=configs/ceph_std_bce.py:cpu,robust_med --methods=std \
   --workdir="$out/bce" "${common[@]}"
-python -m robust_med.sweep --config=configs/ceph_amat.py:cpu --sat_eps="$sat_eps" \
+python -m robust_med.sweep --config=configs/ceph_amat.py:cpu,robust_med --sat_eps="$sat_eps" \
   --workdir="$out/dice" "${common[@]}"
 if [ ! -f "$out/dice/amat_xi-warmup/robustness.json" ]; then
-  python -m robust_med.main --config=configs/ceph_amat.py:cpu \
+  python -m robust_med.main --config=configs/ceph_amat.py:cpu,robust_med \
     --workdir="$out/dice/amat_xi-warmup" "${common[@]}"
 fi
 runs=("STD(BCE)=$out/bce/std" "STD(Dice)=$out/dice/std")

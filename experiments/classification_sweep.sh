@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The classification head's comparison (issue 11; the RTDA paper's protocol on a CPU): STD, the six
-# baselines (AT, gradient regularisation, augmentation, AT + augmentation, AT + gradient
-# regularisation) and RTDA, plus AMAT, trained with otherwise identical settings
+# The classification head's comparison (issue 11; robust_med's reconstruction of RTDA, whose seed
+# summary gives no settings, on a CPU): RTDA, its six baselines (STD, AT, gradient
+# regularisation, augmentation, AT + augmentation, AT + gradient regularisation) and AMAT, trained
+# with otherwise identical settings
 # (configs/<dataset>_*.py:cpu) and evaluated on the `val` split: L∞ PGD and APGD on the grid
 # 0, 1/255, 2/255, 4/255, 8/255 with their per-image worst case and the gradient-masking checks
 # (robustness.json), the corruption suite at severities 1–5 (shift.json; BUSI also on its 28 px

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Protocol robust_med (',robust_med' after the variant): the settings these results were
+# measured with before issue 27; experiments/paper_protocol_reruns.sh measures the paper's.
 # The convergence-length sweep on MSD Hippocampus (issue 8): configs/hippocampus_amat.py:cpu_long
 # (16 epochs, where STD's clean validation ADI has plateaued; 80 training volumes, PGD-5 while
 # training, 96 validation slices, L2 PGD-100 + APGD-100), STD, SAT ε ∈ {5, 10}, and AMAT with the
@@ -15,6 +17,6 @@ variants=(--amat_variant=refine=paper)
 if [[ -n "$max_margin" ]]; then
   variants+=("--amat_variant=refine=boundary,max_margin=$max_margin")
 fi
-python -m robust_med.sweep --config=configs/hippocampus_amat.py:cpu_long --sat_eps=5,10 \
+python -m robust_med.sweep --config=configs/hippocampus_amat.py:cpu_long,robust_med --sat_eps=5,10 \
   --xi_from=std,warmup "${variants[@]}" --workdir="$out" --config.data.root="$root" \
   --config.progress_bar=False

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Protocol robust_med (',robust_med' after the variant): the settings these results were
+# measured with before issue 27; experiments/paper_protocol_reruns.sh measures the paper's.
 # Chooses AMAT-boundary's max_margin on a tuning split carved from the training volumes (20% of
 # them by the hash rule; data.tune_fraction), never on val, which reports the long sweep.
 # AMAT with refine=boundary and ξ from its own 2 warm-up epochs, max_margin ∈ {5, 10, none},
@@ -8,7 +10,7 @@
 set -euo pipefail
 root=${1:-../shared/data/msd_hippocampus}
 out=${2:-runs/hippocampus_tune}
-python -m robust_med.sweep --config=configs/hippocampus_amat.py:cpu --methods=amat \
+python -m robust_med.sweep --config=configs/hippocampus_amat.py:cpu,robust_med --methods=amat \
   --xi_from=warmup --amat_variant=refine=boundary,max_margin=5 \
   --amat_variant=refine=boundary,max_margin=10 --amat_variant=refine=boundary \
   --workdir="$out" --config.data.root="$root" --config.data.max_volumes=80 \

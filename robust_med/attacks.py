@@ -215,8 +215,9 @@ def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, 
   """PGD on the summed loss terms that also remembers, per sample, the first iterate at which a
   term reaches its threshold (`terms_fn(x̃)[i, k] ≥ xi[k]` for some k): where the noise stops
   being acceptable. The `stop_near_boundary` mode of the AMAT authors' library
-  (SarielMa/amat_conf, AMAT_check_margin_one_batch) refines a margin to the distance of that
-  point; this runs in the same pass as the training attack.
+  (SarielMa/amat_conf, AMAT_check_margin_one_batch, which their published training loops do not
+  call) refines a margin to the distance of that point; this runs in the same pass as the training
+  attack.
 
   Args:
     terms_fn: maps a batch (B, ...) to per-sample per-term losses (B, K).

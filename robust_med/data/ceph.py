@@ -4,7 +4,8 @@ Real data (``data.name='isbi2015'``) lives in ``data.root``: ``images/NNN.png`` 
 ``landmarks_<annotation>.csv`` (header ``image,split,x1,y1,...,xL,yL``, coordinates in original
 full-resolution pixels, x right, y down) and ``meta.json`` (``original_size_wh``,
 ``original_spacing_mm``, ``splits``). The CSV ``split`` column assigns each image to a split;
-`split_names` adds the derived 'val' / 'test' (the AMAT paper: the first ``data.val_count`` and the
+`split_names` adds the derived 'val' / 'test' (as the AMAT authors' landmark_detection/data_loader.py:
+the first ``data.val_count`` and the
 other images of ``data.val_from``) and 'tune' (carved from the end of ``data.train_split``).
 Every image is resized to ``data.patch_size`` (H, W) with each axis scaled on its own (aspect not
 preserved), and the landmarks with it: x_in = x_full * W_in / W_full, y_in = y_full * H_in / H_full.

@@ -16,17 +16,24 @@ from robust_med.presets import apply_protocol, parse_arg
 # landmark_detection/data_loader.py: Resize([200, 160]), Normalize([0.5], [0.5])).
 CEPH = dict(patch_size=(200, 160), noise_levels=(0., 0.5, 1., 2., 3., 4., 5.), delta_eps=1.,
             sat_eps=(1., 2., 3., 5.))
-# The paper protocol (sources in docs/fidelity.md).
+# The paper protocol (sources in docs/fidelity.md; file names in SarielMa/amat_conf
+# landmark_detection/).
 PAPER = {
-    'method.xi_mode': 'per_term',          # §3: a vector ξ for a loss of K terms
-    'method.xi_stat': 'mean+2std',         # train_AMAT_2zscore.py: mean + 2·std
+    'method.xi_mode': 'per_term',          # Ma & Liang: a vector ξ for a loss of K terms (their
+                                           # train_AMAT_2zscore.py tests each term on its own)
+    'method.xi_stat': 'mean+2std',         # robust_med's reading of the paper (the authors'
+                                           # script hard-codes its thresholds)
+    'method.delta_eps': 0.5,               # train_AMAT_2zscore.py: delta = noise / 10 and
+    'method.max_margin': 5.0,              # margins clamped to noise, with --tag try_5: noise 5
     'attack.step_size_factor': 5.0,        # train_AMAT_2zscore.py: alpha = 5, max_iter = 20,
     'attack.random_start': True,           # step = alpha·margin/max_iter, a random start
-    'attack.clip': (0.0, 1.0),             # their attacks clamp to the input range [-1, 1]
+    'attack.clip': (0.0, 1.0),             # PGD.py clamps to their input range [-1, 1]
     'units.budgets': 'paper',
     'units.paper_shape': (3, 200, 160),
     'units.paper_per_model_intensity': 2.0,  # [-1, 1] against our [0, 1]
 }
+# metric.py total_loss_dice: the Dice heatmap term weighs 0.5 (Yao et al.'s BCE loss: 2).
+PAPER_DICE_HEATMAP_WEIGHT = 0.5
 VARIANTS = ('', 'cpu', 'synthetic')
 
 
@@ -80,8 +87,14 @@ def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_co
     c.log_every_steps = 16
     c.checkpoint_every_steps = 64
   paper = dict(PAPER)
+  if heatmap_loss == 'dice':
+    paper['landmarks.heatmap_weight'] = PAPER_DICE_HEATMAP_WEIGHT
+  if arg == '' and method == 'amat':  # ξ from a trained STD model (as segmentation's)
+    paper.update({'method.xi_source': 'checkpoint',
+                  'method.xi_checkpoint': os.path.join('runs', 'ceph_std')})
   if arg == 'synthetic':
     # The synthetic images' budgets are the demo's own (no paper image to state them for).
-    paper = {k: v for k, v in paper.items() if not k.startswith('units.')}
+    paper = {k: v for k, v in paper.items() if not k.startswith('units.') and k not in (
+        'method.delta_eps', 'method.max_margin')}
   apply_protocol(c, protocol, paper)
   return c

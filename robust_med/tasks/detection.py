@@ -177,7 +177,7 @@ class Task(base.Task):
   def default_config(cls) -> dict[str, dict[str, Any]]:
     return {
         'data': {
-            'image_size': 320,            # letterbox square side (the paper: 320)
+            'image_size': 320,            # letterbox square side (the authors' train_AMAT.py: 320)
             'max_boxes': 32,              # static boxes per image (BCCD has up to 30)
             'class_names': voc.BCCD_CLASSES,  # VOC class names, in label order
         },

@@ -163,7 +163,7 @@ class Task(base.Task):
         'data': {
             'annotation': 'mean',      # landmarks_<annotation>.csv: mean | senior | junior | ...
             'val_from': 'test1',       # 'val' = the first val_count images of this split, 'test'
-            'val_count': 50,           # the rest (the AMAT paper: 50 of Test1 validate)
+            'val_count': 50,           # the rest (the AMAT authors' data_loader.py: 50 of Test1 validate)
             'num_landmarks': 19,
         },
         'landmarks': {
