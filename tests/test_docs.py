@@ -223,3 +223,27 @@ def test_a_readme_test_command_out_of_sync_with_ci_is_found(tmp_path):
   ci.write_text('pip install -q -e . && python -m pytest\n')
   with pytest.raises(AssertionError, match='keep in sync'):
     ci_test_command(ci)
+
+
+def test_the_fidelity_table_covers_every_paper_setting_method_and_metric():
+  """docs/fidelity.md names every setting a preset takes from a paper, every method and every
+  metric the heads report, so that no setting is called the paper's without its row."""
+  import sys
+  sys.path.insert(0, str(REPO))
+  from robust_med import methods
+  from robust_med.presets import detection, landmarks, segmentation
+  text = (REPO / 'docs' / 'fidelity.md').read_text()
+  paper_keys = {*landmarks.PAPER, *detection.PAPER,
+                *segmentation.paper_settings('prostate', 'amat', ''),
+                *segmentation.paper_settings('prostate', 'fgsm_aug', ''), 'landmarks.heatmap_weight'}
+  names = {k.split('.')[-1] for k in paper_keys}
+  missing = sorted(n for n in names if n not in text)
+  assert not missing, f'settings of a PAPER dict without a row in docs/fidelity.md: {missing}'
+  for name in ('std', 'sat', 'amat', 'fgsm', 'rtda', 'saliency'):
+    assert name.upper() in text.upper(), name
+  assert set(methods.XI_MODES) <= set(re.findall(r'`(\w+)`', text))
+  for metric in ('adi', 'tvdi', 'mre_mm', 'sdr_2mm', 'avg_iou', 'avg_iou_best', 'map50_95',
+                 'accuracy', 'auc'):
+    assert f'`{metric}`' in text, metric
+  for dataset in ('Prostate', 'Heart', 'Hippocampus', 'ISBI', 'BCCD', 'BUSI', 'PneumoniaMNIST'):
+    assert dataset in text, dataset
