@@ -158,14 +158,16 @@ def matched_box_iou(pred_boxes, pred_scores, pred_labels, pred_valid, gt_boxes, 
     overlap = _np_pairwise_iou(np.asarray(pred_boxes[n])[p], np.asarray(gt_boxes[n])[g])
     same = np.asarray(pred_labels[n])[p][:, None] == np.asarray(gt_labels[n])[g][None, :]
     overlap = np.where(same, overlap, -1.0)                      # (detections, boxes)
-    scores = np.asarray(pred_scores[n], np.float64)[p]
-    best_score = np.full(len(g), -np.inf)
-    for d in range(len(p)):
-      if not same[d].any():
-        continue
-      j = int(np.argmax(overlap[d]))
-      if scores[d] > best_score[j]:
-        best_score[j], out[n, g[j]] = scores[d], overlap[d, j]
+    claimants = np.flatnonzero(same.any(axis=1))
+    if not claimants.size:
+      continue
+    claimed = overlap[claimants].argmax(axis=1)                  # each one's box (ties: first)
+    # Highest score first, the earlier detection among equal scores: each box's first entry in
+    # this order is the claimant it keeps.
+    scores = np.asarray(pred_scores[n], np.float64)[p][claimants]
+    order = np.lexsort((claimants, -scores))
+    box, first = np.unique(claimed[order], return_index=True)
+    out[n, g[box]] = overlap[claimants[order][first], box]
   return out
 
 
