@@ -1,0 +1,75 @@
+"""Tests for robust_med.square: the gradient-free Square attack (L∞)."""
+
+from __future__ import annotations
+
+import data_paths  # noqa: F401  Puts the repo root on sys.path; keep before robust_med imports.
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_med import attacks, square
+
+KEY = jax.random.key(0, impl='rbg')  # 'rbg' keys compile much faster than threefry on CPU.
+
+
+def test_the_window_schedule_is_the_papers():
+  # At a budget of 10 000 queries p halves after queries 10, 50, 200, ..., 8000.
+  p = [float(square.window_fraction(i, 10000, 0.8)) for i in (0, 10, 11, 50, 51, 8000, 8001)]
+  assert p == pytest.approx([0.8, 0.8, 0.4, 0.4, 0.2, 0.8 / 256, 0.8 / 512])
+  # A smaller budget rescales the points: 1000 queries halve after 1, 5, 20, ...
+  assert float(square.window_fraction(2, 1000, 0.8)) == pytest.approx(0.4)
+  assert int(square.window_side(0.05, 32, 32)) == 7          # round(√(0.05 · 1024))
+  assert int(square.window_side(1.0, 8, 6)) == 5             # at most min(H, W) − 1
+  assert int(square.window_side(1e-6, 8, 6)) == 1            # at least 1
+
+
+def _random_linear_loss(seed=0):
+  w = jnp.asarray(np.random.default_rng(seed).normal(size=(1, 8, 6, 2)), jnp.float32)
+  return lambda z: jnp.sum(z * w, axis=(1, 2, 3))
+
+
+def test_square_stays_in_the_budget_and_the_range_and_raises_the_loss():
+  x = jnp.asarray(np.random.default_rng(1).uniform(size=(4, 8, 6, 2)), jnp.float32)
+  eps = jnp.asarray([0.0, 0.05, 0.1, 0.3])
+  loss = _random_linear_loss()
+  x_adv = jax.jit(lambda x, e, k: square.square_linf(loss, x, e, k, queries=200,
+                                                     clip=(0.0, 1.0)))(x, eps, KEY)
+  delta = np.abs(np.asarray(x_adv - x)).reshape(4, -1).max(axis=1)
+  assert (delta <= np.asarray(eps) + 1e-6).all()
+  assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+  np.testing.assert_array_equal(np.asarray(x_adv[0]), np.asarray(x[0]))  # ε = 0: unchanged.
+  gain = np.asarray(loss(x_adv) - loss(x))
+  assert (gain[1:] > 0).all() and gain[3] > gain[1]
+
+
+def test_square_finds_what_pgd_cannot_on_a_model_without_gradients():
+  """A step-function "classifier": its loss jumps when the image's mean passes 0.6, and its
+  gradient is zero everywhere. PGD cannot move; Square's random search crosses the step for most
+  samples (about two in three at this budget: a random search on a plateau is a lottery, and the
+  paper's schedule shrinks the windows fast at 300 queries)."""
+  loss = lambda z: jnp.floor(10 * jnp.mean(z, axis=(1, 2, 3)))
+  x = jnp.full((64, 8, 6, 2), 0.598)
+  assert np.all(np.asarray(jax.grad(lambda z: jnp.sum(loss(z)))(x)) == 0)
+  pgd = attacks.pgd(loss, x, 0.1, norm='linf', steps=20, step_size=0.025)
+  np.testing.assert_array_equal(np.asarray(loss(pgd)), np.asarray(loss(x)))
+  found = square.square_linf(loss, x, 0.1, KEY, queries=300, p_init=0.3)
+  assert (np.asarray(loss(found)) > np.asarray(loss(x))).mean() > 0.5
+  assert float(jnp.max(jnp.abs(found - x))) <= 0.1 + 1e-6
+
+
+def test_samples_are_searched_independently():
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(3, 8, 6, 2)), jnp.float32)
+  loss = _random_linear_loss(3)
+  both = square.square_linf(loss, x, 0.1, KEY, queries=50)
+  moved = x.at[1].set(1.0 - x[1])  # Another second sample changes nothing for the others.
+  again = square.square_linf(loss, moved, 0.1, KEY, queries=50)
+  np.testing.assert_allclose(np.asarray(both[0]), np.asarray(again[0]))
+  np.testing.assert_allclose(np.asarray(both[2]), np.asarray(again[2]))
+
+
+def test_bad_inputs_are_refused():
+  with pytest.raises(ValueError, match='images'):
+    square.square_linf(lambda z: z.sum(-1), jnp.zeros((2, 5)), 0.1, KEY)
+  with pytest.raises(ValueError, match='queries'):
+    square.square_linf(lambda z: z.sum((1, 2, 3)), jnp.zeros((2, 4, 4, 1)), 0.1, KEY, queries=0)
