@@ -227,11 +227,14 @@ def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int)
 
 def evaluation_attacks(eval_cfg, clip=None) -> list:
   """The attacks of `config.eval.attacks`, PGD first (the primary curve, named in `attack`)."""
-  from robust_med import apgd
+  from robust_med import apgd, square
   clip = tuple(clip) if clip else None
   built = {'pgd': lambda: attacks.PGDSettings.from_config(eval_cfg, clip=clip),
            'apgd': lambda: dataclasses.replace(apgd.APGDSettings.from_config(eval_cfg, clip=clip),
-                                               restarts=eval_cfg.apgd_restarts)}
+                                               restarts=eval_cfg.apgd_restarts),
+           'square': lambda: square.SquareSettings(
+               queries=eval_cfg.get('square_queries', 1000),
+               p_init=eval_cfg.get('square_p_init', 0.05), clip=clip, norm=eval_cfg.norm)}
   names = ['pgd'] + [n for n in eval_cfg.attacks if n != 'pgd']
   return [built[n]() for n in names]
 

@@ -20,6 +20,8 @@ Every query costs one forward pass; `queries` counts the initial point too.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -47,44 +49,87 @@ def _signs(key, shape):
   return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0)
 
 
-def square_linf(loss_fn: attacks.LossFn, x: jax.Array, eps, key: jax.Array, *,
-                queries: int = 1000, p_init: float = 0.05,
-                clip: tuple[float, float] | None = None) -> jax.Array:
-  """The L∞ Square attack on images `x` (B, H, W, C); see the module docstring."""
+def _images(x: jax.Array) -> tuple[int, int, int, int]:
   if x.ndim != 4:
     raise ValueError(f'Square attacks images (B, H, W, C); got shape {x.shape}.')
-  if queries < 1:
-    raise ValueError(f'queries = {queries} must be ≥ 1.')
-  b, h, w, c = x.shape
-  eps = attacks.per_sample_eps(eps, x).reshape(b, 1, 1, 1)
+  return x.shape
 
-  def clipped(delta):
+
+@dataclasses.dataclass(frozen=True)
+class SquareSettings:
+  """A configured L∞ Square attack in the iterative-attack protocol of
+  `attacks.run_iterative` (`init` is the first query, each `step` one more), so the evaluator
+  runs it like PGD and APGD. Its state is (best images, their losses, the search's key)."""
+  queries: int = 1000
+  p_init: float = 0.05
+  clip: tuple[float, float] | None = None
+  norm: str = 'linf'
+
+  def __post_init__(self):
+    if self.norm != 'linf':
+      raise ValueError(f'Square is implemented for the L∞ norm only, not {self.norm!r}.')
+    if self.queries < 1:
+      raise ValueError(f'queries = {self.queries} must be ≥ 1.')
+
+  @property
+  def steps(self) -> int:
+    return self.queries - 1
+
+  def _clipped(self, x, delta):
     x_new = x + delta
-    if clip is not None:
-      x_new = jnp.clip(x_new, clip[0], clip[1])
-    return x_new
+    return x_new if self.clip is None else jnp.clip(x_new, self.clip[0], self.clip[1])
 
-  init_key, key = jax.random.split(key)
-  x_best = clipped(eps * _signs(init_key, (b, 1, w, c)))
-  loss_best = loss_fn(x_best)
-  rows = jnp.arange(h).reshape(1, h, 1, 1)
-  cols = jnp.arange(w).reshape(1, 1, w, 1)
+  def init(self, loss_fn: attacks.LossFn, x: jax.Array, eps, key: jax.Array | None):
+    if key is None:
+      raise ValueError('Square is a random search: it needs a PRNG key.')
+    b, _, w, c = _images(x)
+    eps = attacks.per_sample_eps(eps, x).reshape(b, 1, 1, 1)
+    init_key, key = jax.random.split(key)
+    x_best = self._clipped(x, eps * _signs(init_key, (b, 1, w, c)))  # vertical stripes
+    return x_best, loss_fn(x_best), key
 
-  def query(i, carry):
-    x_best, loss_best = carry
-    k = jax.random.fold_in(key, i)
-    pos_key, sign_key = jax.random.split(k)
-    s = window_side(window_fraction(i, queries, p_init), h, w)
+  def step(self, loss_fn: attacks.LossFn, x: jax.Array, state, eps, i):
+    x_best, loss_best, key = state
+    b, h, w, c = _images(x)
+    eps = attacks.per_sample_eps(eps, x).reshape(b, 1, 1, 1)
+    query = i + 1
+    pos_key, sign_key = jax.random.split(jax.random.fold_in(key, query))
+    s = window_side(window_fraction(query, self.queries, self.p_init), h, w)
     r0 = jax.random.randint(pos_key, (b, 1, 1, 1), 0, h - s + 1)
     c0 = jax.random.randint(jax.random.fold_in(pos_key, 1), (b, 1, 1, 1), 0, w - s + 1)
+    rows = jnp.arange(h).reshape(1, h, 1, 1)
+    cols = jnp.arange(w).reshape(1, 1, w, 1)
     inside = (rows >= r0) & (rows < r0 + s) & (cols >= c0) & (cols < c0 + s)
-    delta = jnp.where(inside, eps * _signs(sign_key, (b, 1, 1, c)), x_best - x)
-    x_new = clipped(delta)
+    x_new = self._clipped(x, jnp.where(inside, eps * _signs(sign_key, (b, 1, 1, c)),
+                                       x_best - x))
     loss_new = loss_fn(x_new)
     better = loss_new > loss_best
     return (jnp.where(better.reshape(b, 1, 1, 1), x_new, x_best),
-            jnp.where(better, loss_new, loss_best))
+            jnp.where(better, loss_new, loss_best), key)
 
-  x_best, _ = jax.lax.fori_loop(1, queries, query, (x_best, loss_best))
-  # A zero budget leaves the sample unchanged (the stripes were ±0).
-  return jnp.where(eps > 0, x_best, x)
+  def result(self, x: jax.Array, state) -> jax.Array:
+    return state[0]
+
+  def __call__(self, loss_fn: attacks.LossFn, x: jax.Array, eps, key: jax.Array | None = None,
+               unroll: bool | None = None) -> jax.Array:
+    return attacks.run_iterative(self, loss_fn, x, eps, key, unroll=unroll)
+
+  def describe(self) -> dict:
+    """What a report records about the attack."""
+    return {'name': f'square-{self.queries}', 'norm': self.norm, 'steps': self.queries,
+            'step_size': f'random search, p_init={self.p_init}', 'restarts': 1,
+            'random_start': True,
+            'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
+
+
+def square_linf(loss_fn: attacks.LossFn, x: jax.Array, eps, key: jax.Array, *,
+                queries: int = 1000, p_init: float = 0.05,
+                clip: tuple[float, float] | None = None) -> jax.Array:
+  """The L∞ Square attack on images `x` (B, H, W, C) with `queries` forward passes; see the
+  module docstring."""
+  _images(x)
+  settings = SquareSettings(queries=queries, p_init=p_init,
+                            clip=tuple(clip) if clip else None)
+  eps_b = attacks.per_sample_eps(eps, x).reshape((-1,) + (1,) * (x.ndim - 1))
+  x_adv = settings(loss_fn, x, eps, key, unroll=False)
+  return jnp.where(eps_b > 0, x_adv, x)  # A zero budget leaves the sample unchanged.

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from robust_med import apgd, attacks, methods, sharding
+from robust_med import apgd, attacks, methods, sharding, square
 from robust_med.evaluate import Evaluator, worst_per_sample
 from robust_med.tasks import segmentation
 from tiny import tiny_config
@@ -58,13 +58,15 @@ def test_losses_are_per_sample_and_low_for_a_perfect_prediction():
   assert float(segmentation.cross_entropy_loss(perfect, labels)[0]) < 1e-6
 
 
-@pytest.mark.parametrize('norm, attack', [('l2', 'pgd'), ('linf', 'pgd'), ('l2', 'apgd')])
+@pytest.mark.parametrize('norm, attack', [('l2', 'pgd'), ('linf', 'pgd'), ('l2', 'apgd'),
+                                          ('linf', 'square')])
 def test_chunked_evaluation_attack_equals_one_call(norm, attack):
   """The evaluator's host loop over jitted chunks is the same attack as one call."""
   task, data, model, params = untrained_segmenter()
   mesh = sharding.make_mesh(2)
-  settings = (attacks.PGDSettings(norm=norm, steps=13) if attack == 'pgd'
-              else apgd.APGDSettings(norm=norm, steps=13))
+  settings = {'pgd': lambda: attacks.PGDSettings(norm=norm, steps=13),
+              'apgd': lambda: apgd.APGDSettings(norm=norm, steps=13),
+              'square': lambda: square.SquareSettings(queries=14, p_init=0.3)}[attack]()
   evaluator = Evaluator(task, model, mesh, settings, batch_size=8, progress=False)
   evaluator.chunk = 5  # 5 + 5 + 3 steps.
   batch = {k: v[:8] for k, v in data.items()}

@@ -73,3 +73,17 @@ def test_bad_inputs_are_refused():
     square.square_linf(lambda z: z.sum(-1), jnp.zeros((2, 5)), 0.1, KEY)
   with pytest.raises(ValueError, match='queries'):
     square.square_linf(lambda z: z.sum((1, 2, 3)), jnp.zeros((2, 4, 4, 1)), 0.1, KEY, queries=0)
+
+
+def test_square_joins_the_evaluation_attacks_in_linf_only():
+  from robust_med import config_base, evaluate
+  from robust_med.errors import ConfigError
+  c = config_base.base_config()
+  c.eval.norm, c.eval.attacks, c.eval.square_queries = 'linf', ('pgd', 'apgd', 'square'), 50
+  config_base.validate(c)
+  built = evaluate.evaluation_attacks(c.eval, (0.0, 1.0))
+  assert [a.describe()['name'] for a in built] == ['pgd-100', 'apgd-100', 'square-50']
+  assert built[2].clip == (0.0, 1.0) and built[2].steps == 49
+  c.eval.norm = 'l2'
+  with pytest.raises(ConfigError, match='linf only'):
+    config_base.validate(c)
