@@ -159,6 +159,12 @@ class Evaluator:
     several = worst_case and len(attacks_) > 1
     if several:
       out[WORST_CASE] = []
+    # With a gradient-free attack among several gradient ones, also the gradient attacks' own
+    # worst case: the masking check compares it with the gradient-free curve.
+    gradient = [i for i, a in enumerate(attacks_) if not getattr(a, 'gradient_free', False)]
+    white_box = several and 1 < len(gradient) < len(attacks_)
+    if white_box:
+      out[WHITE_BOX_WORST_CASE] = []
     for eps in noise_levels:
       if eps == 0:  # Every attack leaves the clean set unchanged.
         clean = self.sample_stats(params, arrays, 0.0, attacks_[0], bar)
@@ -173,6 +179,9 @@ class Evaluator:
         row = self._row(eps, worst)
         row['worst_of'] = {n: int((index == i).sum()) for i, n in enumerate(names)}
         out[WORST_CASE].append(row)
+      if white_box:
+        out[WHITE_BOX_WORST_CASE].append(
+            self._row(eps, worst_per_sample(self.task, [stats[i] for i in gradient])[0]))
     bar.close()
     return out
 
@@ -185,6 +194,7 @@ class Evaluator:
 
 
 WORST_CASE = 'worst-case'
+WHITE_BOX_WORST_CASE = 'worst-case-gradient'  # over the gradient attacks only
 
 
 def worst_per_sample(task, stats: list[dict[str, np.ndarray]]) -> tuple[dict, np.ndarray]:
@@ -293,12 +303,16 @@ def checks_from_curves(task, eval_cfg, curves: dict, pgd_name: str, weak: list, 
   """The gradient-masking checks of a report's curves (the attacks already run)."""
   metric = task.primary_metric
   clean = curves[pgd_name][0]
+  free = [n for n in curves if n.startswith('square-')]  # gradient-free curves
   return gradient_masking.run_checks(
       metric=metric, higher_is_better=task.higher_is_better, floor=task.metric_floor(),
       clean=clean[metric], curves=curves, strong=pgd_name, weak=weak, weak_name=weak_name,
       random=noise, huge=huge, tolerance=eval_cfg.check_tolerance,
       floor_tolerance=eval_cfg.floor_tolerance, floor_metric=task.floor_metric,
-      floor_clean=clean.get(task.floor_metric or metric))
+      floor_clean=clean.get(task.floor_metric or metric),
+      gradient_free=curves[free[0]] if free else None,
+      gradient_free_name=free[0] if free else '',
+      white_box=WHITE_BOX_WORST_CASE if WHITE_BOX_WORST_CASE in curves else pgd_name)
 
 
 def recheck(task, eval_cfg, report: dict) -> dict:

@@ -29,6 +29,11 @@ CHECKS = {
     'huge_eps_reaches_floor': 'a very large budget drives the metric close to its floor (or '
                               'past it)',
 }
+# Run only when the report has a gradient-free curve (config.eval.attacks with 'square').
+OPTIONAL_CHECKS = {
+    'gradient_free_weaker': 'the gradient attacks\' per-sample worst case is at least as '
+                            'damaging as the gradient-free search (Square)',
+}
 
 
 def _damage(value: float, clean: float, higher_is_better: bool) -> float:
@@ -42,15 +47,19 @@ def _curve(rows: Rows, metric: str) -> tuple[list[float], list[float]]:
 
 
 def _entry(name: str, passed: bool, **figures) -> dict:
-  return {'name': name, 'passed': bool(passed), 'description': CHECKS[name], 'figures': figures}
+  return {'name': name, 'passed': bool(passed),
+          'description': {**CHECKS, **OPTIONAL_CHECKS}[name], 'figures': figures}
 
 
 def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: float,
                curves: dict[str, Rows], strong: str, weak: Rows, weak_name: str,
                random: Rows, huge: dict, tolerance: float = 0.02,
                floor_tolerance: float = 0.1, floor_metric: str = '',
-               floor_clean: float | None = None) -> list[dict]:
-  """The four named checks, each `{'name', 'passed', 'description', 'figures'}`.
+               floor_clean: float | None = None, gradient_free: Rows | None = None,
+               gradient_free_name: str = '', white_box: str = '') -> list[dict]:
+  """The four named checks, each `{'name', 'passed', 'description', 'figures'}`, and a fifth,
+  `gradient_free_weaker`, when the report has a gradient-free curve (`gradient_free`, named
+  `gradient_free_name`) to compare with the gradient attacks' worst case (`curves[white_box]`).
 
   Args:
     metric: the primary metric's name in the rows.
@@ -85,8 +94,8 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
                        all(r['largest_improvement'] <= tol for r in rises.values()),
                        tolerance=tol, curves=rises))
 
-  def compare(other: Rows, other_name: str, check: str) -> dict:
-    eps, strong_values = _curve(curves[strong], metric)
+  def compare(other: Rows, other_name: str, check: str, reference: str = strong) -> dict:
+    eps, strong_values = _curve(curves[reference], metric)
     other_by_eps = dict(zip(*_curve(other, metric)))
     gaps = []
     for e, v in zip(eps, strong_values):
@@ -97,7 +106,7 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
         gaps.append((gap, e, v, other_by_eps[e]))
     worst = max(gaps, default=(0.0, None, None, None))
     return _entry(check, worst[0] <= tol, tolerance=tol, largest_shortfall=round(worst[0], 6),
-                  at_eps=worst[1], **{strong: worst[2], other_name: worst[3]})
+                  at_eps=worst[1], **{reference: worst[2], other_name: worst[3]})
 
   checks.append(compare(weak, weak_name, 'more_steps_not_weaker'))
   checks.append(compare(random, 'random noise', 'random_noise_weaker'))
@@ -113,6 +122,9 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
   checks.append(_entry('huge_eps_reaches_floor', distance <= allowed + 1e-6,
                        eps=huge['eps'], **figures, metric=value, floor=floor, clean=start,
                        allowed_distance=allowed))
+  if gradient_free is not None:
+    checks.append(compare(gradient_free, gradient_free_name, 'gradient_free_weaker',
+                          white_box or strong))
   return checks
 
 
@@ -125,8 +137,12 @@ def warnings_for(checks: list[dict]) -> list[str]:
       if c['name'] == 'monotone_in_eps':
         figures = ', '.join(f'{k}: +{v["largest_improvement"]} at ε={v["at_eps"]}'
                             for k, v in c['figures']['curves'].items())
-      out.append(f'gradient-masking check {c["name"]} failed ({c["description"]} does not hold: '
-                 f'{figures}); the robustness numbers may overstate robustness.')
+      line = (f'gradient-masking check {c["name"]} failed ({c["description"]} does not hold: '
+              f'{figures}); the robustness numbers may overstate robustness.')
+      if c['name'] == 'gradient_free_weaker':
+        line = line[:-1] + ': the per-sample worst case over every attack, Square included, is ' \
+            'the robust figure.'
+      out.append(line)
   return out
 
 

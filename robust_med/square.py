@@ -64,6 +64,7 @@ class SquareSettings:
   p_init: float = 0.05
   clip: tuple[float, float] | None = None
   norm: str = 'linf'
+  gradient_free = True  # the evaluator's masking check compares it with the gradient attacks
 
   def __post_init__(self):
     if self.norm != 'linf':

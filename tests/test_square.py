@@ -87,3 +87,49 @@ def test_square_joins_the_evaluation_attacks_in_linf_only():
   c.eval.norm = 'l2'
   with pytest.raises(ConfigError, match='linf only'):
     config_base.validate(c)
+
+
+def test_the_masking_check_flags_a_square_stronger_than_the_gradient_attacks():
+  from robust_med import gradient_masking
+  rows = lambda *v: [{'eps': e, 'adi': x} for e, x in zip((0.0, 0.1, 0.2), v)]
+  common = dict(metric='adi', higher_is_better=True, floor=0.0, clean=0.8,
+                strong='pgd-100', weak=rows(0.8, 0.6, 0.5), weak_name='pgd-20',
+                random=rows(0.8, 0.79, 0.78), huge={'eps': 9.0, 'adi': 0.0})
+  curves = {'pgd-100': rows(0.8, 0.6, 0.5), 'apgd-100': rows(0.8, 0.58, 0.5),
+            'worst-case-gradient': rows(0.8, 0.55, 0.45)}
+  # Square takes the model to 0.2 at ε = 0.2 where the gradient attacks' worst case stops at 0.45.
+  masked = gradient_masking.run_checks(**common, curves=dict(curves, **{'square-1000': rows(
+      0.8, 0.5, 0.2)}), gradient_free=rows(0.8, 0.5, 0.2), gradient_free_name='square-1000',
+      white_box='worst-case-gradient')
+  check = masked[-1]
+  assert check['name'] == 'gradient_free_weaker' and not check['passed']
+  assert check['figures']['largest_shortfall'] == pytest.approx(0.25)
+  assert check['figures']['at_eps'] == 0.2
+  (line,) = gradient_masking.warnings_for([check])
+  assert 'Square included, is the robust figure' in line
+  # A Square weaker than the gradient attacks passes; without Square there are four checks.
+  fine = gradient_masking.run_checks(**common, curves=curves, gradient_free=rows(0.8, 0.7, 0.6),
+                                     gradient_free_name='square-1000',
+                                     white_box='worst-case-gradient')
+  assert fine[-1]['passed']
+  assert len(gradient_masking.run_checks(**common, curves=curves)) == 4
+
+
+def test_the_evaluator_adds_the_gradient_attacks_own_worst_case_beside_square():
+  from robust_med import apgd, sharding
+  from robust_med.evaluate import Evaluator
+  from robust_med.tasks import segmentation
+  from tiny import tiny_config
+  task = segmentation.Task(tiny_config('std'))
+  data, info = task.load_split('val')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  found = (attacks.PGDSettings(norm='linf', steps=3), apgd.APGDSettings(norm='linf', steps=3),
+           square.SquareSettings(queries=6, p_init=0.3))
+  curves = Evaluator(task, model, sharding.make_mesh(2), found, batch_size=8,
+                     progress=False).curves(params, data, (0.0, 0.3))
+  assert list(curves) == ['pgd-3', 'apgd-3', 'square-6', 'worst-case', 'worst-case-gradient']
+  # Over every attack the worst case is at least as bad as over the gradient attacks alone.
+  assert curves['worst-case'][1]['adi'] <= curves['worst-case-gradient'][1]['adi'] + 1e-9
+  assert curves['worst-case-gradient'][1]['adi'] <= min(curves['pgd-3'][1]['adi'],
+                                                         curves['apgd-3'][1]['adi']) + 1e-9
