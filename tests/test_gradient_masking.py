@@ -198,3 +198,22 @@ def test_auto_huge_eps_scales_with_the_data():
   assert gradient_masking.auto_huge_eps(images, 'linf') == pytest.approx(20.0, rel=0.05)
   assert gradient_masking.auto_huge_eps(images, 'l2') == pytest.approx(20.0 * 16, rel=0.05)
   assert gradient_masking.auto_huge_eps(images, 'linf', clip=(0.0, 1.0)) == 10.0
+
+
+def test_square_finds_what_the_gradients_hide_and_its_check_fires(trained):
+  """The quantised model's input gradient is exactly zero: PGD and APGD leave it untouched, the
+  gradient-free Square search does not, and `gradient_free_weaker` says so; on the normal model
+  the gradient attacks stay at least as strong as Square."""
+  changes = dict(norm='linf', noise_levels=(0.0, 0.25, 0.5), attacks=('pgd', 'apgd', 'square'),
+                 square_queries=100, square_p_init=0.3)
+  report = report_for(trained, 'quantised', **changes)
+  clean = report['results'][0]['adi']
+  curves = report['curves']
+  # Only APGD's random start moves the gradient attacks at all.
+  assert curves['worst-case-gradient'][-1]['adi'] > clean - 0.05
+  assert curves['square-100'][-1]['adi'] < curves['worst-case-gradient'][-1]['adi'] - 0.05
+  assert curves['worst-case'][-1]['adi'] == curves['square-100'][-1]['adi']  # the robust figure
+  check = by_name(report)['gradient_free_weaker']
+  assert not check['passed'] and any('Square included' in w for w in report['warnings'])
+  normal = by_name(report_for(trained, 'normal', **changes))['gradient_free_weaker']
+  assert normal['passed'], normal
