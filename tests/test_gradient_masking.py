@@ -212,7 +212,7 @@ def test_square_finds_what_the_gradients_hide_and_its_check_fires(trained):
   # Only APGD's random start moves the gradient attacks at all.
   assert curves['worst-case-gradient'][-1]['adi'] > clean - 0.05
   assert curves['square-100'][-1]['adi'] < curves['worst-case-gradient'][-1]['adi'] - 0.05
-  assert curves['worst-case'][-1]['adi'] == curves['square-100'][-1]['adi']  # the robust figure
+  assert curves['worst-case'][-1]['adi'] <= curves['square-100'][-1]['adi']  # the robust figure
   check = by_name(report)['gradient_free_weaker']
   assert not check['passed'] and any('Square included' in w for w in report['warnings'])
   normal = by_name(report_for(trained, 'normal', **changes))['gradient_free_weaker']
