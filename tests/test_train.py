@@ -304,3 +304,25 @@ def test_a_missing_std_run_is_one_clear_line_before_anything_is_written(tmp_path
     train.Trainer(tiny_config(method, **keys), str(tmp_path / 'run'))
   assert 'train the STD model there first' in str(e.value) and '\n' not in str(e.value)
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_seed_changes_the_initialisation_and_the_data_order_and_nothing_else():
+  """Seeds as an axis of comparisons: the same seed gives the same bits; another seed another
+  initialisation and batch order, on the same training and evaluation data."""
+  def build(seed):
+    t = train.Trainer(tiny_config('amat', seed=seed), '/tmp/unused_seed_workdir')
+    params = _host(t.fresh_state().params)
+    ids = [np.asarray(b['id']).copy() for b in t._epoch_batches(0)]
+    return t, params, ids
+  a, params_a, ids_a = build(0)
+  a2, params_a2, ids_a2 = build(0)
+  b, params_b, ids_b = build(1)
+  same = lambda x, y: all(np.array_equal(u, v) for u, v in
+                          zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+  assert same(params_a, params_a2) and all(np.array_equal(u, v) for u, v in zip(ids_a, ids_a2))
+  assert not same(params_a, params_b)
+  assert not all(np.array_equal(u, v) for u, v in zip(ids_a, ids_b))
+  assert sorted(np.concatenate(ids_a).tolist()) == sorted(np.concatenate(ids_b).tolist())
+  for data in ('train_data', 'eval_data'):
+    x, y = getattr(a, data), getattr(b, data)
+    assert all(np.array_equal(x[k], y[k]) for k in x), data
