@@ -113,23 +113,3 @@ def test_the_masking_check_flags_a_square_stronger_than_the_gradient_attacks():
                                      white_box='worst-case-gradient')
   assert fine[-1]['passed']
   assert len(gradient_masking.run_checks(**common, curves=curves)) == 4
-
-
-def test_the_evaluator_adds_the_gradient_attacks_own_worst_case_beside_square():
-  from robust_med import apgd, sharding
-  from robust_med.evaluate import Evaluator
-  from robust_med.tasks import segmentation
-  from tiny import tiny_config
-  task = segmentation.Task(tiny_config('std'))
-  data, info = task.load_split('val')
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
-  found = (attacks.PGDSettings(norm='linf', steps=3), apgd.APGDSettings(norm='linf', steps=3),
-           square.SquareSettings(queries=6, p_init=0.3))
-  curves = Evaluator(task, model, sharding.make_mesh(2), found, batch_size=8,
-                     progress=False).curves(params, data, (0.0, 0.3))
-  assert list(curves) == ['pgd-3', 'apgd-3', 'square-6', 'worst-case', 'worst-case-gradient']
-  # Over every attack the worst case is at least as bad as over the gradient attacks alone.
-  assert curves['worst-case'][1]['adi'] <= curves['worst-case-gradient'][1]['adi'] + 1e-9
-  assert curves['worst-case-gradient'][1]['adi'] <= min(curves['pgd-3'][1]['adi'],
-                                                         curves['apgd-3'][1]['adi']) + 1e-9
