@@ -277,7 +277,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.method.fgsm_source in ('online', 'offline'), f'config.method.fgsm_source = '
        f'{config.method.fgsm_source!r}: use online or offline.')
   if config.method.fgsm_source == 'offline':
-    need(config.method.name in ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'),
+    need(config.method.name in methods.AUGMENTATION_ATTACKS,
          f"config.method.fgsm_source = 'offline' applies to the FGSM augmentations, not "
          f'{config.method.name!r}: set it to online or pick fgsm_aug, inverse_fgsm_aug or '
          'fgsm_both_aug.')
@@ -385,7 +385,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in corruption_names(config):
     for severity in config.shift.severities:
       corruptions.check(name, severity)
-  if config.method.name in ('sat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
+  if config.method.name in ('sat', *methods.AUGMENTATION_ATTACKS):
     need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
          'fixed noise budget, e.g. --config.method.eps=10.')
   if 'square' in config.eval.attacks:

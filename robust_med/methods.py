@@ -365,6 +365,9 @@ class Rtda:
 
 
 METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda')
+# The FGSM augmentations and the one-step attacks each adds to the clean batch.
+AUGMENTATION_ATTACKS = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
+                        'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
 XI_STATS = ('mean', 'mean+2std')
 
 
@@ -385,12 +388,10 @@ def build_method(method_config, attack_config):
     return Rtda(eps=method_config.eps, attack=settings, grad_penalty=method_config.grad_penalty,
                 consistency_views=method_config.consistency_views,
                 consistency_adv=method_config.consistency_adv)
-  augment = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
-             'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
-  if name in augment and method_config.get('fgsm_source', 'online') == 'offline':
+  if name in AUGMENTATION_ATTACKS and method_config.get('fgsm_source', 'online') == 'offline':
     return Std()  # The copies are in the training set already (robust_med.offline_augmentation).
-  if name in augment:
-    return AttackAugmentation(eps=method_config.eps, attack_names=augment[name],
+  if name in AUGMENTATION_ATTACKS:
+    return AttackAugmentation(eps=method_config.eps, attack_names=AUGMENTATION_ATTACKS[name],
                               norm=method_config.fgsm_norm, clip=settings.clip)
   raise ConfigError(f'Unknown method {name!r}: set config.method.name to one of {METHODS}.')
 

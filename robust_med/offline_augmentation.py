@@ -18,9 +18,6 @@ import numpy as np
 from robust_med import attacks, methods
 from robust_med import evaluate as evaluate_lib
 
-ATTACK_NAMES = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
-                'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
-
 
 def adversarial_copies(task, model, params, arrays: dict[str, np.ndarray], attack_name: str,
                        eps: float, *, norm: str, clip, mesh, batch_size: int) -> np.ndarray:
@@ -53,7 +50,7 @@ def augment_training_set(config, task, info, arrays: dict[str, np.ndarray], mesh
   workdir = config.method.fgsm_checkpoint
   model, params, meta, step = evaluate_lib.restore_model(
       task, workdir, info, arrays['image'], mesh, what='The training data')
-  names = ATTACK_NAMES[config.method.name]
+  names = methods.AUGMENTATION_ATTACKS[config.method.name]
   clip = tuple(config.attack.clip) or None
   images = [adversarial_copies(task, model, params, arrays, name, config.method.eps,
                                norm=config.method.fgsm_norm, clip=clip, mesh=mesh,

@@ -46,11 +46,12 @@ import ml_collections
 import numpy as np
 
 from robust_med import margins as margins_lib
+from robust_med import methods as methods_lib
 from robust_med import reports
 from robust_med.errors import ConfigError, UserError
 
 PLAN_FILE = 'sweep.json'
-METHODS_WITH_EPS = ('sat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug')
+METHODS_WITH_EPS = ('sat', *methods_lib.AUGMENTATION_ATTACKS)
 
 
 @dataclasses.dataclass
@@ -111,7 +112,6 @@ def plan_runs(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
   {'refine': 'boundary'}) one per variant and source; with more than one, the folder and label
   name each run's changes.
   """
-  from robust_med import methods as methods_lib
   unknown = [m for m in methods if m not in methods_lib.METHODS]
   if unknown:
     raise ConfigError(f'Unknown method(s) {unknown} in --methods: use names from '

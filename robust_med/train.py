@@ -290,9 +290,7 @@ class Trainer:
   def measure_xi(self, params) -> np.ndarray:
     """ξ from per-sample clean training losses of a model trained on clean data."""
     mc = self.config.method
-    if mc.xi_source == 'checkpoint':
-      need_trained_run(mc.xi_checkpoint, 'method.xi_checkpoint',
-                       '--config.method.xi_source=warmup to measure ξ after a warm-up instead')
+    if mc.xi_source == 'checkpoint':  # Its presence was checked in __init__.
       mngr = checkpointing.reader(mc.xi_checkpoint)
       step = checkpointing.pick_step(mngr)
       checkpointing.check_compatible(checkpointing.read_meta(mngr, step),

@@ -73,7 +73,8 @@ def check(config) -> None:
 
 def method_norm(config) -> str:
   """The norm of `config.method.eps`: the FGSM augmentations' own, else the training attack's."""
-  if config.method.name in ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug'):
+  from robust_med import methods  # Local import keeps this module light.
+  if config.method.name in methods.AUGMENTATION_ATTACKS:
     return config.method.fgsm_norm
   return config.attack.norm
 

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from robust_med import config_base
+from robust_med import config_base, methods
 from robust_med.presets import apply_protocol, parse_arg
 
 # Each MSD dataset: task folder, channels, classes, robust_med's full-sized input (Prostate and
@@ -35,7 +35,6 @@ DATASETS = {
                         noise_levels=(0., 1., 3., 5., 7., 9., 11., 13., 15.), delta_eps=2.5,
                         sat_eps=5., cpu_noise_levels=(0., 1., 3., 5., 7., 10., 15.)),
 }
-FGSM_METHODS = ('fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug')
 
 
 def paper_settings(dataset: str, method: str, variant: str) -> dict:
@@ -56,7 +55,7 @@ def paper_settings(dataset: str, method: str, variant: str) -> dict:
     std = os.path.join('runs', f'{dataset}_std')
     if method == 'amat':                    # ξ from a trained STD model (§3.1)
       paper.update({'method.xi_source': 'checkpoint', 'method.xi_checkpoint': std})
-    if method in FGSM_METHODS:              # seed 001: the copies made once by a trained model
+    if method in methods.AUGMENTATION_ATTACKS:              # seed 001: the copies made once by a trained model
       paper.update({'method.fgsm_source': 'offline', 'method.fgsm_checkpoint': std})
   return paper
 
@@ -121,7 +120,7 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
     c.eval.noise_levels = (0., 0.5, 1., 2., 4.)
     c.log_every_steps = 16
     c.checkpoint_every_steps = 64
-  if method in FGSM_METHODS:
+  if method in methods.AUGMENTATION_ATTACKS:
     c.method.eps = 0.05 if arg == 'synthetic' else 0.1  # L∞ budget in z-score units.
   paper = paper_settings(dataset, method, variant)
   if arg == 'synthetic':
