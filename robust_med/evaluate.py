@@ -144,11 +144,13 @@ class Evaluator:
     return {'eps': float(eps), **self.task.summarize(stats), 'loss': float(stats['loss'].mean())}
 
   def curves(self, params, arrays: dict[str, np.ndarray], noise_levels=(0.0,), attacks_=None,
-             *, worst_case: bool = True, desc: str = 'eval') -> dict[str, list[dict]]:
+             *, worst_case: bool = True, desc: str = 'eval',
+             per_sample: dict | None = None) -> dict[str, list[dict]]:
     """Metric rows at each noise level for each attack, by attack name, plus 'worst-case' (each
     sample under whichever attack hurt it most, by `task.sample_scores`) when there are several.
 
-    Worst-case rows also count, under 'worst_of', how many samples each attack won.
+    Worst-case rows also count, under 'worst_of', how many samples each attack won. A dict given
+    as `per_sample` receives, per curve, one array of `task.sample_metric` per noise level.
     """
     attacks_ = tuple(attacks_ or self.attacks)
     names = [a.describe()['name'] for a in attacks_]
@@ -172,16 +174,22 @@ class Evaluator:
         stats = [clean] * len(attacks_)
       else:
         stats = [self.sample_stats(params, arrays, eps, a, bar) for a in attacks_]
-      for n, s in zip(names, stats):
+      curve_stats = list(zip(names, stats))
+      for n, s in curve_stats:
         out[n].append(self._row(eps, s))
       if several:
         worst, index = worst_per_sample(self.task, stats)
         row = self._row(eps, worst)
         row['worst_of'] = {n: int((index == i).sum()) for i, n in enumerate(names)}
         out[WORST_CASE].append(row)
+        curve_stats.append((WORST_CASE, worst))
       if white_box:
-        out[WHITE_BOX_WORST_CASE].append(
-            self._row(eps, worst_per_sample(self.task, [stats[i] for i in gradient])[0]))
+        gradient_worst = worst_per_sample(self.task, [stats[i] for i in gradient])[0]
+        out[WHITE_BOX_WORST_CASE].append(self._row(eps, gradient_worst))
+        curve_stats.append((WHITE_BOX_WORST_CASE, gradient_worst))
+      if per_sample is not None:
+        for n, s in curve_stats:
+          per_sample.setdefault(n, []).append(np.asarray(self.task.sample_metric(s), np.float64))
     bar.close()
     return out
 
@@ -257,12 +265,15 @@ def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray],
   metric = task.primary_metric
   levels = sorted(set([0.0, *map(float, eval_cfg.noise_levels)]))
   attacks_ = evaluation_attacks(eval_cfg, clip)
-  curves = evaluator.curves(params, data, levels, attacks_, desc='robustness')
+  per_sample: dict[str, list[np.ndarray]] = {}
+  curves = evaluator.curves(params, data, levels, attacks_, desc='robustness',
+                            per_sample=per_sample)
   primary = attacks_[0].describe()
   report = {'task': task.name, 'metric': metric, 'higher_is_better': task.higher_is_better,
             'num_samples': len(data['id']), **(extra or {}),
             'attack': primary, 'results': curves[primary['name']],
-            'attacks': [a.describe() for a in attacks_], 'curves': curves}
+            'attacks': [a.describe() for a in attacks_], 'curves': curves,
+            'per_sample': per_sample_entry(task, data['id'], levels, per_sample)}
   if len(attacks_) > 1:
     report['worst_case'] = {
         'over': [a.describe()['name'] for a in attacks_],
@@ -271,6 +282,16 @@ def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray],
   if eval_cfg.masking_checks:
     report.update(masking_checks(evaluator, params, data, eval_cfg, attacks_[0], curves, levels))
   return report
+
+
+def per_sample_entry(task, ids, levels, values: dict[str, list[np.ndarray]]) -> dict:
+  """The report's per-sample metric (`task.sample_metric`) of every curve at every noise level,
+  with the samples' ids: what paired comparisons of models evaluated on the same samples read
+  (`robust_med.stats.compare_runs`). Values are rounded to 6 decimals."""
+  return {'metric': task.sample_metric_label(), 'higher_is_better': task.higher_is_better,
+          'eps': [float(e) for e in levels], 'ids': np.asarray(ids).astype(int).tolist(),
+          'values': {name: [np.round(v, 6).tolist() for v in per_level]
+                     for name, per_level in values.items()}}
 
 
 def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PGDSettings,

@@ -48,6 +48,7 @@ import numpy as np
 from robust_med import margins as margins_lib
 from robust_med import methods as methods_lib
 from robust_med import reports
+from robust_med import verdicts
 from robust_med.errors import ConfigError, UserError
 
 PLAN_FILE = 'sweep.json'
@@ -59,6 +60,32 @@ class Run:
   name: str                            # folder under the sweep's workdir
   label: str                           # how tables and plots call it, e.g. 'SAT ε=5'
   config: ml_collections.ConfigDict
+  seed: int | None = None              # the training seed, when the sweep has several
+
+
+def with_seeds(runs: list[Run], workdir: str, seeds: int) -> list[Run]:
+  """Each run trained with `seeds` training seeds (config.seed, config.seed + 1, ...), in
+  folders `<name>` (the first seed: a one-seed sweep grows by rerunning it with more seeds) and
+  `<name>_seed<s>`, with the same label; a run that reads another run's folder (AMAT's ξ
+  or offline FGSM copies from the sweep's STD) reads that run's folder of the same seed. One
+  seed keeps the runs as they are."""
+  if seeds < 1:
+    raise ConfigError(f'--seeds={seeds}: train each method with at least one seed (e.g. '
+                      '--seeds=3).')
+  if seeds == 1:
+    return runs
+  folders = {os.path.abspath(os.path.join(workdir, r.name)): r.name for r in runs}
+  seeded = []
+  for k in range(seeds):
+    for r in runs:
+      c = copy.deepcopy(r.config)
+      c.seed = r.config.seed + k
+      suffix = f'_seed{c.seed}' if k else ''  # The first seed keeps the one-seed folder.
+      for key, value in r.config.method.items():
+        if isinstance(value, str) and value in folders:  # another run's folder: same seed's
+          c.method[key] = os.path.join(os.path.abspath(workdir), folders[value] + suffix)
+      seeded.append(Run(r.name + suffix, r.label, c, seed=c.seed))
+  return seeded
 
 
 def _fmt(x: float) -> str:
@@ -242,17 +269,20 @@ def _shared_settings(config) -> dict:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
               methods: Sequence[str] = ('std', 'sat', 'amat'), xi_from_std: bool = True,
               xi_sources: Sequence[str] | None = None, amat_variants: Sequence[dict] = ({},),
-              method_configs: Sequence[str] = (),
+              method_configs: Sequence[str] = (), seeds: int = 1,
               log: Callable[[str], None] = print) -> list[dict]:
   """Trains and evaluates every run of the sweep that has no report yet, then writes the
   summary. Returns the summary rows (see `summary_rows`). With `method_configs` the runs are
-  those files' methods (`method_config_runs`) instead of `methods`."""
+  those files' methods (`method_config_runs`) instead of `methods`; with `seeds` > 1 each is
+  trained with that many seeds (`with_seeds`), seed by seed (every method's first seed, then
+  every method's second, ...), so a stopped sweep already compares every method."""
   from robust_med import config_base, train
   if method_configs:
     runs = method_config_runs(config, workdir, method_configs, xi_from_std)
   else:
     runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std,
                      xi_sources=xi_sources, amat_variants=amat_variants)
+  runs = with_seeds(runs, workdir, seeds)
   for run in runs:
     config_base.validate(run.config)
   from robust_med import compile_cache
@@ -274,7 +304,9 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
   path = os.path.join(workdir, PLAN_FILE)
   shared = _shared_settings(config)
   plan = {'shared': shared, 'runs': [{'name': r.name, 'label': r.label,
-                                      'method': r.config.method.to_dict()} for r in runs]}
+                                      'method': r.config.method.to_dict(),
+                                      **({'seed': r.seed} if r.seed is not None else {})}
+                                     for r in runs]}
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -284,8 +316,9 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
       raise UserError(f'{workdir} holds a sweep made with other settings (differs in '
                       f'{", ".join(changed)}): use a new --workdir, or the same config and '
                       'overrides to resume it.')
-    known = {r['name']: r for r in old['runs']}
-    plan['runs'] = list(known.values()) + [r for r in plan['runs'] if r['name'] not in known]
+    new = {r['name']: r for r in plan['runs']}
+    known = [new.pop(r['name'], r) for r in old['runs']]  # Old order; today's entries.
+    plan['runs'] = known + list(new.values())
   reports.write_json(path, plan)
 
 
@@ -298,7 +331,11 @@ def summary_rows(workdir: str) -> list[dict]:
   """One row per finished model of the sweep in `workdir` and curve (each attack, worst case)."""
   with open(os.path.join(workdir, PLAN_FILE)) as f:
     plan = json.load(f)
-  return rows_for([(r['label'], os.path.join(workdir, r['name'])) for r in plan['runs']])
+  rows = rows_for([(r['label'], os.path.join(workdir, r['name'])) for r in plan['runs']])
+  seeds = {r['name']: r.get('seed') for r in plan['runs']}
+  for row in rows:
+    row['seed'] = seeds.get(row['run'])
+  return rows
 
 
 def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list[dict]:
@@ -333,7 +370,7 @@ def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list
           'mean': float(np.mean(values)), 'seconds_per_epoch': _seconds_per_epoch(run_dir),
           'checks_passed': f'{len(checks) - len(failed)}/{len(checks)}' if checks else 'not run',
           'checks_failed': failed, 'margins': margins_lib.final_stats(run_dir),
-          'protocol': report.get('protocol', 'unrecorded'), 'report': report})
+          'protocol': report.get('protocol', 'unrecorded'), 'seed': None, 'report': report})
   return rows
 
 
@@ -344,7 +381,10 @@ def summarize(workdir: str) -> list[dict]:
   if not rows:
     return rows
   write_csv(rows, os.path.join(workdir, 'summary.csv'))
-  reports.write_text(os.path.join(workdir, 'summary.md'), markdown(rows))
+  result = verdicts.comparisons(rows)
+  if result:
+    verdicts.write_csv(result, os.path.join(workdir, 'comparisons.csv'))
+  reports.write_text(os.path.join(workdir, 'summary.md'), markdown(rows, result))
   plot(rows, os.path.join(workdir, 'curves.png'))
   with open(os.path.join(workdir, PLAN_FILE)) as f:
     runs = [(r['label'], os.path.join(workdir, r['name'])) for r in json.load(f)['runs']]
@@ -398,12 +438,13 @@ def write_csv(rows: list[dict], path: str) -> None:
   fields = ['model', 'run', 'method', 'curve', 'norm', f'clean_{metric}',
             *[f'{metric}@eps={_fmt(e)}' for e in levels], f'mean_{metric}_over_grid',
             'train_seconds_per_epoch', 'checks_passed', 'checks_failed',
-            *[f'final_margin_{k}' for k in margins_lib.STATS], 'protocol']
+            *[f'final_margin_{k}' for k in margins_lib.STATS], 'protocol', 'seed']
   reports.write_csv(path, fields, [
       [r['model'], r['run'], r['method'], r['curve'], r['norm'], f'{r["clean"]:.4f}',
        *[f'{r["by_eps"][e]:.4f}' for e in levels], f'{r["mean"]:.4f}',
        f'{r["seconds_per_epoch"]:.1f}', r['checks_passed'], ';'.join(r['checks_failed']),
-       *[_margin(r, k) for k in margins_lib.STATS], r['protocol']] for r in rows])
+       *[_margin(r, k) for k in margins_lib.STATS], r['protocol'],
+       '' if r.get('seed') is None else r['seed']] for r in rows])
 
 
 def _margin(row: dict, stat: str) -> str:
@@ -431,8 +472,10 @@ def _describe(a: dict) -> str:
           f'random start {a["random_start"]}, data range {a["data_range"]})')
 
 
-def markdown(rows: list[dict]) -> str:
-  """The sweep's tables: one per curve (worst case first), then the gradient-masking checks."""
+def markdown(rows: list[dict], comparisons: dict | None = None) -> str:
+  """The sweep's tables: one per curve (worst case first, each model's figures over its
+  seeds), then the gradient-masking checks, the margins, and the paired comparisons
+  (`robust_med.verdicts.comparisons`) when given."""
   report = rows[0]['report']
   metric, levels = rows[0]['metric'], list(rows[0]['by_eps'])
   curves = list(dict.fromkeys(r['curve'] for r in rows))
@@ -449,17 +492,27 @@ def markdown(rows: list[dict]) -> str:
   lines += [f'- {_describe(a)}' for a in report.get('attacks', [report['attack']])]
   if 'worst_case' in report:
     lines.append(f'- worst-case: {report["worst_case"]["rule"]}')
+  model_groups = verdicts.groups(rows)
+  seeds = max(g['seeds'] for g in model_groups)
+  if seeds > 1:
+    lines += ['', f'Each model trained with up to {seeds} seeds: figures are the mean over seeds '
+              f'± half of its 95 % Student-t interval over seeds; seconds per epoch averaged, '
+              'masking checks summed over seeds.']
   for curve in curves:
     lines += ['', f'## {metric.upper()}, {curve}', '',
               '| model | ' + ' | '.join(f'ε={_fmt(e)}' for e in levels)
-              + ' | mean over grid | train s/epoch | masking checks |',
-              '|---' * (len(levels) + 4) + '|']
-    for r in rows:
-      if r['curve'] == curve:
-        lines.append(f'| {r["model"]} | ' + ' | '.join(f'{r["by_eps"][e]:.3f}' for e in levels)
-                     + f' | {r["mean"]:.3f} | {r["seconds_per_epoch"]:.0f} | '
-                     + f'{r["checks_passed"]} |')
-  checks = [(r['model'], r['report'].get('checks', [])) for r in rows if r['curve'] == curves[0]]
+              + ' | mean over grid | train s/epoch | masking checks |'
+              + (' seeds |' if seeds > 1 else ''),
+              '|---' * (len(levels) + 4 + (seeds > 1)) + '|']
+    for g in model_groups:
+      if g['curve'] == curve:
+        lines.append(f'| {g["model"]} | '
+                     + ' | '.join(verdicts.cell(g['by_eps'][e]) for e in levels)
+                     + f' | {verdicts.cell(g["mean"])} | '
+                     + f'{np.mean([r["seconds_per_epoch"] for r in g["rows"]]):.0f} | '
+                     + f'{_checks_passed(g["rows"])} |'
+                     + (f' {g["seeds"]} |' if seeds > 1 else ''))
+  checks = [(_seeded(r), r['report'].get('checks', [])) for r in rows if r['curve'] == curves[0]]
   if any(c for _, c in checks):
     names = [c['name'] for c in checks[0][1]]
     lines += ['', '## Gradient-masking checks', '', '| model | ' + ' | '.join(names) + ' |',
@@ -478,16 +531,29 @@ def markdown(rows: list[dict]) -> str:
               '|---' * (len(margins_lib.STATS) + 5) + '|']
     for r in with_margins:
       m = r['margins']
-      lines.append(f'| {r["model"]} | {m["step"]} | '
+      lines.append(f'| {_seeded(r)} | {m["step"]} | '
                    + ' | '.join(_margin(r, k) for k in margins_lib.STATS)
                    + ' | ' + ' | '.join(f'{m[k]:.3f}' if k in m else ''
                                         for k in ('grow_fraction', 'refine_fraction',
                                                   'refine_delta')) + ' |')
-  warnings = [(r['model'], w) for r in rows if r['curve'] == curves[0]
+  warnings = [(_seeded(r), w) for r in rows if r['curve'] == curves[0]
               for w in r['report'].get('warnings', [])]
   if warnings:
     lines += ['', '**Warnings**', ''] + [f'- {m}: {w}' for m, w in warnings]
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines) + '\n' + (verdicts.markdown(comparisons) if comparisons else '')
+
+
+def _seeded(row: dict) -> str:
+  """A row's model label, with its seed when the sweep has several."""
+  return row['model'] + (f' (seed {row["seed"]})' if row.get('seed') is not None else '')
+
+
+def _checks_passed(rows: list[dict]) -> str:
+  """'passed/run' over the rows' (seeds') masking checks."""
+  checks = [c for r in rows for c in r['report'].get('checks', [])]
+  if not checks:
+    return 'not run'
+  return f'{sum(c["passed"] for c in checks)}/{len(checks)}'
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -499,12 +565,18 @@ def plot(rows: list[dict], path: str) -> None:
   curves = sorted(dict.fromkeys(r['curve'] for r in rows), key=lambda c: c != 'worst-case')
   fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.8), squeeze=False,
                            sharey=True)
+  model_groups = verdicts.groups(rows)
   for ax, curve in zip(axes[0], curves):
-    for r in rows:
-      if r['curve'] == curve:
-        eps = list(r['by_eps'])
-        ax.plot(eps, [r['by_eps'][e] for e in eps], marker='o', ms=3,
-                label=r['model'] + (' (checks failed)' if r['checks_failed'] else ''))
+    for g in model_groups:
+      if g['curve'] == curve:
+        eps = list(g['by_eps'])
+        failed = any(r['checks_failed'] for r in g['rows'])
+        label = (g['model'] + (f' ({g["seeds"]} seeds, 95% CI)' if g['seeds'] > 1 else '')
+                 + (' (checks failed)' if failed else ''))
+        line, = ax.plot(eps, [g['by_eps'][e][0] for e in eps], marker='o', ms=3, label=label)
+        if g['seeds'] > 1:
+          ax.fill_between(eps, [g['by_eps'][e][1] for e in eps],
+                          [g['by_eps'][e][2] for e in eps], color=line.get_color(), alpha=0.15)
     ax.set_title(f'{curve}', fontsize=10)
     ax.set_xlabel(f'noise level ε ({norm})')
     ax.grid(alpha=0.3)
@@ -536,6 +608,9 @@ def main(argv=None) -> None:
   flags.DEFINE_list('method_configs', [], 'Config files whose method sections to compare (one run '
                     'each, named after the file), e.g. configs/busi_std.py:cpu,configs/busi_at.py:'
                     'cpu; replaces --methods and --sat_eps.')
+  flags.DEFINE_integer('seeds', 1, 'Training seeds per method (config.seed, config.seed + 1, '
+                       '...; folders <run>_seed<s>): tables give the mean over seeds with its '
+                       '95% interval, comparisons bootstrap over samples and seeds.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
   @cli.guard
@@ -553,8 +628,12 @@ def main(argv=None) -> None:
     rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
                      xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
                      amat_variants=variants, method_configs=f.method_configs,
-                     log=lambda s: print(s, file=sys.stderr))
-    print(markdown(rows) if rows else 'No finished runs.')
+                     seeds=f.seeds, log=lambda s: print(s, file=sys.stderr))
+    if rows:
+      with open(os.path.join(f.workdir, 'summary.md')) as summary:
+        print(summary.read())
+    else:
+      print('No finished runs.')
     print(f'Done: {os.path.abspath(f.workdir)}/summary.md, summary.csv, curves.png, training.png')
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)

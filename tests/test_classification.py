@@ -79,6 +79,10 @@ def test_sample_scores_are_the_probability_margin_and_negative_iff_wrong():
   scores = task.sample_scores({'probs': probs, 'label': labels})
   np.testing.assert_allclose(scores, [0.5, -0.3, -0.05])
   assert np.all((scores < 0) == (probs.argmax(1) != labels))
+  # The per-sample metric the paired comparisons use averages to the accuracy.
+  correct = task.sample_metric({'probs': probs, 'label': labels})
+  np.testing.assert_array_equal(correct, [1, 0, 0])
+  assert correct.mean() == task.summarize({'probs': probs, 'label': labels})['accuracy']
 
 
 def test_class_weights_apply_to_the_training_split_only():

@@ -105,6 +105,16 @@ def test_checks_pass_on_a_normal_model(trained):
   # The figures behind each check travel with it.
   assert checks['huge_eps_reaches_floor']['figures']['metric'] < 0.1 * clean
   assert checks["random_noise_weaker"]["figures"]["at_eps"] in (2.0, 5.0, 10.0)
+  # Every curve's per-sample Dice at every level, for paired comparisons; the worst case is
+  # per sample at most each attack's value.
+  per, val = report['per_sample'], trained['normal'][3]
+  assert per['ids'] == val['id'].tolist() and per['eps'] == [r['eps'] for r in report['results']]
+  assert set(per['values']) == set(report['curves'])
+  values = {k: np.asarray(v) for k, v in per['values'].items()}
+  assert all(v.shape == (len(per['eps']), len(val['id'])) for v in values.values())
+  attacks_ = [k for k in values if k != 'worst-case']
+  assert np.all(values['worst-case'] <= np.min([values[k] for k in attacks_], axis=0) + 1e-9)
+  assert values['pgd-10'][-1].mean() < values['pgd-10'][0].mean() - 0.2
 
 
 @pytest.mark.parametrize('name', ['quantised', 'saturated'])

@@ -31,6 +31,8 @@ class Task(abc.ABC):
   higher_is_better: bool = True
   #: What `sample_scores` measures, for reports.
   sample_score_name: str = 'negated per-sample loss'
+  #: What `sample_metric` measures, for reports ('' = the primary metric per sample).
+  sample_metric_name: str = ''
   #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
   loss_term_names: tuple[str, ...] = ()
   #: What `xi_score` measures ('' = the head defines none; AMAT's xi_mode='score' needs one).
@@ -108,6 +110,19 @@ class Task(abc.ABC):
     a head whose metric is per-sample overrides it with that metric.
     """
     return -np.asarray(stats['loss'])
+
+  def sample_metric(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The primary metric per sample, shape (N,), in the metric's own direction
+    (`higher_is_better`): what the paired comparisons of two models compare, image by image, and
+    average over images and seeds (`robust_med.stats`). Default: `sample_scores`, negated when
+    lower is better (a landmark head's negated MRE becomes its MRE). A head whose metric is a
+    mean of something else per sample (accuracy: correct or not) overrides it."""
+    scores = np.asarray(self.sample_scores(stats), np.float64)
+    return scores if self.higher_is_better else -scores
+
+  def sample_metric_label(self) -> str:
+    """How reports name `sample_metric`."""
+    return self.sample_metric_name or f'per-sample {self.primary_metric}'
 
   def draw(self, ax, image: np.ndarray, outputs: Any, item: Mapping[str, np.ndarray]) -> None:
     """Draws one sample's prediction `outputs` (the model's outputs for that sample) against its

@@ -81,6 +81,7 @@ class Task(base.Task):
   primary_metric = 'accuracy'
   higher_is_better = True
   sample_score_name = "the true class's probability margin p_y − max_{k≠y} p_k"
+  sample_metric_name = 'correct (1) or not (0)'
   loss_term_names = ('ce',)
   outputs_move_with_image = False
 
@@ -161,6 +162,11 @@ class Task(base.Task):
 
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     return classification_metrics(stats['probs'], stats['label'], self._class_names())
+
+  def sample_metric(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """1 where the predicted class is the true one, else 0 (accuracy per image)."""
+    probs = np.asarray(stats['probs'])
+    return (probs.argmax(axis=1) == np.asarray(stats['label'])).astype(np.float64)
 
   def sample_scores(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     probs = np.asarray(stats['probs'], np.float64)

@@ -155,6 +155,7 @@ class Task(base.Task):
   primary_metric = 'mre_mm'
   higher_is_better = False
   sample_score_name = 'negated per-image MRE (mm)'
+  sample_metric_name = 'per-image MRE (mm)'
   loss_term_names = ('heatmap', 'offset_x', 'offset_y')
 
   @classmethod

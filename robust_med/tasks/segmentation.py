@@ -80,6 +80,7 @@ class Task(base.Task):
   name = 'segmentation'
   primary_metric = 'adi'
   sample_score_name = 'per-sample mean Dice over the classes present'
+  sample_metric_name = 'per-image Dice (mean over the classes present)'
   loss_term_names = ('ce', 'dice')
 
   def splits(self) -> tuple[str, ...]:
