@@ -171,9 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve) and 'apgd'
   c.eval.apgd_steps = 100              # APGD iterations (Croce & Hein 2020; no step size to tune)
   c.eval.apgd_restarts = 1
-  c.eval.square_queries = 1000         # 'square' (L∞ only): forward passes of the gradient-free
-  c.eval.square_p_init = 0.05          # random search (Andriushchenko et al. 2020) and its
-                                       # initial window fraction (robust_med/square.py)
+  c.eval.square_queries = 1000         # 'square' (L∞ or L2): forward passes of the gradient-free
+  c.eval.square_p_init = 0.0           # random search (Andriushchenko et al. 2020) and its
+                                       # initial window fraction; 0 = the paper's for the norm
+                                       # (0.05 L∞, 0.1 L2; robust_med/square.py)
   # Gradient-masking checks (Carlini et al. 2019), written into robustness.json.
   c.eval.masking_checks = True
   c.eval.weak_steps = 0                # PGD-<weak_steps> must not beat PGD-<steps>; 0 = steps // 5
@@ -389,11 +390,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
          'fixed noise budget, e.g. --config.method.eps=10.')
   if 'square' in config.eval.attacks:
-    need(config.eval.norm == 'linf', f"config.eval.attacks has 'square' but config.eval.norm is "
-         f'{config.eval.norm!r}: Square is implemented for linf only; drop it or use linf.')
-    need(config.eval.square_queries >= 1 and 0 < config.eval.square_p_init <= 1,
+    need(config.eval.norm in ('linf', 'l2'), f"config.eval.attacks has 'square' but "
+         f'config.eval.norm is {config.eval.norm!r}: Square is implemented for linf and l2 only; '
+         'drop it or use one of those.')
+    need(config.eval.square_queries >= 1 and 0 <= config.eval.square_p_init <= 1,
          f'config.eval.square_queries = {config.eval.square_queries} must be ≥ 1 and '
-         f'config.eval.square_p_init = {config.eval.square_p_init} in (0, 1].')
+         f'config.eval.square_p_init = {config.eval.square_p_init} in [0, 1] (0: the paper\'s).')
   unknown_attacks = [a for a in config.eval.attacks if a not in EVAL_ATTACKS]
   need(not unknown_attacks and 'pgd' in config.eval.attacks,
        f'config.eval.attacks = {tuple(config.eval.attacks)}: list attacks from {EVAL_ATTACKS}, '

@@ -252,7 +252,7 @@ def evaluation_attacks(eval_cfg, clip=None) -> list:
                                                restarts=eval_cfg.apgd_restarts),
            'square': lambda: square.SquareSettings(
                queries=eval_cfg.get('square_queries', 1000),
-               p_init=eval_cfg.get('square_p_init', 0.05), clip=clip, norm=eval_cfg.norm)}
+               p_init=eval_cfg.get('square_p_init', 0.0), clip=clip, norm=eval_cfg.norm)}
   names = ['pgd'] + [n for n in eval_cfg.attacks if n != 'pgd']
   return [built[n]() for n in names]
 

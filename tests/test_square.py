@@ -1,4 +1,4 @@
-"""Tests for robust_med.square: the gradient-free Square attack (L∞)."""
+"""Tests for robust_med.square: the gradient-free Square attack (L∞ and L2)."""
 
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ def _random_linear_loss(seed=0):
   return lambda z: jnp.sum(z * w, axis=(1, 2, 3))
 
 
-def test_square_stays_in_the_budget_and_the_range_and_raises_the_loss():
+@pytest.mark.parametrize('norm, eps', [('linf', [0.0, 0.05, 0.1, 0.3]), ('l2', [0.0, 0.3, 0.6, 2.0])])
+def test_square_stays_in_the_budget_and_the_range_and_raises_the_loss(norm, eps):
   x = jnp.asarray(np.random.default_rng(1).uniform(size=(4, 8, 6, 2)), jnp.float32)
-  eps = jnp.asarray([0.0, 0.05, 0.1, 0.3])
+  eps = jnp.asarray(eps)
   loss = _random_linear_loss()
-  x_adv = jax.jit(lambda x, e, k: square.square_linf(loss, x, e, k, queries=200,
-                                                     clip=(0.0, 1.0)))(x, eps, KEY)
-  delta = np.abs(np.asarray(x_adv - x)).reshape(4, -1).max(axis=1)
-  assert (delta <= np.asarray(eps) + 1e-6).all()
+  x_adv = jax.jit(lambda x, e, k: square.square(loss, x, e, k, queries=200, norm=norm,
+                                                clip=(0.0, 1.0)))(x, eps, KEY)
+  delta = np.asarray(attacks.perturbation_norm(x_adv - x, norm))
+  assert (delta <= np.asarray(eps) + 1e-5).all()
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   np.testing.assert_array_equal(np.asarray(x_adv[0]), np.asarray(x[0]))  # ε = 0: unchanged.
   gain = np.asarray(loss(x_adv) - loss(x))
@@ -53,29 +54,66 @@ def test_square_finds_what_pgd_cannot_on_a_model_without_gradients():
   assert np.all(np.asarray(jax.grad(lambda z: jnp.sum(loss(z)))(x)) == 0)
   pgd = attacks.pgd(loss, x, 0.1, norm='linf', steps=20, step_size=0.025)
   np.testing.assert_array_equal(np.asarray(loss(pgd)), np.asarray(loss(x)))
-  found = square.square_linf(loss, x, 0.1, KEY, queries=300, p_init=0.3)
+  found = square.square(loss, x, 0.1, KEY, queries=300, p_init=0.3)
   assert (np.asarray(loss(found)) > np.asarray(loss(x))).mean() > 0.5
   assert float(jnp.max(jnp.abs(found - x))) <= 0.1 + 1e-6
 
 
-def test_samples_are_searched_independently():
+def test_l2_square_finds_what_pgd_cannot_on_a_model_without_gradients():
+  """The L2 search on a step function of a random direction w: each sample sits 0.02 below a
+  step of ⟨w, x⟩; its gradient is zero everywhere, so PGD cannot move, while Square's proposals
+  on the sphere of radius 0.5 cross the step. Unclipped, every perturbation has norm ε exactly."""
+  rng = np.random.default_rng(4)
+  w = rng.normal(size=(1, 8, 6, 2))
+  w /= np.linalg.norm(w)
+  x = rng.normal(size=(32, 8, 6, 2))
+  x += (0.3 - 0.02 - np.sum(x * w, axis=(1, 2, 3), keepdims=True)) * w  # ⟨w, x⟩ = 0.28
+  x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+  loss = lambda z: jnp.floor(jnp.sum(z * w, axis=(1, 2, 3)) / 0.1)
+  assert np.all(np.asarray(jax.grad(lambda z: jnp.sum(loss(z)))(x)) == 0)
+  pgd = attacks.pgd(loss, x, 0.5, norm='l2', steps=20, step_size=0.05)
+  np.testing.assert_array_equal(np.asarray(loss(pgd)), np.asarray(loss(x)))
+  found = square.square(loss, x, 0.5, KEY, norm='l2', queries=300)
+  assert (np.asarray(loss(found)) > np.asarray(loss(x))).mean() > 0.9
+  np.testing.assert_allclose(np.asarray(attacks.perturbation_norm(found - x, 'l2')), 0.5,
+                             rtol=1e-4)
+
+
+def test_the_meta_pseudo_gaussian_is_the_papers_shape():
+  tails = square._tail_sums(12)
+  u, v = jnp.arange(7)[:, None], jnp.arange(7)[None, :]
+  p = np.asarray(square.meta_pattern(u, v, 7, tails, 12))
+  assert np.sum(p ** 2) == pytest.approx(1.0, rel=1e-5)
+  assert (p[:3] > 0).all() and (p[3:] < 0).all()       # upper half (7 // 2 rows) up, rest down
+  np.testing.assert_allclose(p[:, ::-1], p, rtol=1e-6)  # symmetric across the columns
+  # The peak of each half at its centre; values fall off ring by ring (Σ 1/(k+1)² from k = ring).
+  assert p[1, 3] == p[:3].max() and p[5, 3] == p[3:].min()  # centres: rows 3//2, 3 + 4//2
+  ring = np.asarray(square._rectangle(u, v, 3, 7, tails))
+  assert ring[1, 3] == pytest.approx(1 + 1 / 4 + 1 / 9 + 1 / 16)
+  assert ring[0, 0] == pytest.approx(1 / 16)
+  # Outside the window: zero.
+  assert float(square.meta_pattern(jnp.asarray(7), jnp.asarray(0), 7, tails, 12)) == 0.0
+
+
+@pytest.mark.parametrize('norm', ['linf', 'l2'])
+def test_samples_are_searched_independently(norm):
   x = jnp.asarray(np.random.default_rng(2).uniform(size=(3, 8, 6, 2)), jnp.float32)
   loss = _random_linear_loss(3)
-  both = square.square_linf(loss, x, 0.1, KEY, queries=50)
+  both = square.square(loss, x, 0.1, KEY, queries=50, norm=norm)
   moved = x.at[1].set(1.0 - x[1])  # Another second sample changes nothing for the others.
-  again = square.square_linf(loss, moved, 0.1, KEY, queries=50)
+  again = square.square(loss, moved, 0.1, KEY, queries=50, norm=norm)
   np.testing.assert_allclose(np.asarray(both[0]), np.asarray(again[0]))
   np.testing.assert_allclose(np.asarray(both[2]), np.asarray(again[2]))
 
 
 def test_bad_inputs_are_refused():
   with pytest.raises(ValueError, match='images'):
-    square.square_linf(lambda z: z.sum(-1), jnp.zeros((2, 5)), 0.1, KEY)
+    square.square(lambda z: z.sum(-1), jnp.zeros((2, 5)), 0.1, KEY)
   with pytest.raises(ValueError, match='queries'):
-    square.square_linf(lambda z: z.sum((1, 2, 3)), jnp.zeros((2, 4, 4, 1)), 0.1, KEY, queries=0)
+    square.square(lambda z: z.sum((1, 2, 3)), jnp.zeros((2, 4, 4, 1)), 0.1, KEY, queries=0)
 
 
-def test_square_joins_the_evaluation_attacks_in_linf_only():
+def test_square_joins_the_evaluation_attacks_in_linf_and_l2():
   from robust_med import config_base, evaluate
   from robust_med.errors import ConfigError
   c = config_base.base_config()
@@ -84,8 +122,12 @@ def test_square_joins_the_evaluation_attacks_in_linf_only():
   built = evaluate.evaluation_attacks(c.eval, (0.0, 1.0))
   assert [a.describe()['name'] for a in built] == ['pgd-100', 'apgd-100', 'square-50']
   assert built[2].clip == (0.0, 1.0) and built[2].steps == 49
+  assert built[2].p_init == 0.05 and built[2].norm == 'linf'  # the paper's for the norm
   c.eval.norm = 'l2'
-  with pytest.raises(ConfigError, match='linf only'):
+  config_base.validate(c)
+  assert evaluate.evaluation_attacks(c.eval)[2].p_init == 0.1
+  c.eval.square_p_init = 1.5
+  with pytest.raises(ConfigError, match='square_p_init'):
     config_base.validate(c)
 
 
