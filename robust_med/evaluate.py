@@ -377,7 +377,8 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   from robust_med import units
   data = evaluation_subset(data, config.eval.max_samples)
   extra = dict(extra, compute_dtype=config.model.get('compute_dtype', 'float32'),
-               protocol=config.get('protocol', 'robust_med'))
+               protocol=config.get('protocol', 'robust_med'),
+               eval_settings=json.loads(config.eval.to_json_best_effort()))
   unit_report = units.report(config)
   if unit_report:
     extra['units'] = unit_report

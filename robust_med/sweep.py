@@ -291,16 +291,35 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
   _check_plan(workdir, config, runs)
   for i, run in enumerate(runs):
     run_dir = os.path.join(workdir, run.name)
+    what = f'[{i + 1}/{len(runs)}] {run.label}' + (f' (seed {run.seed})' if run.seed is not None
+                                                  else '')
     if os.path.exists(os.path.join(run_dir, 'robustness.json')):
-      log(f'[{i + 1}/{len(runs)}] {run.label}: done, skipped ({run_dir})')
-      continue
-    log(f'[{i + 1}/{len(runs)}] {run.label}: training and evaluating in {run_dir}')
+      if evaluated_with(run_dir, run.config):
+        log(f'{what}: done, skipped ({run_dir})')
+        continue
+      log(f'{what}: evaluated with other config.eval settings: re-evaluating the trained model '
+          f'in {run_dir}')
+    else:
+      log(f'{what}: training and evaluating in {run_dir}')
     train.train_and_evaluate(run.config, run_dir)
   return summarize(workdir)
 
 
+def evaluated_with(run_dir: str, config) -> bool:
+  """Whether the run's robustness.json was made with `config.eval` (as the report records it;
+  for reports that do not, the run's config.json, written with them)."""
+  with open(os.path.join(run_dir, 'robustness.json')) as f:
+    used = json.load(f).get('eval_settings')
+  saved = os.path.join(run_dir, 'config.json')
+  if used is None and os.path.exists(saved):
+    with open(saved) as f:
+      used = json.load(f).get('eval')
+  return used is None or used == json.loads(config.eval.to_json_best_effort())
+
+
 def _check_plan(workdir: str, config, runs: list[Run]) -> None:
-  """Records the sweep's settings; refuses to mix runs made with other settings."""
+  """Records the sweep's settings; refuses to mix runs trained with other settings (other
+  evaluation settings are allowed: the finished runs are re-evaluated)."""
   path = os.path.join(workdir, PLAN_FILE)
   shared = _shared_settings(config)
   plan = {'shared': shared, 'runs': [{'name': r.name, 'label': r.label,
@@ -310,9 +329,9 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    if old['shared'] != shared:
-      changed = sorted(k for k in set(old['shared']) | set(shared)
-                       if old['shared'].get(k) != shared.get(k))
+    changed = sorted(k for k in set(old['shared']) | set(shared)
+                     if k != 'eval' and old['shared'].get(k) != shared.get(k))
+    if changed:
       raise UserError(f'{workdir} holds a sweep made with other settings (differs in '
                       f'{", ".join(changed)}): use a new --workdir, or the same config and '
                       'overrides to resume it.')

@@ -137,13 +137,35 @@ def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
 def test_resuming_with_other_settings_is_refused(tmp_path):
   config, work = _write_config(tmp_path), tmp_path / 'sweep'
   work.mkdir()
-  plan = sweep.plan_runs(tiny_config('amat'), str(work), sat_eps=(0.5,))
-  sweep._check_plan(str(work), tiny_config('amat'), plan)
-  proc = subprocess.run(_sweep_cmd(config, work, '--config.eval.steps=5'), cwd=REPO, env=env(),
+  base = tiny_config('amat', **{'mesh.num_devices': 1, 'eval.steps': 4,
+                                'eval.noise_levels': (0.5, 1.0), 'num_epochs': 4,
+                                'eval.every_epochs': 2})
+  plan = sweep.plan_runs(base, str(work), sat_eps=(0.5, 1))
+  sweep._check_plan(str(work), base, plan)
+  proc = subprocess.run(_sweep_cmd(config, work, '--config.num_epochs=5'), cwd=REPO, env=env(),
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   line = proc.stderr.strip().splitlines()[-1]
-  assert line.startswith('error: ') and 'other settings' in line and 'eval' in line
+  assert line.startswith('error: ') and 'other settings' in line and 'num_epochs' in line
+
+
+def test_other_evaluation_settings_re_evaluate_the_finished_runs(tmp_path):
+  work = str(tmp_path)
+  config = tiny_config('amat')
+  plan = sweep.plan_runs(config, work, sat_eps=(0.5,))
+  sweep._check_plan(work, config, plan)
+  other = tiny_config('amat', **{'eval.attacks': ('pgd', 'apgd', 'square')})
+  sweep._check_plan(work, other, plan)  # allowed: only the evaluation changed
+  run = tmp_path / 'std'
+  run.mkdir()
+  settings = json.loads(config.eval.to_json_best_effort())
+  (run / 'robustness.json').write_text(json.dumps({'eval_settings': settings}))
+  assert sweep.evaluated_with(str(run), config) and not sweep.evaluated_with(str(run), other)
+  # A report that does not record them is judged by the run's config.json.
+  (run / 'robustness.json').write_text('{}')
+  assert sweep.evaluated_with(str(run), other)
+  (run / 'config.json').write_text(json.dumps({'eval': settings}))
+  assert sweep.evaluated_with(str(run), config) and not sweep.evaluated_with(str(run), other)
 
 
 def test_amat_variants_and_xi_sources_give_one_run_each():
