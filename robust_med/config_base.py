@@ -175,6 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.square_p_init = 0.0           # random search (Andriushchenko et al. 2020) and its
                                        # initial window fraction; 0 = the paper's for the norm
                                        # (0.05 L∞, 0.1 L2; robust_med/square.py)
+  c.eval.transfer_from = ''            # workdir of a trained run of this head (e.g. a sweep's
+                                       # STD): the primary PGD crafted on it and applied to the
+                                       # evaluated model, as a curve and a masking check
   # Gradient-masking checks (Carlini et al. 2019), written into robustness.json.
   c.eval.masking_checks = True
   c.eval.weak_steps = 0                # PGD-<weak_steps> must not beat PGD-<steps>; 0 = steps // 5

@@ -132,7 +132,11 @@ class Evaluator:
     def attacked_stats(b, batch):
       if bar is not None:
         bar.update(1)
-      x = self.perturb(params, batch, float(eps), jax.random.fold_in(key, b), attack)
+      k = jax.random.fold_in(key, b)
+      if isinstance(attack, TransferAttack):  # crafted on the source model, applied to this one
+        x = attack.evaluator.perturb(attack.params, batch, float(eps), k, attack.base)
+      else:
+        x = self.perturb(params, batch, float(eps), k, attack)
       return self._stats(params, batch, x)
     return per_sample_outputs(attacked_stats, arrays, self.mesh, self.batch_size)
 
@@ -161,9 +165,9 @@ class Evaluator:
     several = worst_case and len(attacks_) > 1
     if several:
       out[WORST_CASE] = []
-    # With a gradient-free attack among several gradient ones, also the gradient attacks' own
-    # worst case: the masking check compares it with the gradient-free curve.
-    gradient = [i for i, a in enumerate(attacks_) if not getattr(a, 'gradient_free', False)]
+    # With a gradient-free or transfer attack among several white-box gradient ones, also the
+    # white-box attacks' own worst case: the masking checks compare it with those curves.
+    gradient = [i for i, a in enumerate(attacks_) if is_white_box(a)]
     white_box = several and 1 < len(gradient) < len(attacks_)
     if white_box:
       out[WHITE_BOX_WORST_CASE] = []
@@ -202,7 +206,58 @@ class Evaluator:
 
 
 WORST_CASE = 'worst-case'
-WHITE_BOX_WORST_CASE = 'worst-case-gradient'  # over the gradient attacks only
+WHITE_BOX_WORST_CASE = 'worst-case-gradient'  # over the white-box gradient attacks only
+
+
+def is_white_box(attack) -> bool:
+  """Whether `attack` follows the evaluated model's own gradient (not Square, not a transfer)."""
+  return not getattr(attack, 'gradient_free', False) and not isinstance(attack, TransferAttack)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TransferAttack:
+  """A transfer attack: `base` (the evaluation's PGD) crafted on another model — the source,
+  run by its own `evaluator` with its `params`, e.g. a sweep's STD — and applied to the model
+  evaluated. A model whose gradients mislead white-box attacks (gradient masking) is often
+  hurt more by perturbations crafted on a model that does not mask them (Carlini et al. 2019).
+  Each batch uses the same key as the white-box attacks, so a model attacked through itself
+  gets exactly the white-box curve."""
+  base: object
+  evaluator: 'Evaluator'
+  params: object
+  source: str  # the source run's workdir
+
+  @property
+  def steps(self) -> int:
+    return self.base.steps
+
+  @property
+  def norm(self) -> str:
+    return self.base.norm
+
+  def describe(self) -> dict:
+    d = self.base.describe()
+    return {**d, 'name': f'transfer-{d["name"]}', 'source': self.source}
+
+
+def transfer_attack(task, info, images: np.ndarray, mesh, config, base) -> TransferAttack | None:
+  """The transfer attack of `config.eval.transfer_from` (a trained run's workdir of the same
+  head and data; None when empty): its model (from its own config.json) and latest parameters,
+  attacked with `base`."""
+  source = config.eval.get('transfer_from', '')
+  if not source:
+    return None
+  if not os.path.isdir(source):
+    raise errors.UserError(f'config.eval.transfer_from = {source!r} is not a folder: set it to '
+                           "the workdir of a trained run of this head (e.g. a sweep's std), or to "
+                           "'' for no transfer attack.")
+  source_config = cli.load_workdir_config(source)
+  model, params, _, _ = restore_model(task, source, info, images, mesh, config=source_config,
+                                      what='The evaluation data')
+  evaluator = Evaluator(task, model, mesh, base, batch_size=config.eval.batch_size,
+                        seed=config.eval.seed, progress=False)
+  return TransferAttack(base=base, evaluator=evaluator, params=params,
+                        source=os.path.abspath(source))
 
 
 def worst_per_sample(task, stats: list[dict[str, np.ndarray]]) -> tuple[dict, np.ndarray]:
@@ -258,13 +313,17 @@ def evaluation_attacks(eval_cfg, clip=None) -> list:
 
 
 def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray], eval_cfg, *,
-                      clip=None, extra: dict | None = None) -> dict:
-  """Clean metrics, a curve per evaluation attack and their per-sample worst case over the noise
-  grid, and (with `eval_cfg.masking_checks`) the gradient-masking checks, as one JSON-able dict."""
+                      clip=None, extra: dict | None = None, transfer=None) -> dict:
+  """Clean metrics, a curve per evaluation attack (and the `transfer` attack's, when given:
+  a function of the primary attack returning a `TransferAttack`) and their per-sample worst case
+  over the noise grid, and (with `eval_cfg.masking_checks`) the gradient-masking checks, as one
+  JSON-able dict."""
   task = evaluator.task
   metric = task.primary_metric
   levels = sorted(set([0.0, *map(float, eval_cfg.noise_levels)]))
   attacks_ = evaluation_attacks(eval_cfg, clip)
+  if transfer is not None:
+    attacks_.append(transfer(attacks_[0]))
   per_sample: dict[str, list[np.ndarray]] = {}
   curves = evaluator.curves(params, data, levels, attacks_, desc='robustness',
                             per_sample=per_sample)
@@ -325,6 +384,7 @@ def checks_from_curves(task, eval_cfg, curves: dict, pgd_name: str, weak: list, 
   metric = task.primary_metric
   clean = curves[pgd_name][0]
   free = [n for n in curves if n.startswith('square-')]  # gradient-free curves
+  transfer = [n for n in curves if n.startswith('transfer-')]
   return gradient_masking.run_checks(
       metric=metric, higher_is_better=task.higher_is_better, floor=task.metric_floor(),
       clean=clean[metric], curves=curves, strong=pgd_name, weak=weak, weak_name=weak_name,
@@ -333,6 +393,8 @@ def checks_from_curves(task, eval_cfg, curves: dict, pgd_name: str, weak: list, 
       floor_clean=clean.get(task.floor_metric or metric),
       gradient_free=curves[free[0]] if free else None,
       gradient_free_name=free[0] if free else '',
+      transfer=curves[transfer[0]] if transfer else None,
+      transfer_name=transfer[0] if transfer else '',
       white_box=WHITE_BOX_WORST_CASE if WHITE_BOX_WORST_CASE in curves else pgd_name)
 
 
@@ -369,7 +431,7 @@ def data_provenance(config, split: str, split_size: int) -> dict:
 
 
 def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray], config,
-                       out: str, extra: dict) -> dict:
+                       out: str, extra: dict, info=None) -> dict:
   """The robustness report of `params` on `data` (capped by `config.eval.max_samples`), written
   into `out` as robustness.json, robustness.png and examples.png (and, when `config.shift` asks
   for it, shift.json and shift.png: `robust_med.shift`); failed checks are printed as warnings on
@@ -382,8 +444,12 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   unit_report = units.report(config)
   if unit_report:
     extra['units'] = unit_report
+  transfer = None
+  if config.eval.get('transfer_from', ''):
+    transfer = lambda base: transfer_attack(evaluator.task, info, data['image'], evaluator.mesh,
+                                            config, base)
   report = robustness_report(evaluator, params, data, config.eval, clip=config.attack.clip,
-                             extra=extra)
+                             extra=extra, transfer=transfer)
   if unit_report:  # Every row also in the paper's units.
     for rows in report['curves'].values():
       for row in rows:
@@ -540,7 +606,7 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
   os.makedirs(out, exist_ok=True)
   write_json(os.path.join(out, 'config.json'), json.loads(config.to_json_best_effort()))
   return evaluate_and_write(make_evaluator(task, model, mesh, config), params, data, config, out,
-                            extra)
+                            extra, info)
 
 
 def restore_model(task, workdir: str, info, images: np.ndarray, mesh, step: int | None = None,

@@ -29,10 +29,13 @@ CHECKS = {
     'huge_eps_reaches_floor': 'a very large budget drives the metric close to its floor (or '
                               'past it)',
 }
-# Run only when the report has a gradient-free curve (config.eval.attacks with 'square').
+# Run only when the report has a gradient-free curve (config.eval.attacks with 'square') or a
+# transfer curve (config.eval.transfer_from).
 OPTIONAL_CHECKS = {
     'gradient_free_weaker': 'the gradient attacks\' per-sample worst case is at least as '
                             'damaging as the gradient-free search (Square)',
+    'transfer_weaker': 'the white-box gradient attacks\' per-sample worst case is at least as '
+                       'damaging as the same attack crafted on another model (transfer)',
 }
 
 
@@ -56,10 +59,12 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
                random: Rows, huge: dict, tolerance: float = 0.02,
                floor_tolerance: float = 0.1, floor_metric: str = '',
                floor_clean: float | None = None, gradient_free: Rows | None = None,
-               gradient_free_name: str = '', white_box: str = '') -> list[dict]:
-  """The four named checks, each `{'name', 'passed', 'description', 'figures'}`, and a fifth,
-  `gradient_free_weaker`, when the report has a gradient-free curve (`gradient_free`, named
-  `gradient_free_name`) to compare with the gradient attacks' worst case (`curves[white_box]`).
+               gradient_free_name: str = '', white_box: str = '',
+               transfer: Rows | None = None, transfer_name: str = '') -> list[dict]:
+  """The four named checks, each `{'name', 'passed', 'description', 'figures'}`, then
+  `gradient_free_weaker` when the report has a gradient-free curve (`gradient_free`, named
+  `gradient_free_name`) and `transfer_weaker` when it has a transfer curve (`transfer`, named
+  `transfer_name`), each compared with the white-box attacks' worst case (`curves[white_box]`).
 
   Args:
     metric: the primary metric's name in the rows.
@@ -125,6 +130,8 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
   if gradient_free is not None:
     checks.append(compare(gradient_free, gradient_free_name, 'gradient_free_weaker',
                           white_box or strong))
+  if transfer is not None:
+    checks.append(compare(transfer, transfer_name, 'transfer_weaker', white_box or strong))
   return checks
 
 
@@ -139,9 +146,10 @@ def warnings_for(checks: list[dict]) -> list[str]:
                             for k, v in c['figures']['curves'].items())
       line = (f'gradient-masking check {c["name"]} failed ({c["description"]} does not hold: '
               f'{figures}); the robustness numbers may overstate robustness.')
-      if c['name'] == 'gradient_free_weaker':
-        line = line[:-1] + ': the per-sample worst case over every attack, Square included, is ' \
-            'the robust figure.'
+      if c['name'] in OPTIONAL_CHECKS:
+        what = 'Square' if c['name'] == 'gradient_free_weaker' else 'the transfer attack'
+        line = line[:-1] + f': the per-sample worst case over every attack, {what} included, ' \
+            'is the robust figure.'
       out.append(line)
   return out
 

@@ -12,10 +12,16 @@ one continues from its last checkpoint. AMAT's thresholds ξ come from the sweep
 (`--xi_from_std`, as the AMAT paper does), measured on the clean *training* losses; offline FGSM
 augmentation (`method.fgsm_source='offline'`) takes its copies from that STD model too.
 
-Outputs: `DIR/summary.csv` (one row per model and curve), `DIR/summary.md` (laid out like the AMAT paper's Table 2:
-clean metric, metric at each noise level, mean over the grid, training seconds per epoch, and the
-gradient-masking checks), `DIR/curves.png` (metric vs noise, one line per model) and
+Outputs: `DIR/summary.csv` (one row per model, seed and curve), `DIR/summary.md` (laid out like
+the AMAT paper's Table 2: clean metric, metric at each noise level, mean over the grid, training
+seconds per epoch, and the gradient-masking checks; then the paired comparisons against STD and
+the best SAT with one verdict per line, `robust_med.verdicts`), `DIR/comparisons.csv`,
+`DIR/curves.png` (metric vs noise, one line per model, 95 % bands over seeds) and
 `DIR/training.png` (learning curves when config.eval.every_epochs > 0; AMAT's mean margins).
+
+Seeds: `--seeds=3` trains each run with three training seeds (`with_seeds`); `--transfer_from=std`
+adds the transfer attack crafted on the sweep's STD model to every evaluation (`with_transfer`).
+Rerunning with other `config.eval` settings re-evaluates the trained models.
 
 Methods from config files: `--method_configs=configs/busi_std.py:cpu,configs/busi_at.py:cpu,...`
 gives one run per file with that file's whole method section (name, budgets, weights, augment)
@@ -63,12 +69,27 @@ class Run:
   seed: int | None = None              # the training seed, when the sweep has several
 
 
+def with_transfer(runs: list[Run], workdir: str, source: str) -> list[Run]:
+  """Every run evaluated also under the transfer attack crafted on the sweep's run named
+  `source` (e.g. 'std'; itself included: through itself the transfer curve is its white-box
+  PGD curve), which trains before the others."""
+  names = [r.name for r in runs]
+  if source not in names:
+    raise ConfigError(f'--transfer_from={source}: the sweep has no run named {source!r}; use one '
+                      f'of {names}.')
+  runs = sorted(runs, key=lambda r: r.name != source)  # Stable: the source trains first.
+  for r in runs:
+    r.config = copy.deepcopy(r.config)
+    r.config.eval.transfer_from = os.path.abspath(os.path.join(workdir, source))
+  return runs
+
+
 def with_seeds(runs: list[Run], workdir: str, seeds: int) -> list[Run]:
   """Each run trained with `seeds` training seeds (config.seed, config.seed + 1, ...), in
   folders `<name>` (the first seed: a one-seed sweep grows by rerunning it with more seeds) and
-  `<name>_seed<s>`, with the same label; a run that reads another run's folder (AMAT's ξ
-  or offline FGSM copies from the sweep's STD) reads that run's folder of the same seed. One
-  seed keeps the runs as they are."""
+  `<name>_seed<s>`, with the same label; a run that reads another run's folder (AMAT's ξ,
+  offline FGSM copies or the transfer attack from the sweep's STD) reads that run's folder of the
+  same seed. One seed keeps the runs as they are."""
   if seeds < 1:
     raise ConfigError(f'--seeds={seeds}: train each method with at least one seed (e.g. '
                       '--seeds=3).')
@@ -81,9 +102,10 @@ def with_seeds(runs: list[Run], workdir: str, seeds: int) -> list[Run]:
       c = copy.deepcopy(r.config)
       c.seed = r.config.seed + k
       suffix = f'_seed{c.seed}' if k else ''  # The first seed keeps the one-seed folder.
-      for key, value in r.config.method.items():
-        if isinstance(value, str) and value in folders:  # another run's folder: same seed's
-          c.method[key] = os.path.join(os.path.abspath(workdir), folders[value] + suffix)
+      for section in ('method', 'eval'):
+        for key, value in r.config[section].items():
+          if isinstance(value, str) and value in folders:  # another run's folder: same seed's
+            c[section][key] = os.path.join(os.path.abspath(workdir), folders[value] + suffix)
       seeded.append(Run(r.name + suffix, r.label, c, seed=c.seed))
   return seeded
 
@@ -269,7 +291,7 @@ def _shared_settings(config) -> dict:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Sequence[float] = (),
               methods: Sequence[str] = ('std', 'sat', 'amat'), xi_from_std: bool = True,
               xi_sources: Sequence[str] | None = None, amat_variants: Sequence[dict] = ({},),
-              method_configs: Sequence[str] = (), seeds: int = 1,
+              method_configs: Sequence[str] = (), seeds: int = 1, transfer_from: str = '',
               log: Callable[[str], None] = print) -> list[dict]:
   """Trains and evaluates every run of the sweep that has no report yet, then writes the
   summary. Returns the summary rows (see `summary_rows`). With `method_configs` the runs are
@@ -282,6 +304,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
   else:
     runs = plan_runs(config, workdir, sat_eps=sat_eps, methods=methods, xi_from_std=xi_from_std,
                      xi_sources=xi_sources, amat_variants=amat_variants)
+  if transfer_from:
+    runs = with_transfer(runs, workdir, transfer_from)
   runs = with_seeds(runs, workdir, seeds)
   for run in runs:
     config_base.validate(run.config)
@@ -368,8 +392,9 @@ def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list
       continue
     with open(path) as f:
       report = json.load(f)
-    setting = (report.get('attacks', [report['attack']]), [r['eps'] for r in report['results']],
-               report['num_samples'])
+    attacks_ = [{k: v for k, v in a.items() if k != 'source'}  # a transfer's source: per seed
+                for a in report.get('attacks', [report['attack']])]
+    setting = (attacks_, [r['eps'] for r in report['results']], report['num_samples'])
     if reference is None:
       reference = setting
     elif setting != reference:
@@ -487,8 +512,10 @@ def _units_note(report: dict) -> str:
 
 
 def _describe(a: dict) -> str:
+  source = (f', crafted on the sweep\'s {os.path.basename(a["source"])} model of the same seed'
+            if 'source' in a else '')
   return (f'{a["name"]} ({a["norm"].upper()}, step {a["step_size"]}, {a["restarts"]} restart(s), '
-          f'random start {a["random_start"]}, data range {a["data_range"]})')
+          f'random start {a["random_start"]}, data range {a["data_range"]}{source})')
 
 
 def markdown(rows: list[dict], comparisons: dict | None = None) -> str:
@@ -627,6 +654,9 @@ def main(argv=None) -> None:
   flags.DEFINE_list('method_configs', [], 'Config files whose method sections to compare (one run '
                     'each, named after the file), e.g. configs/busi_std.py:cpu,configs/busi_at.py:'
                     'cpu; replaces --methods and --sat_eps.')
+  flags.DEFINE_string('transfer_from', '', "A run of the sweep (e.g. std) on which the "
+                      'evaluation PGD is crafted and applied to every model as a transfer attack '
+                      '(a curve, in the worst case, and the transfer_weaker masking check).')
   flags.DEFINE_integer('seeds', 1, 'Training seeds per method (config.seed, config.seed + 1, '
                        '...; folders <run>_seed<s>): tables give the mean over seeds with its '
                        '95% interval, comparisons bootstrap over samples and seeds.')
@@ -647,7 +677,8 @@ def main(argv=None) -> None:
     rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
                      xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
                      amat_variants=variants, method_configs=f.method_configs,
-                     seeds=f.seeds, log=lambda s: print(s, file=sys.stderr))
+                     seeds=f.seeds, transfer_from=f.transfer_from,
+                     log=lambda s: print(s, file=sys.stderr))
     if rows:
       with open(os.path.join(f.workdir, 'summary.md')) as summary:
         print(summary.read())

@@ -433,7 +433,7 @@ class Trainer:
     if self.method.uses_margins:
       margins_lib.plot(self.workdir, os.path.join(self.workdir, 'margins.png'))
     report = evaluate_lib.evaluate_and_write(evaluator, params, self.eval_data, cfg, self.workdir,
-                                             extra)
+                                             extra, self.info)
     for name, rows in report['curves'].items():
       for row in rows:
         self.log.write({'type': 'eval', 'norm': report['attack']['norm'], 'attack': name,

@@ -45,15 +45,21 @@ def test_train_on_one_msd_folder_and_evaluate_on_another_sites_test_split(tmp_pa
   assert 'Note: only 2 of the split\'s 3 volumes' in proc.stdout
   assert 'warning: only 2 of the split\'s 3 volumes' in proc.stderr
 
+  # With a transfer attack crafted on the run itself: exactly its white-box PGD curve.
   proc = run('robust_med.evaluate', f'--workdir={work}', f'--config.data.root={site2}',
-             '--split=test', '--config.data.max_volumes=0')
+             '--split=test', '--config.data.max_volumes=0',
+             f'--config.eval.transfer_from={work}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((work / 'eval' / 'test' / 'robustness.json').read_text())
   assert report['split'] == 'test' and report['data']['root'] == str(site2)
   assert report['num_samples'] == report['data']['split_size'] == 3 * 2  # 2 foreground slices.
   assert 'subset' not in report['data'] and 'Note:' not in proc.stdout
   assert report['checkpoint'] == {'workdir': str(work), 'step': 1 * 2}  # 4 slices / 4, 2 epochs.
-  assert report['method'] == 'std' and set(report['curves']) == {'pgd-3', 'apgd-3', 'worst-case'}
+  assert report['method'] == 'std' and set(report['curves']) == {
+      'pgd-3', 'apgd-3', 'transfer-pgd-3', 'worst-case', 'worst-case-gradient'}
+  assert report['curves']['transfer-pgd-3'] == report['curves']['pgd-3']
+  assert report['attacks'][-1]['source'] == str(work)
+  assert [c['passed'] for c in report['checks'] if c['name'] == 'transfer_weaker'] == [True]
   assert (work / 'eval' / 'test' / 'examples.png').stat().st_size > 1000
   assert json.loads((work / 'eval' / 'test' / 'config.json').read_text())['data']['root'] == \
       str(site2)
@@ -83,6 +89,7 @@ def trained(segmentation_run):
                                        '(3, 3, 2, 8)']),
     ([f'--config={REPO}/configs/nope.py'], ['nope.py', 'does not exist']),
     (['--config.eval.bogus=1'], ['eval.bogus']),
+    (['--config.eval.transfer_from=/no/such/run'], ['transfer_from', 'not a folder']),
 ])
 def test_evaluate_bad_input_is_one_line(trained, args, words):
   line = error_line(run('robust_med.evaluate', f'--workdir={trained}', *args, timeout=120))

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from robust_med import gradient_masking, methods, sharding
-from robust_med.evaluate import Evaluator, evaluation_attacks, robustness_report
+from robust_med.evaluate import (Evaluator, TransferAttack, evaluation_attacks,
+                                 robustness_report)
 from robust_med.models.unet import UNet
 from robust_med.tasks import segmentation
 from tiny import tiny_config
@@ -81,12 +82,19 @@ def trained():
   return out
 
 
-def report_for(trained, name, **changes):
+def report_for(trained, name, transfer_from=None, **changes):
   task, model, params, val = trained[name]
   cfg = eval_config(**changes)
-  evaluator = Evaluator(task, model, sharding.make_mesh(2), evaluation_attacks(cfg),
+  mesh = sharding.make_mesh(2)
+  evaluator = Evaluator(task, model, mesh, evaluation_attacks(cfg),
                         batch_size=cfg.batch_size, progress=False)
-  return robustness_report(evaluator, params, val, cfg)
+  transfer = None
+  if transfer_from:
+    _, source_model, source_params, _ = trained[transfer_from]
+    transfer = lambda base: TransferAttack(
+        base, Evaluator(task, source_model, mesh, base, batch_size=cfg.batch_size,
+                        progress=False), source_params, transfer_from)
+  return robustness_report(evaluator, params, val, cfg, transfer=transfer)
 
 
 def by_name(report):
@@ -230,3 +238,21 @@ def test_square_finds_what_the_gradients_hide_and_its_check_fires(trained):
   assert not check['passed'] and any('Square included' in w for w in report['warnings'])
   normal = by_name(report_for(trained, 'normal', **changes))['gradient_free_weaker']
   assert normal['passed'], normal
+
+
+def test_perturbations_crafted_on_a_normal_model_expose_a_masked_one(trained):
+  """The quantised model's zero gradient stops PGD, not PGD's perturbations crafted on the normal
+  model: the transfer curve is far below the white-box attacks' worst case and `transfer_weaker`
+  fails, naming the worst case over every attack as the robust figure."""
+  report = report_for(trained, 'quantised', transfer_from='normal', noise_levels=(0.0, 5.0))
+  curves = report['curves']
+  assert list(curves) == ['pgd-10', 'apgd-10', 'transfer-pgd-10', 'worst-case',
+                          'worst-case-gradient']
+  assert curves['transfer-pgd-10'][-1]['adi'] < curves['worst-case-gradient'][-1]['adi'] - 0.1
+  assert curves['worst-case'][-1]['adi'] <= curves['transfer-pgd-10'][-1]['adi']
+  check = by_name(report)['transfer_weaker']
+  assert not check['passed'] and any('the transfer attack included' in w
+                                     for w in report['warnings'])
+  # The other way round, the masked model's useless gradients make a weak transfer: passes.
+  normal = report_for(trained, 'normal', transfer_from='quantised', noise_levels=(0.0, 5.0))
+  assert by_name(normal)['transfer_weaker']['passed']

@@ -87,6 +87,15 @@ def test_seeds_give_one_run_per_seed_reading_the_same_seeds_std(tmp_path):
   assert xi == [os.path.join(work, n) for n in ('std', 'std_seed1', 'std_seed2')]
   for r in runs:  # Nothing but the seed (and the folders read) differs from the one-seed plan.
     assert sweep._shared_settings(r.config) == {**sweep._shared_settings(config), 'seed': r.seed}
+  # The transfer attack's source too: every run, STD first, the same seed's STD.
+  transfer = sweep.with_seeds(sweep.with_transfer(
+      sweep.plan_runs(config, work, sat_eps=(1,), methods=('sat', 'std')), work, 'std'), work, 2)
+  assert [(r.name, r.config.eval.transfer_from) for r in transfer] == [
+      (n, os.path.join(work, s)) for n, s in (('std', 'std'), ('sat_eps1', 'std'),
+                                              ('std_seed1', 'std_seed1'),
+                                              ('sat_eps1_seed1', 'std_seed1'))]
+  with pytest.raises(ConfigError, match='no run named'):
+    sweep.with_transfer(runs[:3], work, 'bogus')
   assert sweep.with_seeds(runs[:3], work, 1) == runs[:3]
   with pytest.raises(ConfigError, match='--seeds=0'):
     sweep.with_seeds(runs, work, 0)
