@@ -119,6 +119,11 @@ class APGDSettings:
   restarts: int = 1        # recorded only; the caller loops over restarts
   random_start: bool = True
   clip: tuple[float, float] | None = None
+  # For the evaluator: the per-sample objective its loss_fn maximises ('loss': the task's loss;
+  # else `Task.attack_objective`, e.g. 'dlr'), and for APGD-T the number of target classes, each
+  # run once against the next most likely wrong class (0: untargeted).
+  objective: str = 'loss'
+  targets: int = 0
 
   def __post_init__(self):
     attacks._check_norm(self.norm)
@@ -195,7 +200,11 @@ class APGDSettings:
 
   def describe(self) -> dict[str, Any]:
     """What a report records so a number never travels without the attack that produced it."""
-    return {'name': f'apgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
+    name = 'apgd' + ('-t' if self.targets else '') + (
+        f'-{self.objective}' if self.objective != 'loss' else '') + f'-{self.steps}'
+    extra = {'objective': self.objective, 'targets': self.targets} if (
+        self.targets or self.objective != 'loss') else {}
+    return {'name': name, 'norm': self.norm, 'steps': self.steps, **extra,
             'step_size': (f'adaptive: 2*eps halved at checkpoints (rho={self.rho}, '
                           f'momentum={self.momentum})'),
             'restarts': self.restarts, 'random_start': self.random_start,

@@ -13,7 +13,7 @@ import ml_collections
 
 from robust_med.errors import ConfigError
 
-EVAL_ATTACKS = ('pgd', 'apgd', 'square')
+EVAL_ATTACKS = ('pgd', 'apgd', 'apgd_t', 'square')
 DATA_PIPELINES = ('memory', 'grain')
 PROTOCOLS = ('robust_med', 'paper')
 DEFAULT_DATA_HOME = os.environ.get('ROBUST_MED_DATA', os.path.expanduser('~/robust_med_data'))
@@ -168,9 +168,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.every_epochs = 0              # > 0: clean metrics on eval_split after every k epochs
                                        # ('val' records in metrics.jsonl: the learning curve)
   # Attacks run at every level; the report has each curve and their per-sample worst case.
-  c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve) and 'apgd'
+  c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve), 'apgd', 'apgd_t',
+                                       # 'square'; AutoAttack's order: pgd,apgd,apgd_t,square
   c.eval.apgd_steps = 100              # APGD iterations (Croce & Hein 2020; no step size to tune)
   c.eval.apgd_restarts = 1
+  c.eval.apgd_targets = 9              # 'apgd_t' (heads with targets: classification): APGD-T
+                                       # with the DLR loss against this many most likely wrong
+                                       # classes (AutoAttack's 9; fewer when the head has fewer)
   c.eval.square_queries = 1000         # 'square' (L∞ or L2): forward passes of the gradient-free
   c.eval.square_p_init = 0.0           # random search (Andriushchenko et al. 2020) and its
                                        # initial window fraction; 0 = the paper's for the norm
@@ -399,6 +403,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.square_queries >= 1 and 0 <= config.eval.square_p_init <= 1,
          f'config.eval.square_queries = {config.eval.square_queries} must be ≥ 1 and '
          f'config.eval.square_p_init = {config.eval.square_p_init} in [0, 1] (0: the paper\'s).')
+  if 'apgd_t' in config.eval.attacks:
+    need(task.has_attack_targets and 'dlr' in task.attack_objectives,
+         f"config.eval.attacks has 'apgd_t' but the {config.task!r} head defines no target "
+         "classes and DLR loss (APGD-T is for classification): drop 'apgd_t'.")
+    need(config.eval.apgd_targets >= 1, f'config.eval.apgd_targets = '
+         f'{config.eval.apgd_targets} must be ≥ 1 (AutoAttack uses 9).')
   unknown_attacks = [a for a in config.eval.attacks if a not in EVAL_ATTACKS]
   need(not unknown_attacks and 'pgd' in config.eval.attacks,
        f'config.eval.attacks = {tuple(config.eval.attacks)}: list attacks from {EVAL_ATTACKS}, '

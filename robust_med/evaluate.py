@@ -59,7 +59,13 @@ class Evaluator:
     self._result = jax.jit(lambda x, state, *, attack: attack.result(x, state),
                            static_argnames=('attack',))
 
-  def _loss_fn(self, params, batch):
+  def _loss_fn(self, params, batch, attack=None):
+    """The per-sample objective `attack` maximises: the task's loss, or the head's
+    `attack_objective` named by the attack (e.g. APGD-T's 'dlr')."""
+    objective = getattr(attack, 'objective', 'loss')
+    if objective != 'loss':
+      return lambda x: self.task.attack_objective(
+          objective, self.model.apply({'params': params}, x), batch)
     return lambda x: methods.total(self.task.loss_terms(self.model.apply({'params': params}, x),
                                                         batch))
 
@@ -70,7 +76,7 @@ class Evaluator:
     return stats
 
   def _init_impl(self, params, batch, eps, key, *, attack):
-    return attack.init(self._loss_fn(params, batch), batch['image'], eps, key)
+    return attack.init(self._loss_fn(params, batch, attack), batch['image'], eps, key)
 
   def _chunk_impl(self, params, batch, state, eps, start, *, attack, steps):
     """`steps` steps of `attack` (static: a compile per attack and chunk length), unrolled or
@@ -83,7 +89,7 @@ class Evaluator:
     return self._steps(params, batch, state, eps, start, steps, attack, False)
 
   def _steps(self, params, batch, state, eps, start, steps, attack, unroll: bool):
-    loss_fn, x = self._loss_fn(params, batch), batch['image']
+    loss_fn, x = self._loss_fn(params, batch, attack), batch['image']
 
     def body(j, s):
       return attack.step(loss_fn, x, s, eps, start + j)
@@ -94,35 +100,56 @@ class Evaluator:
     return jax.lax.fori_loop(0, steps, body, state)
 
   def perturb(self, params, batch, eps: float, key, attack=None) -> jax.Array:
-    """The attacked images of a (device) batch at budget `eps` (the primary attack by default)."""
+    """The attacked images of a (device) batch at budget `eps` (the primary attack by default).
+
+    An attack with several runs — restarts, or APGD-T's target classes (each the next most
+    likely wrong answer on the clean batch, `Task.attack_target`) — keeps per sample the run
+    that left it worst by the worst-case rule (lowest `task.sample_scores`, ties: the higher
+    loss)."""
     attack = attack or self.attack
     x = batch['image']
     if eps == 0:
       return x
     eps_v = jnp.full(x.shape[:1], eps, x.dtype)
-    best, best_loss = None, None
-    for r in range(getattr(attack, 'restarts', 1)):
-      k = key if key is None or r == 0 else jax.random.fold_in(key, r)
-      state = self._init(params, batch, eps_v, k, attack=attack)
+    restarts = range(getattr(attack, 'restarts', 1))
+    runs = [(r, None) for r in restarts]
+    if getattr(attack, 'targets', 0):
+      clean = self._apply(params, x)
+      ranks = range(1, min(attack.targets, self.task.num_attack_targets(clean)) + 1)
+      runs = [(r, rank) for rank in ranks for r in restarts]
+    best, best_stats = None, None
+    for i, (_, rank) in enumerate(runs):
+      k = key if key is None or i == 0 else jax.random.fold_in(key, i)
+      run_batch = batch if rank is None else {
+          **batch, 'attack_target': self.task.attack_target(clean, batch, rank)}
+      state = self._init(params, run_batch, eps_v, k, attack=attack)
       done = 0
       while done < attack.steps:
         n = min(self.chunk, attack.steps - done)
         if self.unroll or jax.tree.leaves(attack) == [attack]:  # Unrolled, or not a pytree.
-          state = self._chunk(params, batch, state, eps_v, jnp.int32(done), attack=attack,
+          state = self._chunk(params, run_batch, state, eps_v, jnp.int32(done), attack=attack,
                               steps=n)
         else:
-          state = self._loop(params, batch, state, eps_v, jnp.int32(done), jnp.int32(n), attack)
+          state = self._loop(params, run_batch, state, eps_v, jnp.int32(done), jnp.int32(n),
+                             attack)
         done += n
       x_adv = self._result(x, state, attack=attack)
+      if len(runs) == 1:
+        return x_adv
+      stats = jax.device_get(self._stats(params, batch, x_adv))
       if best is None:
-        best = x_adv
+        best, best_stats = x_adv, stats
         continue
-      loss = self._stats(params, batch, x_adv)['loss']
-      if best_loss is None:
-        best_loss = self._stats(params, batch, best)['loss']
-      better = (loss > best_loss).reshape((-1,) + (1,) * (x.ndim - 1))
-      best, best_loss = jnp.where(better, x_adv, best), jnp.maximum(loss, best_loss)
+      worse = self._worse(stats, best_stats)
+      best = jnp.where(jnp.asarray(worse).reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, best)
+      best_stats = {name: np.where(worse.reshape((-1,) + (1,) * (v.ndim - 1)), stats[name], v)
+                    for name, v in best_stats.items()}
     return best
+
+  def _worse(self, stats, than) -> np.ndarray:
+    """Per sample, whether `stats` is worse than `than` by the worst-case rule."""
+    new, old = (np.asarray(self.task.sample_scores(s), np.float64) for s in (stats, than))
+    return (new < old) | ((new == old) & (np.asarray(stats['loss']) > np.asarray(than['loss'])))
 
   def sample_stats(self, params, arrays: dict[str, np.ndarray], eps: float, attack=None,
                    bar=None) -> dict[str, np.ndarray]:
@@ -299,12 +326,16 @@ def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int)
 
 
 def evaluation_attacks(eval_cfg, clip=None) -> list:
-  """The attacks of `config.eval.attacks`, PGD first (the primary curve, named in `attack`)."""
+  """The attacks of `config.eval.attacks`, PGD first (the primary curve, named in `attack`),
+  the others in the order listed (AutoAttack's: apgd, apgd_t, square)."""
   from robust_med import apgd, square
   clip = tuple(clip) if clip else None
   built = {'pgd': lambda: attacks.PGDSettings.from_config(eval_cfg, clip=clip),
            'apgd': lambda: dataclasses.replace(apgd.APGDSettings.from_config(eval_cfg, clip=clip),
                                                restarts=eval_cfg.apgd_restarts),
+           'apgd_t': lambda: dataclasses.replace(apgd.APGDSettings.from_config(eval_cfg, clip=clip),
+                                                 objective='dlr',
+                                                 targets=eval_cfg.get('apgd_targets', 9)),
            'square': lambda: square.SquareSettings(
                queries=eval_cfg.get('square_queries', 1000),
                p_init=eval_cfg.get('square_p_init', 0.0), clip=clip, norm=eval_cfg.norm)}

@@ -140,3 +140,37 @@ def test_divergence_is_symmetric_kl_and_zero_for_identical_logits():
   a = jnp.array([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
   np.testing.assert_allclose(task.divergence(a, a), 0.0, atol=1e-7)
   assert np.all(task.divergence(a, a[::-1]) > 0)
+
+
+def test_dlr_loss_by_hand_and_invariant_to_shifting_and_scaling_the_logits():
+  logits = jnp.asarray([[4.0, 1.0, 3.0, 0.0, -1.0], [0.0, 2.0, 1.0, 5.0, 3.0]])
+  labels = jnp.asarray([0, 1])
+  # Sorted: [4, 3, 1, 0, -1] and [5, 3, 2, 1, 0].
+  untargeted = classification.dlr_loss(logits, labels)
+  np.testing.assert_allclose(untargeted, [-(4 - 3) / (4 - 1), -(2 - 5) / (5 - 2)], rtol=1e-6)
+  target = jnp.asarray([3, 4])
+  targeted = classification.dlr_loss(logits, labels, target)
+  np.testing.assert_allclose(targeted, [-(4 - 0) / (4 - 0.5), -(2 - 3) / (5 - 1.5)], rtol=1e-6)
+  moved = classification.dlr_loss(3.0 * logits + 7.0, labels, target)
+  np.testing.assert_allclose(moved, targeted, rtol=1e-5)
+  # Two classes: the unnormalised margin (DLR's scale needs a third logit).
+  two = classification.dlr_loss(jnp.asarray([[1.0, 3.0]]), jnp.asarray([0]))
+  np.testing.assert_allclose(two, [2.0])
+
+
+def test_targets_are_the_most_likely_wrong_classes_in_order():
+  task = classification.Task(synthetic_config())
+  logits = jnp.asarray([[4.0, 1.0, 3.0, 0.0], [0.0, 2.0, 1.0, 5.0]])
+  batch = {'label': jnp.asarray([0, 3])}
+  assert task.num_attack_targets(logits) == 3
+  ranks = [np.asarray(task.attack_target(logits, batch, r)).tolist() for r in (1, 2, 3)]
+  assert ranks == [[2, 1], [1, 2], [3, 0]]
+  # A head without targets refuses APGD-T in its config.
+  from robust_med.tasks import segmentation
+  assert not segmentation.Task.has_attack_targets
+  seg = config_base.task_config('segmentation')
+  seg.eval.attacks = ('pgd', 'apgd_t')
+  with pytest.raises(ConfigError, match="drop 'apgd_t'"):
+    config_base.validate(seg)
+  c = synthetic_config(**{'eval.attacks': ('pgd', 'apgd', 'apgd_t', 'square')})
+  config_base.validate(c)

@@ -131,18 +131,56 @@ def test_evaluator_reports_every_attack_and_their_worst_case():
   assert evaluator.run(params, data, (0.0, 2.0)) == curves['pgd-3']
 
 
-def test_restarts_keep_each_samples_best_run():
+def test_restarts_keep_each_samples_worst_run():
   task, data, model, params = untrained_segmenter()
   mesh = sharding.make_mesh(2)
   batch = sharding.put_batch({k: v[:8] for k, v in data.items()}, mesh)
   one, two = apgd.APGDSettings(steps=3), apgd.APGDSettings(steps=3, restarts=2)
   evaluator = Evaluator(task, model, mesh, one, batch_size=8, progress=False)
   key = jax.random.key(5)
-  loss = lambda x: np.asarray(evaluator._stats(params, batch, x)['loss'])
-  single = loss(evaluator.perturb(params, batch, 1.0, key, one))
-  best = loss(evaluator.perturb(params, batch, 1.0, key, two))
-  assert (best >= single - 1e-6).all() and (best > single + 1e-6).any()
+  stats = lambda x: jax.device_get(evaluator._stats(params, batch, x))
+  single = stats(evaluator.perturb(params, batch, 1.0, key, one))
+  best = stats(evaluator.perturb(params, batch, 1.0, key, two))
+  # Per sample, the worst-case rule: a score never above the first run's, a loss never below
+  # it where the scores tie.
+  s1, s2 = task.sample_scores(single), task.sample_scores(best)
+  assert (s2 <= s1 + 1e-9).all()
+  tie = np.isclose(s1, s2)
+  assert (best['loss'][tie] >= single['loss'][tie] - 1e-6).all()
+  assert (s2 < s1 - 1e-9).any() or (best['loss'] > single['loss'] + 1e-6).any()
   assert two.describe()['restarts'] == 2
+
+
+def test_apgd_t_attacks_each_most_likely_wrong_class_and_keeps_the_worst():
+  import flax.linen as nn
+  from robust_med.tasks import classification
+  from test_classification import synthetic_config
+
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+  task = classification.Task(synthetic_config())
+  rng = np.random.default_rng(0)
+  data = {'image': rng.uniform(size=(16, 6, 6, 1)).astype(np.float32),
+          'label': rng.integers(0, 5, 16).astype(np.int32), 'id': np.arange(16, dtype=np.int32)}
+  model = Linear()
+  params = model.init(jax.random.key(1), data['image'][:1])['params']
+  mesh = sharding.make_mesh(2)
+  batch = sharding.put_batch(data, mesh)
+  one = apgd.APGDSettings(norm='linf', steps=5, objective='dlr', targets=1, clip=(0.0, 1.0))
+  four = apgd.APGDSettings(norm='linf', steps=5, objective='dlr', targets=9, clip=(0.0, 1.0))
+  assert four.describe()['name'] == 'apgd-t-dlr-5' and four.describe()['targets'] == 9
+  evaluator = Evaluator(task, model, mesh, one, batch_size=16, progress=False)
+  key = jax.random.key(2)
+  scores = lambda a: task.sample_scores(jax.device_get(evaluator._stats(
+      params, batch, evaluator.perturb(params, batch, 0.05, key, a))))
+  first, all_targets = scores(one), scores(four)  # 9 asked, 4 wrong classes exist
+  assert (all_targets <= first + 1e-9).all() and (all_targets < first - 1e-6).any()
+  clean = task.sample_scores(jax.device_get(evaluator._stats(params, batch, batch['image'])))
+  correct = clean > 0  # the targeted DLR objective hurts every correctly classified sample
+  assert correct.sum() >= 4 and (first[correct] < clean[correct]).all()
 
 
 def test_example_levels_are_clean_middle_and_largest():

@@ -37,6 +37,10 @@ class Task(abc.ABC):
   loss_term_names: tuple[str, ...] = ()
   #: What `xi_score` measures ('' = the head defines none; AMAT's xi_mode='score' needs one).
   xi_score_name: str = ''
+  #: Attack objectives besides the loss that `attack_objective` defines (e.g. ('dlr',)), and
+  #: whether `attack_target` picks target classes for targeted attacks (APGD-T).
+  attack_objectives: tuple[str, ...] = ()
+  has_attack_targets: bool = False
 
   @classmethod
   def default_config(cls) -> dict[str, dict[str, Any]]:
@@ -110,6 +114,27 @@ class Task(abc.ABC):
     a head whose metric is per-sample overrides it with that metric.
     """
     return -np.asarray(stats['loss'])
+
+  def attack_objective(self, name: str, outputs: Any, batch: Batch) -> jax.Array:
+    """The per-sample objective `name` (one of `attack_objectives`), shape (B,), that an
+    evaluation attack maximises instead of the loss; a targeted objective reads the target of
+    each sample from `batch['attack_target']`. Pure. Default: the head defines none."""
+    del outputs, batch
+    raise ConfigError(f'The {self.name!r} head defines no attack objective {name!r}: its '
+                      f'objectives are {self.attack_objectives or "none"}; use the loss.')
+
+  def attack_target(self, outputs: Any, batch: Batch, rank: int) -> jax.Array:
+    """Each sample's target for a targeted attack, shape (B,): the `rank`-th (1-based) most
+    likely wrong answer on the clean `outputs`. Default: the head defines none."""
+    del outputs, batch, rank
+    raise ConfigError(f'The {self.name!r} head defines no targets for targeted attacks '
+                      "(Task.attack_target): drop 'apgd_t' from config.eval.attacks.")
+
+  def num_attack_targets(self, outputs: Any) -> int:
+    """How many targets `attack_target` can give for these clean outputs (e.g. the number of
+    wrong classes). Default: none."""
+    del outputs
+    return 0
 
   def sample_metric(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     """The primary metric per sample, shape (N,), in the metric's own direction

@@ -74,6 +74,25 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
   return weights.astype(np.float32)
 
 
+def dlr_loss(logits: jax.Array, labels: jax.Array, target: jax.Array | None = None) -> jax.Array:
+  """The difference-of-logits-ratio loss (Croce & Hein 2020), per sample, to maximise:
+  untargeted −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3), targeted −(z_y − z_t) / (z_π1 − (z_π3 +
+  z_π4)/2), with z_π the logits sorted in decreasing order. It is invariant to shifting and
+  scaling the logits. With fewer classes than the scale needs, the targeted scale uses z_π3 (three
+  classes) and both use 1 (two classes: an unnormalised logit margin)."""
+  k = logits.shape[-1]
+  z = jnp.sort(logits, axis=-1)[:, ::-1]
+  true = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  if target is None:
+    other = jnp.max(jnp.where(jax.nn.one_hot(labels, k, dtype=bool), -jnp.inf, logits), axis=-1)
+    scale = z[:, 0] - z[:, 2] if k >= 3 else jnp.ones_like(true)
+  else:
+    other = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
+    scale = (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 if k >= 4 else
+             z[:, 0] - z[:, 2] if k == 3 else jnp.ones_like(true))
+  return -(true - other) / (scale + 1e-12)
+
+
 class Task(base.Task):
   """Image classification (BUSI, PneumoniaMNIST and any MedMNIST-format or folder dataset)."""
 
@@ -82,6 +101,8 @@ class Task(base.Task):
   higher_is_better = True
   sample_score_name = "the true class's probability margin p_y − max_{k≠y} p_k"
   sample_metric_name = 'correct (1) or not (0)'
+  attack_objectives = ('dlr',)
+  has_attack_targets = True
   loss_term_names = ('ce',)
   outputs_move_with_image = False
 
@@ -153,6 +174,22 @@ class Task(base.Task):
   def loss_terms(self, outputs, batch):
     ce = optax.softmax_cross_entropy_with_integer_labels(outputs, batch['label'])
     return {'ce': ce * batch['weight'] if 'weight' in batch else ce}
+
+  def attack_objective(self, name, outputs, batch):
+    """'dlr': the difference-of-logits-ratio loss of Croce & Hein (2020), untargeted, or
+    targeted when the batch holds 'attack_target' (APGD-T)."""
+    if name != 'dlr':
+      return super().attack_objective(name, outputs, batch)
+    return dlr_loss(outputs, batch['label'], batch.get('attack_target'))
+
+  def attack_target(self, outputs, batch, rank):
+    """The `rank`-th most likely wrong class of the clean logits."""
+    logits = jnp.where(jax.nn.one_hot(batch['label'], outputs.shape[-1], dtype=bool), -jnp.inf,
+                       outputs)
+    return jnp.argsort(-logits, axis=-1)[:, rank - 1]
+
+  def num_attack_targets(self, outputs):
+    return int(outputs.shape[-1]) - 1
 
   def eval_stats(self, outputs, batch):
     return {'probs': jax.nn.softmax(outputs, axis=-1), 'label': batch['label']}
