@@ -6,6 +6,7 @@ compiling.
   python benchmarks/evaluation.py --config=configs/ceph_amat.py:synthetic
   python benchmarks/evaluation.py --workdir=runs/demo                   # a trained checkpoint
   python benchmarks/evaluation.py --compare_to=/tmp/b755cb3             # before/after ratios
+  python benchmarks/evaluation.py --ensemble=square,transfer             # the full ensemble ÷ today's
 
 `--compare_to` takes a checkout of an earlier commit (`git worktree add /tmp/b755cb3 b755cb3`,
 the commit before issue 13) and runs, back to back and each in a fresh process, the benchmark
@@ -37,7 +38,8 @@ DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 
 
 def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: int = 0,
-        cache_dir: str = '', host_devices: int = 0, chunk_steps: int = -1) -> dict:
+        cache_dir: str = '', host_devices: int = 0, chunk_steps: int = -1,
+        ensemble: tuple[str, ...] = ()) -> dict:
   compile_log = common.CompileLog.get()
   config = common.load_config(config_spec)
   if host_devices != 1:
@@ -68,6 +70,25 @@ def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: 
     report = evaluate.robustness_report(evaluator, params, data, config.eval,
                                         clip=config.attack.clip)
     wall = time.perf_counter() - t
+  if ensemble:
+    # The same report with the added attacks, in the same process: Square joins eval.attacks,
+    # and the transfer attack is crafted on the model itself (a source costs the same whatever
+    # its weights).
+    base = {'wall_s': wall, 'compile_s': compiled['total'],
+            'attacks': [a['name'] for a in report['attacks']]}
+    config.eval.attacks = tuple(config.eval.attacks) + tuple(a for a in ensemble
+                                                             if a != 'transfer')
+    transfer = None
+    if 'transfer' in ensemble:
+      transfer = lambda pgd: evaluate.TransferAttack(
+          pgd, evaluate.Evaluator(task, model, mesh, pgd, batch_size=config.eval.batch_size,
+                                  seed=config.eval.seed, progress=False), params, 'itself')
+    with compile_log.window() as compiled:
+      t = time.perf_counter()
+      report = evaluate.robustness_report(evaluator, params, data, config.eval,
+                                          clip=config.attack.clip, transfer=transfer)
+      wall = time.perf_counter() - t
+    base['ratio'] = wall / base['wall_s']
   levels = sorted(set([0.0, *map(float, config.eval.noise_levels)]))
   return {'config': config_spec, 'task': task.name, 'samples': len(data['id']),
           'input': list(data['image'].shape[1:]), 'noise_levels': levels,
@@ -79,7 +100,8 @@ def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: 
           'compiles': compiled['compiles'],
           'compile_by_function': {k: round(v, 3) for k, v in compiled['functions'].items()},
           'run_s': wall - compiled['total'],
-          'primary_metric_under_attack': [r[report['metric']] for r in report['results']]}
+          'primary_metric_under_attack': [r[report['metric']] for r in report['results']],
+          **({'without_the_added_attacks': base} if ensemble else {})}
 
 
 def compare(args) -> None:
@@ -139,6 +161,9 @@ def main():
                  '(0 = one device per core, the default; 1 = one device)')
   p.add_argument('--chunk_steps', type=int, default=-1, help="config.eval.chunk_steps (-1: the "
                  "config's; 0: auto)")
+  p.add_argument('--ensemble', default='', help='comma-separated attacks to add (square, apgd_t, '
+                 'transfer): time the report without and then with them, in one process, and '
+                 'print the ratio (target ≤ 2)')
   p.add_argument('--json', default='', help='write the figures here')
   p.add_argument('--compare_to', default='', help='a checkout of an earlier commit (e.g. b755cb3, '
                  'before issue 13): run this benchmark there (1 device, no cache), then here with '
@@ -149,7 +174,8 @@ def main():
     compare(args)
     return
   r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir,
-          args.host_devices, args.chunk_steps)
+          args.host_devices, args.chunk_steps,
+          tuple(a for a in args.ensemble.split(',') if a))
   r['devices'] = len(jax.devices())
   r['cache_dir'] = args.cache_dir
   print(f"{r['config']}: {r['samples']} samples {r['input']}, levels {r['noise_levels']}, "
@@ -159,6 +185,11 @@ def main():
   for name, s in list(r['compile_by_function'].items())[:8]:
     print(f'  compile {name:40s} {s:6.1f} s')
   print('metric under attack:', np.round(r['primary_metric_under_attack'], 4).tolist())
+  if 'without_the_added_attacks' in r:
+    b = r['without_the_added_attacks']
+    print(f"without {args.ensemble}: {b['wall_s']:.1f} s ({', '.join(b['attacks'])}; compiling "
+          f"{b['compile_s']:.1f} s); with them {r['wall_s']:.1f} s: ratio {b['ratio']:.2f} "
+          '(target <= 2)')
   common.write_json(args.json, {'benchmark': 'evaluation', **r})
 
 

@@ -240,6 +240,12 @@ class SquareSettings:
             'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
 
 
+# A pytree of static fields only, like APGDSettings: the evaluator runs it as one `fori_loop`
+# (a thousand unrolled queries would take minutes to compile).
+jax.tree_util.register_dataclass(SquareSettings, data_fields=[],
+                                 meta_fields=[f.name for f in dataclasses.fields(SquareSettings)])
+
+
 def square(loss_fn: attacks.LossFn, x: jax.Array, eps, key: jax.Array, *, norm: str = 'linf',
            queries: int = 1000, p_init: float = 0.0,
            clip: tuple[float, float] | None = None) -> jax.Array:
