@@ -39,7 +39,7 @@ DEFAULT_CONFIG = 'configs/prostate_amat.py:synthetic'
 
 def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: int = 0,
         cache_dir: str = '', host_devices: int = 0, chunk_steps: int = -1,
-        ensemble: tuple[str, ...] = ()) -> dict:
+        ensemble: tuple[str, ...] = (), square_queries: int = 0) -> dict:
   compile_log = common.CompileLog.get()
   config = common.load_config(config_spec)
   if host_devices != 1:
@@ -51,6 +51,8 @@ def run(config_spec: str, workdir: str = '', max_samples: int = -1, batch_size: 
     config.eval.batch_size = batch_size
   if chunk_steps >= 0:
     config.eval.chunk_steps = chunk_steps
+  if square_queries:
+    config.eval.square_queries = square_queries
   if cache_dir:
     from robust_med import compile_cache
     compile_cache.enable(cache_dir)
@@ -164,6 +166,8 @@ def main():
   p.add_argument('--ensemble', default='', help='comma-separated attacks to add (square, apgd_t, '
                  'transfer): time the report without and then with them, in one process, and '
                  'print the ratio (target ≤ 2)')
+  p.add_argument('--square_queries', type=int, default=0, help="config.eval.square_queries (0: "
+                 "the config's)")
   p.add_argument('--json', default='', help='write the figures here')
   p.add_argument('--compare_to', default='', help='a checkout of an earlier commit (e.g. b755cb3, '
                  'before issue 13): run this benchmark there (1 device, no cache), then here with '
@@ -175,7 +179,7 @@ def main():
     return
   r = run(args.config, args.workdir, args.max_samples, args.batch_size, args.cache_dir,
           args.host_devices, args.chunk_steps,
-          tuple(a for a in args.ensemble.split(',') if a))
+          tuple(a for a in args.ensemble.split(',') if a), args.square_queries)
   r['devices'] = len(jax.devices())
   r['cache_dir'] = args.cache_dir
   print(f"{r['config']}: {r['samples']} samples {r['input']}, levels {r['noise_levels']}, "

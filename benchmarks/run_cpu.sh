@@ -23,3 +23,7 @@ else
 fi
 python benchmarks/demo_compile.py --json="$out/demo_compile.json"
 python benchmarks/scaling.py --json="$out/scaling.json"
+python benchmarks/square_cost.py --queries=500,1000 --json="$out/square_cost.json"
+python benchmarks/evaluation.py --ensemble=square --json="$out/eval_ensemble_square.json"
+python benchmarks/evaluation.py --ensemble=square,transfer --square_queries=1000 \
+  --json="$out/eval_ensemble.json"

@@ -7,7 +7,7 @@ import os
 import ml_collections
 
 from robust_med import config_base
-from robust_med.presets import check_variant
+from robust_med.presets import DEMO_SQUARE_QUERIES, check_variant
 
 # Image classification (issue 11) on BUSI ultrasound and PneumoniaMNIST, robust_med's settings
 # (protocol 'robust_med': seed 000's RTDA gives no formula or settings, only a summary's claims, so
@@ -96,6 +96,7 @@ def classification_config(dataset: str, method: str, arg: str = '') -> ml_collec
     c.eval.steps = c.eval.apgd_steps = 20
   elif arg == 'synthetic':
     # Offline demo: three kinds of lesion on speckled 32×32 backgrounds; minutes on 2 cores.
+    c.eval.square_queries = DEMO_SQUARE_QUERIES
     c.data.name = 'synthetic'
     c.data.root = ''
     c.data.class_names = ('normal', 'benign', 'malignant')

@@ -7,7 +7,7 @@ import os
 import ml_collections
 
 from robust_med import config_base
-from robust_med.presets import apply_protocol, parse_arg
+from robust_med.presets import DEMO_SQUARE_QUERIES, apply_protocol, parse_arg
 
 # Object detection on BCCD blood cells (Ma & Liang §3.3; YOLOv5s, 320×320, 300 epochs, batch 32):
 # ξ = mean + 2·std of each of the three loss terms, SAT at ε = 1, 5, 10, 15, AMAT Δε = 2.5, and
@@ -74,6 +74,7 @@ def bccd_config(method: str, arg: str = '') -> ml_collections.ConfigDict:
     c.eval.max_samples = 16
   elif arg == 'synthetic':
     # Offline demo: three kinds of cells on textured 64×64 backgrounds; a few minutes on 2 cores.
+    c.eval.square_queries = DEMO_SQUARE_QUERIES
     c.data.name = 'synthetic'
     c.data.root = ''
     c.data.image_size = 64

@@ -7,7 +7,7 @@ import os
 import ml_collections
 
 from robust_med import config_base
-from robust_med.presets import apply_protocol, parse_arg
+from robust_med.presets import DEMO_SQUARE_QUERIES, apply_protocol, parse_arg
 
 # Landmark detection on ISBI 2015 cephalograms (Ma & Liang §3.2; Yao et al. 2020): input 200×160
 # (H×W; each axis scaled on its own, the per-axis scales go into the mm conversion), intensities
@@ -69,6 +69,7 @@ def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_co
     c.eval.every_epochs = 5
   elif arg == 'synthetic':
     # Offline demo: four distinct patterns on textured 64×64 backgrounds; a few minutes on 2 cores.
+    c.eval.square_queries = DEMO_SQUARE_QUERIES
     c.data.name = 'synthetic'
     c.data.root = ''
     c.data.patch_size = (64, 64)

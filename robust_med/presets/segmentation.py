@@ -15,7 +15,7 @@ import os
 import ml_collections
 
 from robust_med import config_base, methods
-from robust_med.presets import apply_protocol, parse_arg
+from robust_med.presets import DEMO_SQUARE_QUERIES, apply_protocol, parse_arg
 
 # Each MSD dataset: task folder, channels, classes, robust_med's full-sized input (Prostate and
 # Heart: the 2-D nnU-Net input the AMAT authors trained on, `paper_shape`, with its batch size;
@@ -104,6 +104,7 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
   elif arg == 'synthetic':
     # Offline demo sized for ~3 minutes of training on 2 CPU cores. Phantom intensities are
     # z-scored per image like the MSD slices; the noise grid is scaled to the image size.
+    c.eval.square_queries = DEMO_SQUARE_QUERIES
     c.data.name = 'synthetic'
     c.data.root = ''
     c.data.patch_size = (48, 48)
