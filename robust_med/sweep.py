@@ -331,14 +331,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
 
 def evaluated_with(run_dir: str, config) -> bool:
   """Whether the run's robustness.json was made with `config.eval` (as the report records it;
-  for reports that do not, the run's config.json, written with them)."""
+  for reports that do not, by the attacks and noise levels it holds: the run's config.json is no
+  witness, a re-evaluation rewrites it before it finishes)."""
   with open(os.path.join(run_dir, 'robustness.json')) as f:
-    used = json.load(f).get('eval_settings')
-  saved = os.path.join(run_dir, 'config.json')
-  if used is None and os.path.exists(saved):
-    with open(saved) as f:
-      used = json.load(f).get('eval')
-  return used is None or used == json.loads(config.eval.to_json_best_effort())
+    report = json.load(f)
+  if 'eval_settings' in report:
+    return report['eval_settings'] == json.loads(config.eval.to_json_best_effort())
+  from robust_med import evaluate
+  names = [a.describe()['name'] for a in evaluate.evaluation_attacks(config.eval)]
+  if config.eval.get('transfer_from', ''):
+    names.append(f'transfer-{names[0]}')
+  levels = sorted(set([0.0, *map(float, config.eval.noise_levels)]))
+  return ([a['name'] for a in report.get('attacks') or [report['attack']]] == names and
+          [r['eps'] for r in report['results']] == levels)
 
 
 def _check_plan(workdir: str, config, runs: list[Run]) -> None:

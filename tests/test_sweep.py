@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from robust_med import sweep
+from robust_med import evaluate, sweep
 from robust_med.errors import ConfigError
 from cli_helpers import env
 from tiny import tiny_config
@@ -161,10 +161,13 @@ def test_other_evaluation_settings_re_evaluate_the_finished_runs(tmp_path):
   settings = json.loads(config.eval.to_json_best_effort())
   (run / 'robustness.json').write_text(json.dumps({'eval_settings': settings}))
   assert sweep.evaluated_with(str(run), config) and not sweep.evaluated_with(str(run), other)
-  # A report that does not record them is judged by the run's config.json.
-  (run / 'robustness.json').write_text('{}')
-  assert sweep.evaluated_with(str(run), other)
-  (run / 'config.json').write_text(json.dumps({'eval': settings}))
+  # A report that does not record them is judged by its attacks and levels (not by config.json,
+  # which a re-evaluation rewrites before it finishes).
+  attacks_ = [{'name': a.describe()['name']} for a in evaluate.evaluation_attacks(config.eval)]
+  assert [a['name'] for a in attacks_] == ['pgd-3', 'apgd-3']
+  results = [{'eps': e} for e in sorted({0.0, *config.eval.noise_levels})]
+  (run / 'robustness.json').write_text(json.dumps({'attacks': attacks_, 'results': results}))
+  (run / 'config.json').write_text(json.dumps({'eval': json.loads(other.eval.to_json_best_effort())}))
   assert sweep.evaluated_with(str(run), config) and not sweep.evaluated_with(str(run), other)
 
 
