@@ -179,6 +179,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.square_p_init = 0.0           # random search (Andriushchenko et al. 2020) and its
                                        # initial window fraction; 0 = the paper's for the norm
                                        # (0.05 L∞, 0.1 L2; robust_med/square.py)
+  c.eval.square_remaining_only = True  # Square attacks only the samples the attacks before it
+                                       # left above the head's floor (AutoAttack's protocol)
   c.eval.transfer_from = ''            # workdir of a trained run of this head (e.g. a sweep's
                                        # STD): the primary PGD crafted on it and applied to the
                                        # evaluated model, as a curve and a masking check

@@ -38,8 +38,11 @@ class Evaluator:
   """
 
   def __init__(self, task, model, mesh, attack, *, batch_size: int = 64, seed: int = 0,
-               progress: bool = True, chunk_steps: int = 0):
+               progress: bool = True, chunk_steps: int = 0, square_remaining_only: bool = False):
     self.task, self.model, self.mesh = task, model, mesh
+    # Gradient-free attacks only on the samples the attacks before them left above the head's
+    # floor (AutoAttack's protocol; `curves`).
+    self.square_remaining_only = square_remaining_only
     self.attacks = tuple(attack) if isinstance(attack, (list, tuple)) else (attack,)
     self.attack = self.attacks[0]
     self.seed = seed
@@ -182,6 +185,12 @@ class Evaluator:
 
     Worst-case rows also count, under 'worst_of', how many samples each attack won. A dict given
     as `per_sample` receives, per curve, one array of `task.sample_metric` per noise level.
+
+    With `square_remaining_only` and a head with a floor (`Task.sample_metric_floor`), a
+    gradient-free attack (Square) runs only on the samples the attacks listed before it left
+    above the floor — the rest cannot get worse; they keep their worst case so far in its curve —
+    as AutoAttack runs each attack on the points still robust. Its rows say on how many samples
+    it ran ('attacked').
     """
     attacks_ = tuple(attacks_ or self.attacks)
     names = [a.describe()['name'] for a in attacks_]
@@ -204,10 +213,18 @@ class Evaluator:
         bar.update(n_batches * (len(attacks_) - 1))
         stats = [clean] * len(attacks_)
       else:
-        stats = [self.sample_stats(params, arrays, eps, a, bar) for a in attacks_]
+        stats, attacked = [], {}
+        for a in attacks_:
+          if stats and self._remaining_only(a):
+            s, attacked[len(stats)] = self._remaining_stats(params, arrays, eps, a, stats, bar)
+          else:
+            s = self.sample_stats(params, arrays, eps, a, bar)
+          stats.append(s)
       curve_stats = list(zip(names, stats))
-      for n, s in curve_stats:
+      for i, (n, s) in enumerate(curve_stats):
         out[n].append(self._row(eps, s))
+        if eps > 0 and i in attacked:
+          out[n][-1]['attacked'] = attacked[i]
       if several:
         worst, index = worst_per_sample(self.task, stats)
         row = self._row(eps, worst)
@@ -223,6 +240,27 @@ class Evaluator:
           per_sample.setdefault(n, []).append(np.asarray(self.task.sample_metric(s), np.float64))
     bar.close()
     return out
+
+  def _remaining_only(self, attack) -> bool:
+    return (self.square_remaining_only and getattr(attack, 'gradient_free', False) and
+            self.task.sample_metric_floor is not None)
+
+  def _remaining_stats(self, params, arrays, eps, attack, earlier, bar) -> tuple[dict, int]:
+    """Per-sample statistics of `attack` run on the samples the `earlier` attacks left above
+    the head's floor, the others' worst case so far; and how many samples it ran on."""
+    worst = worst_per_sample(self.task, earlier)[0]
+    metric = np.asarray(self.task.sample_metric(worst), np.float64)
+    alive = np.flatnonzero(metric != self.task.sample_metric_floor)
+    out = {k: np.array(v) for k, v in worst.items()}
+    n = len(arrays['id'])
+    if len(alive):
+      sub = self.sample_stats(params, {k: np.asarray(v)[alive] for k, v in arrays.items()}, eps,
+                              attack, bar)
+      for k in out:
+        out[k][alive] = sub[k]
+    bar.update(data_lib.num_batches(n, self.batch_size, False) -
+               (data_lib.num_batches(len(alive), self.batch_size, False) if len(alive) else 0))
+    return out, int(len(alive))
 
   def run(self, params, arrays: dict[str, np.ndarray], noise_levels=(0.0,),
           desc: str = 'eval') -> list[dict[str, float]]:
@@ -449,7 +487,8 @@ def make_evaluator(task, model, mesh, config) -> Evaluator:
   """The evaluator of `config.eval`'s attacks."""
   return Evaluator(task, model, mesh, evaluation_attacks(config.eval, config.attack.clip),
                    batch_size=config.eval.batch_size, seed=config.eval.seed,
-                   progress=config.progress_bar, chunk_steps=config.eval.get('chunk_steps', 0))
+                   progress=config.progress_bar, chunk_steps=config.eval.get('chunk_steps', 0),
+                   square_remaining_only=config.eval.get('square_remaining_only', True))
 
 
 def data_provenance(config, split: str, split_size: int) -> dict:

@@ -82,12 +82,13 @@ def trained():
   return out
 
 
-def report_for(trained, name, transfer_from=None, **changes):
+def report_for(trained, name, transfer_from=None, remaining_only=False, **changes):
   task, model, params, val = trained[name]
   cfg = eval_config(**changes)
   mesh = sharding.make_mesh(2)
   evaluator = Evaluator(task, model, mesh, evaluation_attacks(cfg),
-                        batch_size=cfg.batch_size, progress=False)
+                        batch_size=cfg.batch_size, progress=False,
+                        square_remaining_only=remaining_only)
   transfer = None
   if transfer_from:
     _, source_model, source_params, _ = trained[transfer_from]
@@ -256,3 +257,19 @@ def test_perturbations_crafted_on_a_normal_model_expose_a_masked_one(trained):
   # The other way round, the masked model's useless gradients make a weak transfer: passes.
   normal = report_for(trained, 'normal', transfer_from='quantised', noise_levels=(0.0, 5.0))
   assert by_name(normal)['transfer_weaker']['passed']
+
+
+def test_square_attacks_only_the_samples_the_gradient_attacks_left_above_the_floor(trained):
+  """AutoAttack's protocol: at a budget where PGD and APGD drive some phantoms' Dice to 0, Square
+  runs on the others only; the skipped keep their worst case (Dice 0) in Square's curve."""
+  report = report_for(trained, 'normal', remaining_only=True, noise_levels=(0.0, 25.0),
+                      attacks=('pgd', 'apgd', 'square'), square_queries=20)
+  values = {k: np.asarray(v) for k, v in report['per_sample']['values'].items()}
+  gradient_worst = values['worst-case-gradient'][-1]
+  alive = gradient_worst > 0
+  assert 0 < alive.sum() < len(alive), 'the fixture should break some samples, not all'
+  row = report['curves']['square-20'][-1]
+  assert row['attacked'] == alive.sum()
+  assert (values['square-20'][-1][~alive] == 0).all()
+  assert 'attacked' not in report['curves']['square-20'][0]  # clean: nothing attacked
+  assert 'attacked' not in report['curves']['pgd-10'][-1]

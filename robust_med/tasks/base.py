@@ -33,6 +33,9 @@ class Task(abc.ABC):
   sample_score_name: str = 'negated per-sample loss'
   #: What `sample_metric` measures, for reports ('' = the primary metric per sample).
   sample_metric_name: str = ''
+  #: Its worst possible value (a misclassified image, a Dice of 0), when it has one: a sample
+  #: there cannot get worse, so the evaluator's Square skips it (AutoAttack's protocol).
+  sample_metric_floor: float | None = None
   #: Names of the loss terms `loss_terms` returns, in a fixed order (ξ is a vector in this order).
   loss_term_names: tuple[str, ...] = ()
   #: What `xi_score` measures ('' = the head defines none; AMAT's xi_mode='score' needs one).

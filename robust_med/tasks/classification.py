@@ -101,6 +101,7 @@ class Task(base.Task):
   higher_is_better = True
   sample_score_name = "the true class's probability margin p_y − max_{k≠y} p_k"
   sample_metric_name = 'correct (1) or not (0)'
+  sample_metric_floor = 0.0
   attack_objectives = ('dlr',)
   has_attack_targets = True
   loss_term_names = ('ce',)

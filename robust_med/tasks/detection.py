@@ -168,6 +168,7 @@ class Task(base.Task):
   higher_is_better = True
   sample_score_name = "the image's average IoU"
   sample_metric_name = 'per-image one-to-one average IoU (0 when every box is missed)'
+  sample_metric_floor = 0.0
   loss_term_names = ('box', 'obj', 'cls')
   # A detector that fires everywhere keeps a fair average IoU without looking at the image (a
   # flood of confident boxes overlaps every cell somewhere), so the huge-budget masking check

@@ -81,6 +81,7 @@ class Task(base.Task):
   primary_metric = 'adi'
   sample_score_name = 'per-sample mean Dice over the classes present'
   sample_metric_name = 'per-image Dice (mean over the classes present)'
+  sample_metric_floor = 0.0
   loss_term_names = ('ce', 'dice')
 
   def splits(self) -> tuple[str, ...]:
