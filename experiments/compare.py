@@ -5,6 +5,8 @@ same tables itself, in its summary.md). Each argument is a run folder, or LABEL=
   python experiments/compare.py runs/hippocampus/std runs/hippocampus/amat
   python experiments/compare.py 'STD(BCE)=runs/ceph/bce/std' 'STD(Dice)=runs/ceph/dice/std'
 
+The tables end with the paired comparisons against STD (the run labelled STD, or the only STD
+run) and the best SAT, with their verdicts, when the reports hold per-sample values.
 With --out=DIR it also writes DIR/summary.md (the same tables), DIR/curves.png (primary metric
 vs noise, one line per run), DIR/curves_<metric>.png for each secondary metric and
 DIR/training.png (learning curves and margins, where the runs logged them).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from robust_med import sweep
+from robust_med import sweep, verdicts
 
 # Secondary metrics printed as tables of their own when the reports have them.
 SECONDARY = ('tvdi', 'sdr_2mm', 'map50_95')
@@ -28,7 +30,7 @@ if __name__ == '__main__':
   rows = sweep.rows_for(runs)
   if not rows:
     raise SystemExit('None of these folders has a robustness.json: run robust_med.main first.')
-  tables = [sweep.markdown(rows)]
+  tables = [sweep.markdown(rows, verdicts.comparisons(rows))]
   secondary = [(m, sweep.rows_for(runs, m)) for m in SECONDARY
                if m in rows[0]['report']['results'][0]]
   tables += [sweep.markdown(r) for _, r in secondary]

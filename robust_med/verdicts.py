@@ -72,10 +72,12 @@ def _per_sample(row: dict, curve: str, figure: str) -> np.ndarray:
 
 
 def references(model_groups: list[dict], higher_is_better: bool) -> list[tuple[str, dict]]:
-  """[(role, group)]: STD (the model labelled 'STD') and the best SAT, where the sweep has them."""
+  """[(role, group)]: STD (the model labelled 'STD', else the only one trained with method
+  'std') and the best SAT, where the comparison has them."""
   out = []
-  std = [g for g in model_groups if g['model'] == STD_LABEL]
-  if std:
+  std = ([g for g in model_groups if g['model'] == STD_LABEL] or
+         [g for g in model_groups if g['method'] == 'std'])
+  if len(std) == 1 or (std and std[0]['model'] == STD_LABEL):
     out.append((STD_LABEL, std[0]))
   sat = [g for g in model_groups if g['method'] == 'sat']
   if sat:
@@ -106,8 +108,7 @@ def comparisons(rows: list[dict], *, n_resamples: int = 10000, seed: int = 0) ->
   table = []
   for role, ref in refs:
     for g in model_groups:
-      if g is ref or (role != STD_LABEL and g['model'] == STD_LABEL and
-                      any(r[0] == STD_LABEL for r in refs)):
+      if g is ref or (role != STD_LABEL and any(r[0] == STD_LABEL and r[1] is g for r in refs)):
         continue  # best SAT vs STD is already in the STD comparisons.
       for figure in FIGURES:
         a = np.stack([_per_sample(r, curve, figure) for r in ref['rows']])

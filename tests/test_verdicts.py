@@ -187,3 +187,14 @@ def test_comparisons_refuse_reports_on_other_samples(tmp_path):
   reports.write_json(path, report)
   with pytest.raises(UserError, match='other samples'):
     verdicts.comparisons(sweep.summary_rows(work))
+
+
+def test_compare_finds_std_by_its_method_when_the_label_differs(tmp_path):
+  work = str(tmp_path)
+  _fake_sweep(work, seeds=1)
+  runs = [('STD(Dice)', os.path.join(work, 'std')), ('SAT ε=1', os.path.join(work, 'sat_eps1')),
+          ('AMAT', os.path.join(work, 'amat'))]
+  result = verdicts.comparisons(sweep.rows_for(runs))
+  assert {(c['model'], c['reference'], c['role']) for c in result['rows']} == {
+      ('SAT ε=1', 'STD(Dice)', 'STD'), ('AMAT', 'STD(Dice)', 'STD'),
+      ('AMAT', 'SAT ε=1', 'best SAT')}
