@@ -120,12 +120,18 @@ def comparisons(rows: list[dict], *, n_resamples: int = 10000, seed: int = 0) ->
   if not table:
     return None
   adjusted = stats.holm([c['wilcoxon_p'] for c in table])
+  # The power line answers for the table as tested: Holm may test a comparison at α/m (its
+  # strictest step), so the detectable differences and the samples needed are the Bonferroni
+  # level's, which no Holm-adjusted verdict can beat.
+  family_alpha = (1 - CONFIDENCE) / len(table)
   for c, p in zip(table, adjusted):
     c['wilcoxon_p_holm'] = float(p)
     c['resolved'] = stats.resolved(c, alpha=1 - CONFIDENCE)
+    c['mde'] = stats.minimum_detectable(c['diff_sd'], len(first['ids']), alpha=family_alpha)
+    c['samples_needed'] = stats.samples_needed(c['diff_sd'], c['mean_diff'], alpha=family_alpha)
   return {'curve': curve, 'metric': first['metric'], 'higher_is_better': higher,
           'samples': len(first['ids']), 'seeds': {g['model']: g['seeds'] for g in model_groups},
-          'n_resamples': n_resamples, 'rows': table}
+          'n_resamples': n_resamples, 'mde_alpha': family_alpha, 'rows': table}
 
 
 def verdict_line(c: dict, result: dict) -> str:
@@ -133,6 +139,15 @@ def verdict_line(c: dict, result: dict) -> str:
   ref = c['reference'] + (' (best SAT)' if c['role'] == 'best SAT' else '')
   return stats.verdict(c['model'], ref, c, what=what,
                        higher_is_better=result['higher_is_better'], alpha=1 - CONFIDENCE)
+
+
+def _alpha_words(result: dict) -> str:
+  alpha = result.get('mde_alpha', 1 - CONFIDENCE)
+  m = round((1 - CONFIDENCE) / alpha)
+  if m <= 1:
+    return f'α = {alpha:.2g} two-sided'
+  return (f'α = {1 - CONFIDENCE:.2g}/{m} = {alpha:.2g} two-sided per comparison, Holm\'s '
+          f'strictest level over the {m}')
 
 
 def mde_line(result: dict) -> str:
@@ -146,8 +161,8 @@ def mde_line(result: dict) -> str:
   line = (f'With {result["samples"]} evaluation samples, these comparisons resolve differences '
           f'of {low["mde"]:.3g} ({low["model"]} vs {low["reference"]}, {low["figure"]}) to '
           f'{high["mde"]:.3g} ({high["model"]} vs {high["reference"]}, {high["figure"]}) in '
-          f'{result["metric"]} (α = {1 - CONFIDENCE:.2g} two-sided, power 0.8, from the observed '
-          'spread of the per-sample differences).')
+          f'{result["metric"]} ({_alpha_words(result)}, power 0.8, from the observed spread of '
+          'the per-sample differences).')
   open_ = [c for c in rows if not c['resolved'] and c['mean_diff'] != 0]
   if open_:
     c = max(open_, key=lambda c: abs(c['mean_diff']))
@@ -170,7 +185,8 @@ def markdown(result: dict | None) -> str:
            f'samples and seeds ({result["n_resamples"]} resamples); p: two-sided Wilcoxon '
            'signed-rank test on the per-sample differences, Holm-adjusted over this table; '
            'resolved = adjusted p < 0.05 and an interval without 0; MDE: the smallest '
-           'difference these samples resolve (power 0.8). The best SAT is picked on this split, '
+           'difference these samples resolve (power 0.8, at the strictest level Holm can test a '
+           'comparison at: 0.05 over the number of comparisons). The best SAT is picked on this split, '
            'which favours it.', '',
            '| model | reference | figure | difference [95% CI] | p (Holm) | MDE | verdict |',
            '|---|---|---|---|---|---|---|']

@@ -161,6 +161,14 @@ def test_summary_over_seeds_has_intervals_comparisons_and_verdicts(tmp_path):
   p = [float(r['wilcoxon_p']) for r in table]
   np.testing.assert_allclose([float(r['wilcoxon_p_holm']) for r in table], stats.holm(p),
                              rtol=1e-3)
+  # The power line answers for the table: each MDE at α = 0.05/10, Holm's strictest level, which
+  # is larger than the one-comparison MDE whenever the samples differ at all.
+  for r in table:
+    sd = float(r['diff_sd'])
+    assert float(r['mde']) == pytest.approx(stats.minimum_detectable(sd, 60, alpha=0.005),
+                                            rel=1e-3)
+    assert sd == 0 or float(r['mde']) > stats.minimum_detectable(sd, 60)
+  assert 'α = 0.05/10 = 0.005 two-sided per comparison' in md
   # The table's figure is the mean over seeds of each run's figure.
   summary = list(csv.DictReader((tmp_path / 'summary.csv').open()))
   amat = [float(r['mean_adi_over_grid']) for r in summary if r['model'] == 'AMAT Δε=1']
