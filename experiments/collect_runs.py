@@ -6,7 +6,7 @@ config and training log (compact JSON, no checkpoints) and the summaries.
 With SUFFIX (e.g. `_seed2`) the runs of a one-seed sweep trained with `--config.seed=2` join a
 multi-seed sweep's folder under the names `--seeds` gives them (`std` → `std_seed2`), its plan
 and summaries left as they are; then rewrite the summary from everything there:
-  python -c "from robust_med import sweep; sweep.summarize('DEST')"
+  python -m robust_med.sweep --workdir=DEST --summarize
 """
 import json
 import os

@@ -8,8 +8,8 @@
 #          "fgsm pneumonia busi hippocampus bccd"
 #
 # Resumable like verdict_reruns.sh (rerun to continue; finished runs are skipped), and each
-# study's summary is rewritten from what finished: python -c "from robust_med import sweep;
-# sweep.summarize('OUT/STUDY')". The 2026-12-04 run (experiments/README.md) used this on a lent
+# study's summary is rewritten from what finished: python -m robust_med.sweep
+# --workdir=OUT/STUDY --summarize. The 2026-12-04 run (experiments/README.md) used this on a lent
 # H200 whose image lacked ml-collections, dm-pix, nibabel, grain, array-record and portpicker
 # (installed from wheels first) and read a copy of ../shared/data.
 set -u

@@ -34,6 +34,9 @@ AMAT variants: `--xi_from=std,warmup` gives one AMAT run per source of ξ, and e
 `--amat_variant=refine=boundary,max_margin=12` one run per variant (and source), named after
 what it changes (e.g. `amat_refine-boundary_max_margin-12_xi-std`).
 
+`--summarize` (with only `--workdir`) trains nothing: it rewrites the summary from the runs on
+disk and names the missing ones.
+
 Python API: `plan_runs(config, ...)` lists the runs, `run_sweep(config, workdir, ...)` trains and
 evaluates what is missing and writes the summary, `summarize(workdir)` rewrites the summary from
 the runs on disk.
@@ -639,6 +642,35 @@ def plot(rows: list[dict], path: str) -> None:
   reports.save_figure(fig, path)
 
 
+def missing_runs(workdir: str) -> list[str]:
+  """The runs of the sweep's plan that have no report yet."""
+  with open(os.path.join(workdir, PLAN_FILE)) as f:
+    plan = json.load(f)
+  return [r['name'] for r in plan['runs']
+          if not os.path.exists(os.path.join(workdir, r['name'], 'robustness.json'))]
+
+
+def summarize_finished(workdir: str, log: Callable[[str], None] = print) -> list[dict]:
+  """`summarize` for the command line: refuses a folder that holds no sweep, and says which runs
+  of the plan are missing."""
+  if not os.path.isfile(os.path.join(workdir, PLAN_FILE)):
+    raise UserError(f'{workdir} holds no sweep (no {PLAN_FILE}): pass the --workdir of a sweep '
+                    'started with python -m robust_med.sweep.')
+  missing = missing_runs(workdir)
+  if missing:
+    log(f'{len(missing)} run(s) of the plan not finished, left out: {", ".join(missing)}')
+  return summarize(workdir)
+
+
+def _print_summary(workdir: str, rows: list[dict]) -> None:
+  if rows:
+    with open(os.path.join(workdir, 'summary.md')) as summary:
+      print(summary.read())
+  else:
+    print('No finished runs.')
+  print(f'Done: {os.path.abspath(workdir)}/summary.md, summary.csv, curves.png, training.png')
+
+
 def main(argv=None) -> None:
   from absl import app, flags
   from ml_collections import config_flags
@@ -665,12 +697,23 @@ def main(argv=None) -> None:
   flags.DEFINE_integer('seeds', 1, 'Training seeds per method (config.seed, config.seed + 1, '
                        '...; folders <run>_seed<s>): tables give the mean over seeds with its '
                        '95% interval, comparisons bootstrap over samples and seeds.')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  flags.DEFINE_bool('summarize', False, 'Train nothing: rewrite the summary from the runs '
+                    'finished in --workdir (e.g. after copying in runs trained elsewhere) and '
+                    'list the missing ones; needs no --config.')
+  flags.mark_flags_as_required(['workdir'])
 
   @cli.guard
   def run(argv):
     cli.reject_positional(argv)
     f = flags.FLAGS
+    if f.summarize:
+      rows = summarize_finished(f.workdir, log=lambda s: print(s, file=sys.stderr))
+      _print_summary(f.workdir, rows)
+      return
+    if f.config is None:
+      raise ConfigError('--config is required to train a sweep: e.g. '
+                        '--config=configs/hippocampus_amat.py:cpu (or --summarize to only rewrite '
+                        'the summary of the runs in --workdir).')
     try:
       sat_eps = [float(e) for e in f.sat_eps]
     except ValueError:
@@ -684,12 +727,7 @@ def main(argv=None) -> None:
                      amat_variants=variants, method_configs=f.method_configs,
                      seeds=f.seeds, transfer_from=f.transfer_from,
                      log=lambda s: print(s, file=sys.stderr))
-    if rows:
-      with open(os.path.join(f.workdir, 'summary.md')) as summary:
-        print(summary.read())
-    else:
-      print('No finished runs.')
-    print(f'Done: {os.path.abspath(f.workdir)}/summary.md, summary.csv, curves.png, training.png')
+    _print_summary(f.workdir, rows)
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)
 

@@ -4,6 +4,7 @@ and a sweep's summary over seeds (from report folders built here, no training)."
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from scipy import stats as scipy_stats
 
 from robust_med import reports, stats, sweep, verdicts
 from robust_med.errors import ConfigError, UserError
+from cli_helpers import error_line, run
 from tiny import tiny_config
 
 
@@ -206,3 +208,18 @@ def test_compare_finds_std_by_its_method_when_the_label_differs(tmp_path):
   assert {(c['model'], c['reference'], c['role']) for c in result['rows']} == {
       ('SAT ε=1', 'STD(Dice)', 'STD'), ('AMAT', 'STD(Dice)', 'STD'),
       ('AMAT', 'SAT ε=1', 'best SAT')}
+
+
+def test_summarize_on_the_command_line_needs_no_config_and_names_missing_runs(tmp_path):
+  work = tmp_path / 'sw'
+  _fake_sweep(str(work), seeds=2)
+  shutil.rmtree(work / 'amat_seed1')  # e.g. a seed still training elsewhere
+  proc = run('robust_med.sweep', f'--workdir={work}', '--summarize')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'not finished, left out: amat_seed1' in proc.stderr
+  assert '## Paired comparisons (pgd-4)' in proc.stdout
+  assert (work / 'summary.md').read_text() in proc.stdout
+  line = error_line(run('robust_med.sweep', f'--workdir={tmp_path}', '--summarize'))
+  assert 'holds no sweep' in line
+  line = error_line(run('robust_med.sweep', f'--workdir={work}'))
+  assert '--config is required' in line
