@@ -121,8 +121,8 @@ def comparisons(rows: list[dict], *, n_resamples: int = 10000, seed: int = 0) ->
     return None
   adjusted = stats.holm([c['wilcoxon_p'] for c in table])
   # The power line answers for the table as tested: Holm may test a comparison at α/m (its
-  # strictest step), so the detectable differences and the samples needed are the Bonferroni
-  # level's, which no Holm-adjusted verdict can beat.
+  # strictest step), so the detectable differences and the samples needed are at that level: a
+  # difference of the MDE is resolved with power 0.8 at whichever step Holm tests it.
   family_alpha = (1 - CONFIDENCE) / len(table)
   for c, p in zip(table, adjusted):
     c['wilcoxon_p_holm'] = float(p)
@@ -186,8 +186,8 @@ def markdown(result: dict | None) -> str:
            'signed-rank test on the per-sample differences, Holm-adjusted over this table; '
            'resolved = adjusted p < 0.05 and an interval without 0; MDE: the smallest '
            'difference these samples resolve (power 0.8, at the strictest level Holm can test a '
-           'comparison at: 0.05 over the number of comparisons). The best SAT is picked on this split, '
-           'which favours it.', '',
+           'comparison at: 0.05 over the number of comparisons). The best SAT is picked on this '
+           'split, which favours it.', '',
            '| model | reference | figure | difference [95% CI] | p (Holm) | MDE | verdict |',
            '|---|---|---|---|---|---|---|']
   for c in result['rows']:
