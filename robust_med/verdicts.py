@@ -142,9 +142,8 @@ def verdict_line(c: dict, result: dict) -> str:
 
 
 def _alpha_words(result: dict) -> str:
-  alpha = result.get('mde_alpha', 1 - CONFIDENCE)
-  m = round((1 - CONFIDENCE) / alpha)
-  if m <= 1:
+  m, alpha = len(result['rows']), result['mde_alpha']
+  if m == 1:
     return f'α = {alpha:.2g} two-sided'
   return (f'α = {1 - CONFIDENCE:.2g}/{m} = {alpha:.2g} two-sided per comparison, Holm\'s '
           f'strictest level over the {m}')
