@@ -23,6 +23,7 @@ slower inside loops; models/conv.py). Pass `unroll` to choose yourself.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Literal
 
 import jax
@@ -155,7 +156,8 @@ def pgd(loss_fn: LossFn,
     The perturbed batch, same shape and dtype as `x`.
   """
   _check_norm(norm)
-  alpha = default_step_size(eps, x, steps) if step_size is None else step_size
+  alpha = (default_step_size(eps, x, steps, clip=clip, norm=norm) if step_size is None
+           else step_size)
   delta = pgd_init(x, eps, norm=norm, key=key, clip=clip)
 
   def body(_, delta):
@@ -176,9 +178,25 @@ def loop(body, state, steps: int, unroll: bool | None = None):
   return jax.lax.fori_loop(0, steps, body, state)
 
 
-def default_step_size(eps, x: jax.Array, steps: int, factor: float = 2.5) -> jax.Array:
-  """factor·ε/steps per sample, shape (B,)."""
-  return factor * jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]) / jnp.maximum(steps, 1)
+def default_step_size(eps, x: jax.Array, steps: int, factor: float = 2.5, *,
+                      clip: tuple[float, float] | None = None, norm: Norm = 'l2') -> jax.Array:
+  """factor·ε/steps per sample, shape (B,).
+
+  With a data range `clip`, ε is first capped at the range's diameter (hi − lo in L∞,
+  (hi − lo)·√D in L2, D the values per sample): a larger budget reaches no further image, and the
+  uncapped step would only throw every pixel from one end of the range to the other (the sign
+  steps of L∞ PGD at ε = 10 on [0, 1] data visit nothing but the corners of the cube).
+  """
+  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
+  if clip is not None:
+    eps = jnp.minimum(eps, range_diameter(x, clip, norm))
+  return factor * eps / jnp.maximum(steps, 1)
+
+
+def range_diameter(x: jax.Array, clip: tuple[float, float], norm: Norm) -> float:
+  """The largest distance between two images in the data range `clip`, in the attack's norm."""
+  width = float(clip[1]) - float(clip[0])
+  return width * math.sqrt(math.prod(x.shape[1:])) if norm == 'l2' else width
 
 
 def pgd_init(x: jax.Array, eps, *, norm: Norm = 'l2', key: jax.Array | None = None,
@@ -235,7 +253,8 @@ def boundary_pgd(terms_fn: Callable[[jax.Array], jax.Array], x: jax.Array, eps, 
     threshold, or the last iterate where none did; and whether one did, (B,) bool.
   """
   _check_norm(norm)
-  alpha = default_step_size(eps, x, steps) if step_size is None else step_size
+  alpha = (default_step_size(eps, x, steps, clip=clip, norm=norm) if step_size is None
+           else step_size)
   xi = jnp.asarray(xi, x.dtype)
   expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
@@ -341,7 +360,8 @@ class PGDSettings:
                unroll=UNROLL_CHOICES[c.get('unroll', 'auto')])
 
   def step_size(self, eps, x: jax.Array) -> jax.Array:
-    return default_step_size(eps, x, self.steps, self.step_size_factor)
+    return default_step_size(eps, x, self.steps, self.step_size_factor, clip=self.clip,
+                             norm=self.norm)
 
   # The iterative-attack protocol of `run_iterative`; the state is the perturbation.
   def init(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None) -> jax.Array:
@@ -366,7 +386,9 @@ class PGDSettings:
   def describe(self) -> dict[str, Any]:
     """What a report records so a number never travels without the attack that produced it."""
     return {'name': f'pgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
-            'step_size': f'{self.step_size_factor}*eps/{self.steps}', 'restarts': 1,
+            'step_size': (f'{self.step_size_factor}*min(eps, data range diameter)/{self.steps}'
+                          if self.clip else f'{self.step_size_factor}*eps/{self.steps}'),
+            'restarts': 1,
             'random_start': self.random_start,
             'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
 

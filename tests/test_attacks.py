@@ -301,6 +301,35 @@ def test_default_step_size_rule():
                              rtol=1e-6)
 
 
+def test_step_size_caps_the_budget_at_the_data_range():
+  """With a data range, a budget past the range's diameter steps as if it were the diameter
+  (hi − lo in L∞, (hi − lo)·√D in L2); budgets inside it keep 2.5·ε/steps."""
+  x = _batch(lo=0.0, hi=1.0)
+  eps = jnp.asarray([0.1, 0.5, 10.0, 100.0])
+  np.testing.assert_allclose(attacks.default_step_size(eps, x, 20, clip=(0., 1.), norm='linf'),
+                             2.5 * np.array([0.1, 0.5, 1.0, 1.0]) / 20, rtol=1e-6)
+  diameter = np.sqrt(np.prod(SHAPE[1:]))  # ≈ 4.24 for 18 values in [0, 1]
+  np.testing.assert_allclose(attacks.default_step_size(eps, x, 20, clip=(0., 1.), norm='l2'),
+                             2.5 * np.array([0.1, 0.5, diameter, diameter]) / 20, rtol=1e-6)
+  np.testing.assert_allclose(attacks.default_step_size(eps, x, 20), 2.5 * eps / 20, rtol=1e-6)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_pgd_past_the_data_range_equals_pgd_at_its_diameter(norm):
+  """The huge-budget masking check's attack: on [0, 1] data, PGD at ε = 10·diameter searches the
+  same set as at the diameter and, with the capped step, takes exactly the same path (uncapped, its
+  L∞ sign steps of 1.25 would only visit the corners of the cube)."""
+  x = _batch(lo=0.0, hi=1.0)
+  diameter = attacks.range_diameter(x, (0., 1.), norm)
+  run = lambda eps: attacks.PGDSettings(norm=norm, steps=20, clip=(0., 1.))(mlp_loss, x, eps)
+  huge, at_diameter = run(10.0 * diameter), run(diameter)
+  np.testing.assert_allclose(huge, at_diameter, atol=1e-6)
+  assert float(jnp.min(mlp_loss(huge) - mlp_loss(x))) > 0.0
+  uncapped = attacks.pgd(mlp_loss, x, 10.0 * diameter, norm=norm, steps=20, clip=(0., 1.),
+                         step_size=attacks.default_step_size(10.0 * diameter, x, 20))
+  assert float(jnp.max(jnp.abs(uncapped - at_diameter))) > 0.1
+
+
 def test_first_linf_step_moves_quarter_eps_with_ten_steps():
   """With steps=10, one L∞ `pgd_update` from zero moves every coordinate by exactly 0.25·ε."""
   x = _batch()
