@@ -280,7 +280,7 @@ def test_bad_npz_input(tmp_path):
   (tmp_path / 'broken.npz').write_bytes(b'not a zip')
   with pytest.raises(DataError) as e:
     cls_data.split_names(config(root=str(tmp_path / 'broken.npz')))
-  one_line(e, 'broken.npz', 'Cannot read')
+  one_line(e, 'broken.npz', 'cannot read')
 
 
 def test_bad_npz_arrays(tmp_path):
@@ -339,7 +339,7 @@ def test_bad_folders(tmp_path):
   (root / 'val' / 'dog' / 'broken.png').write_bytes(b'\x89PNG but not really')
   with pytest.raises(DataError) as e:
     cls_data.load_split(c, 'val')
-  one_line(e, 'broken.png', 'Cannot read image')
+  one_line(e, 'broken.png', 'cannot read image')
   (root / 'val' / 'dog' / 'broken.png').unlink()
   (root / 'val' / 'dog' / 'broken.dcm').write_bytes(b'nonsense')
   with pytest.raises(DataError) as e:

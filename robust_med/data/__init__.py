@@ -10,7 +10,6 @@ rows of the same global batches) through `robust_med.data.pipeline`, from memory
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np

@@ -14,9 +14,7 @@ preserved), and the landmarks with it: x_in = x_full * W_in / W_full, y_in = y_f
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import re
 import warnings
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from robust_med.data import reading
 from robust_med.errors import ConfigError, DataError
 
 LANDMARK_NAMES = (
@@ -118,11 +117,7 @@ def _read_meta(root: Path) -> dict:
   if not path.is_file():
     raise DataError(f'{root} has no meta.json: add one with "original_size_wh", '
                     '"original_spacing_mm" and "splits" (see the ISBI 2015 folder\'s meta.json)')
-  try:
-    meta = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DataError(f'{path} is not valid JSON ({str(e).splitlines()[0]}): fix or re-create '
-                    'the file') from e
+  meta = reading.read_json(path)
   if not isinstance(meta, dict) or not isinstance(meta.get('splits', {}), dict):
     raise DataError(f'{path} must be a JSON object whose "splits" maps split names to ranges '
                     'like "001-150" or lists of files: fix the file')
@@ -137,8 +132,7 @@ def _read_csv(root: Path, annotation: str,
     found = sorted(p.name[len('landmarks_'):-len('.csv')] for p in root.glob('landmarks_*.csv'))
     raise DataError(f'{root} has no landmarks_{annotation}.csv (data.annotation={annotation!r}): '
                     f'set data.annotation to one whose CSV exists there: {found}')
-  with path.open(newline='') as f:
-    rows = [(line, row) for line, row in enumerate(csv.reader(f), 1) if row]
+  rows = reading.read_csv(path, 'landmark CSV')
   expected = 2 + 2 * num_landmarks
   for line, row in rows:
     if len(row) != expected:
@@ -208,15 +202,11 @@ def _read_image(path: Path, name: str, csv_path: Path) -> Image.Image:
   if not path.is_file():
     raise DataError(f'image {name} listed in {csv_path} is missing (expected {path}): restore '
                     'the file or remove its row')
-  try:
-    with Image.open(path) as image:
-      if image.mode.startswith('I') or image.mode == 'F':
-        raise DataError(f'image {path} has PIL mode {image.mode}, not 8-bit: convert it to 8-bit '
-                        'gray PNG')
-      return image.convert('L')
-  except OSError as e:
-    raise DataError(f'cannot read image {path} ({type(e).__name__}: {e}): re-create the '
-                    'file') from e
+  image = reading.open_image(path)
+  if image.mode.startswith('I') or image.mode == 'F':
+    raise DataError(f'image {path} has PIL mode {image.mode}, not 8-bit: convert it to 8-bit '
+                    'gray PNG')
+  return image.convert('L')
 
 
 def _load_isbi(data_config: Any,

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from robust_med.data import reading
 from robust_med.errors import ConfigError, DataError
 
 NAMES = ('synthetic', 'npz', 'folder')
@@ -125,11 +126,6 @@ def _root(data_config: Any) -> Path:
   return path
 
 
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return f'{type(e).__name__}: {text[0]}' if text else type(e).__name__
-
-
 # --------------------------------------------------------------------------------------------
 # Pixels: scaling to [0, 1], channels and resizing.
 
@@ -148,7 +144,14 @@ def _unit_range(array: np.ndarray, what: str) -> np.ndarray:
                       'images as uint8 (0–255), uint16 (0–65535) or floats in [0, 1].')
     return array.astype(np.float32) / 255.0
   if array.size and np.issubdtype(array.dtype, np.floating):
-    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    bad = ~np.isfinite(array)
+    if bad.any():
+      first = np.unravel_index(int(np.argmax(bad)), array.shape)
+      kind = 'NaN' if np.isnan(array[first]) else 'infinite'
+      raise DataError(f'{what} holds {int(bad.sum())} NaN or infinite values (the first, '
+                      f'{kind}, at index {tuple(int(i) for i in first)}): replace them with '
+                      'finite values in [0, 1] or drop those images.')
+    low, high = float(np.min(array)), float(np.max(array))
     if not (np.isfinite(array).all() and low >= -1e-6 and high <= 1 + 1e-6):
       raise DataError(f'{what} is {array.dtype} with values {low:g}…{high:g}: float images must '
                       'lie in [0, 1]; rescale them or store uint8 / uint16.')
@@ -275,41 +278,19 @@ def _npz_path(data_config: Any) -> Path:
                   'set config.data.root to the one to read.')
 
 
-class _Npz:
+class _Npz(reading.Npz):
   """An opened npz file and its layout."""
 
   def __init__(self, path: Path):
-    self.path = path
-    try:
-      self.file = np.load(path, allow_pickle=False)
-    except Exception as e:  # np.load raises OSError, ValueError, BadZipFile, EOFError, ...
-      raise DataError(f'Cannot read {path} as an .npz file ({_first_line(e)}): set '
-                      'config.data.root to a NumPy .npz written by np.savez.') from None
-    if not isinstance(self.file, np.lib.npyio.NpzFile):
-      raise DataError(f'{path} is a single .npy array, not an .npz archive: save the arrays with '
-                      'np.savez (MedMNIST keys <split>_images/<split>_labels, or a split column).')
-    self.keys = tuple(self.file.files)
+    super().__init__(path)
     prefixes = [k[:-len('_images')] for k in self.keys if k.endswith('_images')]
     self.medmnist = _ordered(p for p in prefixes if f'{p}_labels' in self.keys)
     self.column = 'split' in self.keys
     if not self.medmnist and not self.column:
+      self.close()
       raise DataError(f'{path} has neither MedMNIST keys (<split>_images and <split>_labels) nor '
                       f'a split column (split); its keys are {", ".join(self.keys)}: re-save it '
                       'in one of these layouts.')
-
-  def __enter__(self) -> _Npz:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.file.close()
-
-  def array(self, key: str) -> np.ndarray:
-    try:
-      return self.file[key]
-    except ValueError as e:  # Object arrays need pickle.
-      raise DataError(f'{self.path} key {key!r} cannot be read without pickle '
-                      f'({_first_line(e)}): re-save it as a fixed-width array (e.g. strings as '
-                      'np.str_).') from None
 
   def split_column(self) -> np.ndarray:
     column = self.array('split')
@@ -454,7 +435,7 @@ def _read_dicom(path: Path) -> np.ndarray:
     pixels = np.asarray(ds.pixel_array, np.float32)
     photometric = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).upper()
   except Exception as e:  # pydicom raises many types for unreadable or compressed pixel data.
-    raise DataError(f'Cannot read DICOM image {path} ({_first_line(e)}): replace or remove the '
+    raise DataError(f'Cannot read DICOM image {path} ({reading.first_line(e)}): replace or remove the '
                     'file (compressed pixel data may need pip install pylibjpeg).') from None
   colour = pixels.ndim == 3 and pixels.shape[-1] == 3 and not photometric.startswith('MONOCHROME')
   if pixels.ndim != 2 and not colour:
@@ -471,24 +452,19 @@ def read_image(path: Path) -> np.ndarray:
   """One image file as float32 in [0, 1], (H, W) gray or (H, W, 3) RGB."""
   if path.suffix.lower() == '.dcm':
     return _read_dicom(path)
-  try:
-    with Image.open(path) as image:
-      image.load()
-      mode = image.mode
-      if mode.startswith('I;16'):
-        return np.asarray(image).astype(np.float32) / 65535.0
-      if mode == 'I':  # 16-bit PNGs on some Pillow versions.
-        return np.clip(np.asarray(image, np.float32) / 65535.0, 0.0, 1.0)
-      if mode == 'F':
-        pixels = np.asarray(image, np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        return (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-      if mode in ('1', 'L', 'LA', 'La'):
-        return np.asarray(image.convert('L'), np.float32) / 255.0
-      return np.asarray(image.convert('RGB'), np.float32) / 255.0
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise DataError(f'Cannot read image {path} ({_first_line(e)}): replace or remove the '
-                    'file.') from None
+  image = reading.open_image(path)
+  mode = image.mode
+  if mode.startswith('I;16'):
+    return np.asarray(image).astype(np.float32) / 65535.0
+  if mode == 'I':  # 16-bit PNGs on some Pillow versions.
+    return np.clip(np.asarray(image, np.float32) / 65535.0, 0.0, 1.0)
+  if mode == 'F':
+    pixels = np.asarray(image, np.float32)
+    low, high = float(pixels.min()), float(pixels.max())
+    return (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+  if mode in ('1', 'L', 'LA', 'La'):
+    return np.asarray(image.convert('L'), np.float32) / 255.0
+  return np.asarray(image.convert('RGB'), np.float32) / 255.0
 
 
 def _folder_split_names(data_config: Any) -> tuple[str, ...]:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from robust_med.data import reading
 from robust_med.errors import ConfigError, DataError
 
 _LAYOUT = 'the Medical Segmentation Decathlon layout (dataset.json, imagesTr/, labelsTr/)'
@@ -60,11 +59,7 @@ def _root_dir(root: str | os.PathLike) -> Path:
 
 def _load_json(path: Path) -> Any:
   """Parses a JSON file; DataError naming the file and the parse problem otherwise."""
-  try:
-    return json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    problem = str(e).splitlines()[0]
-    raise DataError(f'{path} is not valid JSON ({problem}): fix or re-download the file') from e
+  return reading.read_json(path)
 
 
 def _index_keys(mapping: Any, path: Path, key: str) -> list[str]:
@@ -190,7 +185,7 @@ def carve_tune(splits: dict[str, list[str]], tune_fraction: float,
     raise ConfigError(f'data.tune_fraction = {tune_fraction} is outside [0, 1): use e.g. 0.2, or '
                       '0 for no tuning split')
   if 'tune' in splits:
-    raise DataError(f"the folder already declares a 'tune' split: set data.tune_fraction=0 to use "
+    raise DataError("the folder already declares a 'tune' split: set data.tune_fraction=0 to use "
                     'it, or rename it in splits.json')
   if tune_from not in splits:
     raise DataError(f'cannot carve a tuning split from {tune_from!r}: the folder declares '
@@ -240,12 +235,7 @@ def _read_nifti(path: Path, case: str) -> np.ndarray:
   if not path.is_file():
     raise DataError(f'case {case}: file {path} listed in dataset.json is missing: '
                     're-download or re-extract the dataset')
-  try:
-    return np.asarray(nib.load(path).dataobj)
-  except Exception as e:  # nibabel raises many types for corrupt files.
-    raise DataError(f'case {case}: cannot read {path} ({type(e).__name__}: '
-                    f'{str(e).splitlines()[0] if str(e) else "no detail"}): '
-                    're-download the file') from e
+  return reading.read_nifti(path)
 
 
 def _as_channels_last(image: np.ndarray, case: str) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from robust_med.data import reading
 from robust_med.errors import ConfigError, DataError
 
 BCCD_CLASSES = ('RBC', 'WBC', 'Platelets')
@@ -117,8 +117,8 @@ def _parse_xml(path: Path, class_names: tuple[str, ...]) -> tuple[list, list]:
   if not path.is_file():
     raise DataError(f'Annotation {path} not found: each image listed in a split needs '
                     'Annotations/<stem>.xml.')
+  root = reading.parse_xml(path, 'VOC annotation')
   try:
-    root = ET.parse(path).getroot()
     boxes, labels = [], []
     for obj in root.iter('object'):
       name = (obj.find('name').text or '').strip()
@@ -128,7 +128,7 @@ def _parse_xml(path: Path, class_names: tuple[str, ...]) -> tuple[list, list]:
       box = obj.find('bndbox')
       boxes.append(tuple(float(box.find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax')))
       labels.append(class_names.index(name))
-  except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
+  except (AttributeError, TypeError, ValueError) as e:
     raise DataError(f'{path} is not a valid VOC annotation ({type(e).__name__}: {e}): fix or '
                     'remove the file and its line in the split file.') from None
   return boxes, labels
@@ -151,8 +151,8 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
   if split not in splits:
     raise DataError(f'Unknown split {split!r} in {root}: it declares {", ".join(splits)} '
                     '(ImageSets/Main/<split>.txt).')
-  stems = [s.split()[0] for s in (root / 'ImageSets' / 'Main' / f'{split}.txt').read_text()
-           .splitlines() if s.strip()]
+  stems = [s.split()[0] for s in reading.read_text(root / 'ImageSets' / 'Main' / f'{split}.txt',
+                                                     'split file').splitlines() if s.strip()]
   if not stems:
     raise DataError(f'Split file ImageSets/Main/{split}.txt in {root} lists no image.')
   class_names = tuple(data_config.get('class_names', BCCD_CLASSES))
@@ -174,9 +174,9 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
     if not path.is_file():
       raise DataError(f'Image {path} (listed in ImageSets/Main/{split}.txt) not found: add it or '
                       'remove its line from the split file.')
-    with Image.open(path) as im:
-      width, height = im.width, im.height
-      image, scale, pad = letterbox(im, size)
+    im = reading.open_image(path)
+    width, height = im.width, im.height
+    image, scale, pad = letterbox(im, size)
     boxes, degenerate, changed = _clean_boxes(boxes, width, height)
     if degenerate.any():
       dropped.append(stem)
