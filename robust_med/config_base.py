@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from robust_med import ranges
 from robust_med.errors import ConfigError
 
 EVAL_ATTACKS = ('pgd', 'apgd', 'apgd_t', 'square')
@@ -235,6 +236,62 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+Range = ranges.Range
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, open_lo=True)
+UNIT, FRACTION = Range(0, 1), Range(0, 1, open_hi=True)
+# The range of every numeric key of `base_config`, stated once and checked by `validate` at
+# start-up for every entry point (main, evaluate, sweep, shift, interpret) before any value
+# reaches numpy, JAX or matplotlib. A head states its own keys' in `Task.config_ranges`.
+RANGES: dict[str, Range] = {
+    'seed': AT_LEAST_0,
+    'data.slice_axis': Range(0, 2), 'data.val_fraction': FRACTION, 'data.tune_fraction': FRACTION,
+    'data.max_volumes': Range(0, note='0 = every volume'),
+    'data.num_train': AT_LEAST_1, 'data.num_val': AT_LEAST_1, 'data.num_classes': Range(2),
+    'data.channels': AT_LEAST_1, 'data.seed': AT_LEAST_0,
+    'data.worker_count': Range(0, note='0 = decode in the training process'),
+    'data.patch_size': AT_LEAST_1,
+    'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
+    'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0,
+    'method.grad_penalty': AT_LEAST_0, 'method.consistency_views': AT_LEAST_0,
+    'method.consistency_adv': AT_LEAST_0, 'method.xi_warmup_epochs': AT_LEAST_0,
+    'method.max_margin': Range(0, note='0 = no clamp'),
+    'attack.steps': AT_LEAST_1, 'attack.step_size_factor': POSITIVE, 'attack.clip': Range(),
+    'units.paper_per_model_intensity': POSITIVE, 'units.paper_shape': AT_LEAST_1,
+    **{f'augment.{k}': AT_LEAST_0 for k in (
+        'rotation', 'scale', 'translation', 'elastic_alpha', 'gamma', 'contrast', 'brightness',
+        'noise', 'blur', 'speckle')},
+    'augment.flip': UNIT, 'augment.vflip': UNIT, 'augment.elastic_sigma': POSITIVE,
+    'optimizer.learning_rate': POSITIVE, 'optimizer.weight_decay': AT_LEAST_0,
+    'optimizer.grad_clip_norm': Range(0, note='0 = no clipping'),
+    'optimizer.warmup_steps': AT_LEAST_0,
+    'batch_size': AT_LEAST_1, 'num_epochs': AT_LEAST_1, 'log_every_steps': AT_LEAST_1,
+    'checkpoint_every_steps': AT_LEAST_1, 'keep_checkpoints': AT_LEAST_1,
+    'eval.noise_levels': AT_LEAST_0, 'eval.steps': AT_LEAST_1,
+    'eval.step_size_factor': POSITIVE, 'eval.batch_size': AT_LEAST_1,
+    'eval.max_samples': Range(0, note='0 = every sample of the split'),
+    'eval.seed': AT_LEAST_0,
+    'eval.chunk_steps': Range(0, note='0 = one compiled loop per attack'),
+    'eval.every_epochs': Range(0, note='0 = no learning curve'),
+    'eval.apgd_steps': AT_LEAST_1, 'eval.apgd_restarts': AT_LEAST_1,
+    'eval.apgd_targets': AT_LEAST_1, 'eval.square_queries': AT_LEAST_1,
+    'eval.square_p_init': Range(0, 1, note="0 = the paper's for the norm"),
+    'eval.weak_steps': Range(0, note='0 = steps // 5'),
+    'eval.huge_eps': Range(0, note='0 = automatic'),
+    'eval.check_tolerance': AT_LEAST_0, 'eval.floor_tolerance': AT_LEAST_0,
+    'shift.severities': Range(1, 5), 'shift.seed': AT_LEAST_0,
+    'interpret.top_k': Range(0, 100, open_lo=True), 'interpret.eps': AT_LEAST_0,
+    'interpret.smoothgrad_samples': AT_LEAST_1, 'interpret.smoothgrad_sigma': AT_LEAST_0,
+    'interpret.ig_steps': AT_LEAST_1, 'interpret.bootstrap_resamples': AT_LEAST_1,
+    'interpret.confidence': Range(0, 1, open_lo=True, open_hi=True),
+    'interpret.figure_images': Range(0, note='0 = no figure'),
+    'interpret.figure_ids': AT_LEAST_0,
+    'interpret.max_samples': Range(0, note='0 = every annotated image'),
+    'interpret.batch_size': AT_LEAST_1, 'interpret.seed': AT_LEAST_0,
+    'mesh.num_devices': Range(0, note='0 = all local devices'),
+    'mesh.host_devices': Range(0, note='0 = one per core'),
+}
+
+
 def task_config(task: str) -> ml_collections.ConfigDict:
   """`base_config()` for the head `task`, with the head's own keys (`Task.default_config`) added."""
   from robust_med.tasks import get_task_class  # Local import keeps this module light.
@@ -273,6 +330,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'keys and their defaults are in robust_med/config_base.py and the '
                       f'default_config() of the {config.task!r} head.')
 
+  ranges.check(given, {**RANGES, **task.config_ranges()})
+
   def need(ok: bool, message: str) -> None:
     if not ok:
       raise ConfigError(message)
@@ -299,9 +358,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.data.train_split != config.data.eval_split,
        f'config.data.train_split and config.data.eval_split are both {config.data.eval_split!r}: '
        'evaluating on the training data overstates the model; evaluate on another split.')
-  need(isinstance(config.mesh.host_devices, int) and config.mesh.host_devices >= 0,
-       f'config.mesh.host_devices = {config.mesh.host_devices!r}: use 1 (one CPU device), a '
-       'number of CPU devices, or 0 for one per core.')
   from robust_med import precision  # Local import keeps this module light.
   need(config.model.get('compute_dtype', 'float32') in precision.COMPUTE_DTYPES,
        f'config.model.compute_dtype = {config.model.get("compute_dtype")!r}: use one of '
@@ -313,20 +369,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(isinstance(config.data.records_dir, str) and bool(config.data.records_dir),
          "config.data.pipeline is 'grain' but config.data.records_dir is empty: set it to the "
          'folder python -m robust_med.data.records --records_dir=DIR wrote.')
-  need(isinstance(config.data.worker_count, int) and config.data.worker_count >= 0,
-       f'config.data.worker_count = {config.data.worker_count!r}: use 0 (decode in the training '
-       'process) or a number of worker processes.')
-  need(0 <= config.data.tune_fraction < 1, f'config.data.tune_fraction = '
-       f'{config.data.tune_fraction} is outside [0, 1): use e.g. 0.2, or 0 for no tuning split.')
-  need(config.eval.every_epochs >= 0, f'config.eval.every_epochs = {config.eval.every_epochs} is '
-       'negative: use 0 (no learning curve) or k ≥ 1.')
   need(config.method.name in methods.METHODS,
        f'Unknown method {config.method.name!r}: set config.method.name to one of {methods.METHODS}.')
-  for key in ('method.eps', 'method.delta_eps'):
-    need(given[key] >= 0, f'config.{key} = {given[key]} is negative: noise budgets must be ≥ 0.')
-  need(all(e >= 0 for e in config.eval.noise_levels),
-       f'config.eval.noise_levels = {tuple(config.eval.noise_levels)} has a negative level: '
-       'noise budgets must be ≥ 0.')
   if config.method.name == 'amat':
     need(config.method.delta_eps > 0, 'config.method.delta_eps must be > 0 for amat: set it to the '
          'margin growth step Δε (e.g. 10 for MSD Prostate).')
@@ -343,8 +387,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.method.refine in methods.REFINE_RULES,
          f'Unknown config.method.refine {config.method.refine!r}: use one of '
          f'{methods.REFINE_RULES}.')
-    need(config.method.max_margin >= 0, f'config.method.max_margin = '
-         f'{config.method.max_margin} is negative: use 0 (no clamp) or the largest margin.')
     need(config.method.xi_source in ('warmup', 'checkpoint'),
          f'Unknown config.method.xi_source {config.method.xi_source!r}: use warmup or checkpoint.')
     if config.method.xi_source == 'checkpoint':
@@ -353,19 +395,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     else:
       need(config.method.xi_warmup_epochs >= 1, 'config.method.xi_warmup_epochs must be ≥ 1 '
            'with xi_source=warmup: ξ needs a model trained on clean data.')
-  for key in ('method.grad_penalty', 'method.consistency_views', 'method.consistency_adv'):
-    need(given[key] >= 0, f'config.{key} = {given[key]} is negative: weights must be ≥ 0.')
   from robust_med import alignment, saliency
   i = config.interpret
   alignment.check_top_k(i.top_k)
   saliency.check_settings(saliency.SaliencySettings.from_config(i))
   need(i.target in ('predicted', 'label'), f'config.interpret.target = {i.target!r}: use '
        'predicted or label.')
-  need(i.eps >= 0, f'config.interpret.eps = {i.eps} is negative: noise budgets must be ≥ 0.')
-  for key in ('interpret.bootstrap_resamples', 'interpret.batch_size'):
-    need(given[key] >= 1, f'config.{key} = {given[key]} must be ≥ 1.')
-  need(0 < i.confidence < 1, f'config.interpret.confidence = {i.confidence} must be in (0, 1), '
-       'e.g. 0.95.')
   if config.method.name == 'rtda':
     m = config.method
     need(m.eps > 0 or m.grad_penalty > 0 or m.consistency_views > 0,
@@ -380,13 +415,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f'rtda settings but the method is {config.method.name!r}: set them to 0 or '
                       'use --config.method.name=rtda.')
   from robust_med import augment as augment_lib  # Local import keeps this module light.
-  for key in augment_lib.KEYS:
-    need(given[f'augment.{key}'] >= 0, f'config.augment.{key} = {given[f"augment.{key}"]} is '
-         'negative: strengths are maxima ≥ 0.')
-  for key in ('flip', 'vflip'):
-    need(config.augment[key] <= 1, f'config.augment.{key} = {config.augment[key]} is a '
-         'probability: use a value in [0, 1].')
-  need(config.augment.elastic_sigma > 0, 'config.augment.elastic_sigma must be > 0 (pixels).')
   if config.method.augment:
     need(not augment_lib.AugmentSettings.from_config(config.augment).is_identity(),
          'config.method.augment is on but every config.augment strength is 0: set some (e.g. '
@@ -402,21 +430,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.norm in ('linf', 'l2'), f"config.eval.attacks has 'square' but "
          f'config.eval.norm is {config.eval.norm!r}: Square is implemented for linf and l2 only; '
          'drop it or use one of those.')
-    need(config.eval.square_queries >= 1 and 0 <= config.eval.square_p_init <= 1,
-         f'config.eval.square_queries = {config.eval.square_queries} must be ≥ 1 and '
-         f'config.eval.square_p_init = {config.eval.square_p_init} in [0, 1] (0: the paper\'s).')
   if 'apgd_t' in config.eval.attacks:
     need(task.has_attack_targets and 'dlr' in task.attack_objectives,
          f"config.eval.attacks has 'apgd_t' but the {config.task!r} head defines no target "
          "classes and DLR loss (APGD-T is for classification): drop 'apgd_t'.")
-    need(config.eval.apgd_targets >= 1, f'config.eval.apgd_targets = '
-         f'{config.eval.apgd_targets} must be ≥ 1 (AutoAttack uses 9).')
   unknown_attacks = [a for a in config.eval.attacks if a not in EVAL_ATTACKS]
   need(not unknown_attacks and 'pgd' in config.eval.attacks,
        f'config.eval.attacks = {tuple(config.eval.attacks)}: list attacks from {EVAL_ATTACKS}, '
        "and include 'pgd' (the primary curve every report carries).")
-  for key in ('eval.weak_steps', 'eval.huge_eps', 'eval.check_tolerance', 'eval.floor_tolerance'):
-    need(given[key] >= 0, f'config.{key} = {given[key]} is negative: it must be ≥ 0.')
   if config.eval.masking_checks and config.eval.weak_steps:
     need(config.eval.weak_steps < config.eval.steps,
          f'config.eval.weak_steps = {config.eval.weak_steps} must be below config.eval.steps = '
@@ -424,15 +445,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.attack.unroll in attacks.UNROLL_CHOICES,
        f'config.attack.unroll = {config.attack.unroll!r}: use one of '
        f'{tuple(attacks.UNROLL_CHOICES)}.')
-  need(config.eval.chunk_steps >= 0, f'config.eval.chunk_steps = {config.eval.chunk_steps} is '
-       'negative: use 0 (auto) or the number of attack steps per compiled call.')
   for key in ('attack.norm', 'eval.norm', 'method.fgsm_norm'):
     need(given[key] in attacks.NORMS, f'config.{key} = {given[key]!r}: use one of {attacks.NORMS}.')
-  for key in ('attack.steps', 'eval.steps', 'eval.apgd_steps', 'eval.apgd_restarts',
-              'batch_size', 'eval.batch_size', 'num_epochs',
-              'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    need(given[key] >= 1, f'config.{key} = {given[key]} must be ≥ 1.')
-  need(config.optimizer.learning_rate > 0, 'config.optimizer.learning_rate must be > 0.')
   need(len(config.data.patch_size) == 2 and min(config.data.patch_size) >= 2 ** (config.model.depth - 1),
        f'config.data.patch_size = {tuple(config.data.patch_size)} is too small for a U-Net of depth '
        f'{config.model.depth}: each side needs at least {2 ** (config.model.depth - 1)} pixels.')

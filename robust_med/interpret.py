@@ -227,8 +227,9 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
   report = build_report(task, config, results, labels, counts, data, method, split, eps, ks,
                         runner.pgd, command)
   os.makedirs(out, exist_ok=True)
-  draw_figure(task, info, data, masks, models, results, labels, config, eps, report,
-              os.path.join(out, 'interpret.png'))
+  if config.interpret.figure_images or config.interpret.figure_ids:  # 0 and no ids: no figure
+    draw_figure(task, info, data, masks, models, results, labels, config, eps, report,
+                os.path.join(out, 'interpret.png'))
   reports.write_text(os.path.join(out, 'interpret.md'), markdown(report))
   reports.write_json(os.path.join(out, 'interpret.json'), report)
   report['out'] = out
@@ -485,7 +486,9 @@ def main(argv=None) -> None:
                                eps=f.eps, out=f.out, command=' '.join(
                                    ['python -m robust_med.interpret', *sys.argv[1:]]))
     print(markdown(report))
-    print(f'Done: interpret.json, interpret.md, interpret.png in {report["out"]}')
+    figure = ', interpret.png' if config.interpret.figure_images or config.interpret.figure_ids \
+        else ''
+    print(f'Done: interpret.json, interpret.md{figure} in {report["out"]}')
 
   def parse(argv):
     argv = list(argv)

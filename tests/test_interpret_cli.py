@@ -62,6 +62,15 @@ def test_interpret_writes_its_report_with_scipy_p_values(runs, tmp_path):
   assert report['summary']['std']['layer'] == 'GroupNorm_0'
 
 
+def test_figure_images_zero_draws_no_figure(runs, tmp_path):
+  out = tmp_path / 'report'
+  proc = run('robust_med.interpret', f'--workdirs={runs}/std', '--method=gradient', f'--out={out}',
+             '--config.interpret.figure_images=0', '--config.interpret.attack=False', *FAST)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (out / 'interpret.json').is_file() and not (out / 'interpret.png').exists()
+  assert 'interpret.png' not in proc.stdout.splitlines()[-1]
+
+
 def _renamed(src, dst, **changes):
   shutil.copytree(src, dst)
   config = json.loads((dst / 'config.json').read_text())
@@ -90,6 +99,7 @@ def medmnist_without_masks(path):
     ('other_head', ["'segmentation'", 'one head']),
     ('other_images', ['different images', 'seed']),
     ('split', ["'test2'", 'val']),
+    ('figures', ['config.interpret.figure_images = -1', '0 = no figure']),
 ])
 def test_bad_interpret_input_is_one_error_line(runs, tmp_path, how, words):
   workdirs = f'{runs}/std,{runs}/at'
@@ -109,6 +119,8 @@ def test_bad_interpret_input_is_one_error_line(runs, tmp_path, how, words):
     workdirs = f'{runs}/std,{_renamed(runs / "at", tmp_path / "other", data__seed=7)}'
   elif how == 'split':
     extra = ['--split=test2']
+  elif how == 'figures':
+    extra = ['--config.interpret.figure_images=-1']
   line = error_line(run('robust_med.interpret', f'--workdirs={workdirs}',
                         f'--out={tmp_path}/out', *FAST, *extra))
   for w in words:

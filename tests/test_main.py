@@ -88,7 +88,7 @@ def test_sigkill_resumes_from_last_complete_checkpoint(tmp_path):
 @pytest.mark.parametrize('args, words', [
     ([f'--config={CONFIG}'], ['Task05_Prostate', 'does not exist', ':synthetic']),
     ([f'--config={CONFIG}:synthetic', '--config.method.foo=1'], ['foo']),
-    ([f'--config={CONFIG}:synthetic', '--config.method.eps=-1'], ['negative', '≥ 0']),
+    ([f'--config={CONFIG}:synthetic', '--config.method.eps=-1'], ['method.eps = -1.0', '≥ 0']),
     ([f'--config={CONFIG}:synthetic', '--config.method.name=bogus'], ['bogus', 'amat']),
     ([f'--config={CONFIG}:synthetic', '--config.task=bogus'], ['bogus', 'segmentation']),
     ([f'--config={CONFIG}:bogus'], ['bogus', 'synthetic']),
@@ -112,7 +112,10 @@ def test_validate_rejects_unknown_keys_in_a_config_file():
 
 
 @pytest.mark.parametrize('key, value, words', [
-    ('eval.noise_levels', (0.0, -1.0), 'negative'),
+    ('eval.noise_levels', (0.0, -1.0), '≥ 0'),
+    ('eval.max_samples', -1, 'every sample'),
+    ('interpret.figure_images', -2, 'no figure'),
+    ('augment.flip', 1.5, r'in \[0, 1\]'),
     ('method.delta_eps', 0.0, 'delta_eps'),
     ('method.xi_stat', 'median', 'median'),
     ('eval.norm', 'l1', 'l1'),

@@ -166,7 +166,7 @@ def rtda_config(**method):
     (dict(), 'is STD'),
     (dict(eps=0.0, grad_penalty=1.0, consistency_adv=1.0), 'consistency_adv'),
     (dict(eps=0.01, consistency_views=1.0), 'augment=True'),
-    (dict(eps=0.01, grad_penalty=-1.0), 'negative'),
+    (dict(eps=0.01, grad_penalty=-1.0), 'grad_penalty = -1.0: it must be a finite number ≥ 0'),
 ])
 def test_rtda_config_errors(changes, words):
   with pytest.raises(ConfigError, match=words):

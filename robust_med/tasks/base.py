@@ -54,6 +54,12 @@ class Task(abc.ABC):
     return {}
 
   @classmethod
+  def config_ranges(cls) -> dict[str, Any]:
+    """`config_base.Range` of each numeric key the head adds (``{'data.image_size':
+    Range(8)}``), checked with the base keys' at start-up. Default: none."""
+    return {}
+
+  @classmethod
   def check_config(cls, config) -> None:
     """Raises `ConfigError` (one line: problem and fix) for values of the head's keys that cannot
     work. Called by `config_base.validate` after the generic checks. Default: nothing to check."""

@@ -32,6 +32,7 @@ import optax
 from robust_med.data import classification as cls_data
 from robust_med.errors import ConfigError
 from robust_med.models.resnet import ResNetClassifier
+from robust_med.ranges import Range
 from robust_med.stats import binary_auc
 from robust_med.tasks import base
 
@@ -129,14 +130,15 @@ class Task(base.Task):
     }
 
   @classmethod
+  def config_ranges(cls) -> dict[str, Range]:
+    return {'data.image_size': Range(1), 'model.stages': Range(1), 'model.stem_stride': Range(1)}
+
+  @classmethod
   def check_config(cls, config) -> None:
     if config.classification.class_weights not in CLASS_WEIGHTS:
       raise ConfigError(f'config.classification.class_weights = '
                         f'{config.classification.class_weights!r}: use one of {CLASS_WEIGHTS}.')
     m = config.model
-    if m.stages < 1 or m.depth < 1 or m.base_width < 1 or m.stem_stride < 1:
-      raise ConfigError(f'config.model.stages = {m.stages}, depth = {m.depth}, base_width = '
-                        f'{m.base_width} and stem_stride = {m.stem_stride} must all be ≥ 1.')
     size, shrink = config.data.image_size, m.stem_stride * 2 ** (m.stages - 1)
     if not isinstance(size, int) or size < shrink:
       raise ConfigError(f'config.data.image_size = {size!r} is smaller than the network\'s '

@@ -49,6 +49,7 @@ from robust_med import boxes as box_lib
 from robust_med.data import voc
 from robust_med.errors import ConfigError
 from robust_med.models.yolo import STRIDES, Detector, anchor_points
+from robust_med.ranges import Range
 from robust_med.tasks import base
 
 
@@ -198,20 +199,21 @@ class Task(base.Task):
     }
 
   @classmethod
+  def config_ranges(cls) -> dict[str, Range]:
+    return {'data.image_size': Range(STRIDES[-1]), 'data.max_boxes': Range(1),
+            'detection.top_k': Range(1), 'detection.pre_nms': Range(1),
+            'detection.max_detections': Range(1),
+            **{f'detection.{k}': Range(0, 1, open_hi=True)
+               for k in ('nms_iou', 'map_score_threshold', 'score_threshold')},
+            **{f'detection.{k}': Range(0, open_lo=True)
+               for k in ('center_radius', 'box_weight', 'align_alpha', 'align_beta')}}
+
+  @classmethod
   def check_config(cls, config) -> None:
-    d, size = config.detection, config.data.image_size
+    size = config.data.image_size
     if not isinstance(size, int) or size < STRIDES[-1] or size % STRIDES[-1]:
       raise ConfigError(f'config.data.image_size = {size!r} must be a multiple of '
                         f'{STRIDES[-1]} (the detector\'s coarsest stride), e.g. 320.')
-    for key in ('top_k', 'pre_nms', 'max_detections'):
-      if d[key] < 1:
-        raise ConfigError(f'config.detection.{key} = {d[key]} must be ≥ 1.')
-    for key in ('nms_iou', 'map_score_threshold', 'score_threshold'):
-      if not 0 <= d[key] < 1:
-        raise ConfigError(f'config.detection.{key} = {d[key]} is outside [0, 1).')
-    for key in ('center_radius', 'box_weight', 'align_alpha', 'align_beta'):
-      if d[key] <= 0:
-        raise ConfigError(f'config.detection.{key} = {d[key]} must be > 0.')
     if config.data.tune_fraction:
       raise ConfigError(f'config.data.tune_fraction = {config.data.tune_fraction}: the detection '
                         'head reads its splits from the VOC split files; add a '

@@ -40,6 +40,7 @@ from robust_med import augment
 from robust_med.data import ceph
 from robust_med.errors import ConfigError
 from robust_med.models.unet import MultiTaskUNet, unet_features
+from robust_med.ranges import Range
 from robust_med.tasks import base
 
 SDR_RADII_MM = (2.0, 2.5, 3.0, 4.0)
@@ -177,6 +178,14 @@ class Task(base.Task):
     }
 
   @classmethod
+  def config_ranges(cls) -> dict[str, Range]:
+    return {'data.val_count': Range(0, note='0 = no val/test carved from data.val_from'),
+            'data.num_landmarks': Range(1), 'landmarks.radius': Range(0, open_lo=True),
+            'landmarks.heatmap_weight': Range(0, open_lo=True),
+            'landmarks.vote_threshold': Range(0, 1, open_hi=True,
+                                              note='a heatmap probability; 0 = every pixel votes')}
+
+  @classmethod
   def check_config(cls, config) -> None:
     lm = config.landmarks
     if lm.heatmap_loss not in HEATMAP_LOSSES:
@@ -184,19 +193,11 @@ class Task(base.Task):
                         f'{HEATMAP_LOSSES}.')
     if lm.decoder not in DECODERS:
       raise ConfigError(f'config.landmarks.decoder = {lm.decoder!r}: use one of {DECODERS}.')
-    if not 0 <= lm.vote_threshold < 1:
-      raise ConfigError(f'config.landmarks.vote_threshold = {lm.vote_threshold} is outside '
-                        '[0, 1): it is a heatmap probability, e.g. 0.5, or 0 for none.')
-    if lm.radius <= 0 or lm.heatmap_weight <= 0:
-      raise ConfigError(f'config.landmarks.radius = {lm.radius} and heatmap_weight = '
-                        f'{lm.heatmap_weight} must both be > 0.')
     size = tuple(config.data.patch_size)
     if 2 * lm.radius >= min(size):
       raise ConfigError(f'config.data.patch_size = {size} is too small for landmark disks of '
                         f'radius {lm.radius:g} px: each side needs more than {2 * lm.radius:g} '
                         'pixels; raise data.patch_size or lower landmarks.radius.')
-    if config.data.num_landmarks < 1:
-      raise ConfigError(f'config.data.num_landmarks = {config.data.num_landmarks} must be ≥ 1.')
 
   def splits(self) -> tuple[str, ...]:
     return ceph.split_names(self.config.data)
