@@ -491,6 +491,15 @@ def make_evaluator(task, model, mesh, config) -> Evaluator:
                    square_remaining_only=config.eval.get('square_remaining_only', True))
 
 
+def note_subset(task, info, extra: dict) -> None:
+  """Says `task.subset_note(info)` (a capped split, a missing class) on stderr now and keeps it in
+  the report's data section (`extra['data']['subset']`)."""
+  note = task.subset_note(info)
+  if note:
+    print(f'warning: {note}', file=sys.stderr)
+    extra['data']['subset'] = note
+
+
 def data_provenance(config, split: str, split_size: int) -> dict:
   """Report entries saying which data it was computed on: the split, and the data root, the
   split's size and the dataset settings."""
@@ -669,10 +678,7 @@ def evaluate_checkpoint(config, workdir: str, *, split: str = '', out: str = '',
                                             what=f'The {split!r} split of the data')
   extra = {'method': meta.get('method', ''), **data_provenance(config, split, len(data['id'])),
            'checkpoint': {'workdir': os.path.abspath(workdir), 'step': int(step)}}
-  note = task.subset_note(info)
-  if note:  # A capped split is said on stderr now and kept in the report.
-    print(f'warning: {note}', file=sys.stderr)
-    extra['data']['subset'] = note
+  note_subset(task, info, extra)
   os.makedirs(out, exist_ok=True)
   write_json(os.path.join(out, 'config.json'), json.loads(config.to_json_best_effort()))
   return evaluate_and_write(make_evaluator(task, model, mesh, config), params, data, config, out,

@@ -203,7 +203,7 @@ class Trainer:
       raise UserError(f'--workdir={workdir} is a file: pass a folder (new, or a run to resume).')
     self.task = get_task_class(config.task)(config)
     self.train_data, self.info = self.task.load_split(config.data.train_split)
-    self.eval_data, _ = self.task.load_split(config.data.eval_split)
+    self.eval_data, self.eval_info = self.task.load_split(config.data.eval_split)
     # The run's config as given (config.json) and with its budgets in the model's units.
     self.given_config = config
     self.config = config = units.resolve(config, self.train_data['image'].shape[1:])
@@ -430,6 +430,7 @@ class Trainer:
     extra = {'method': cfg.method.name,
              **evaluate_lib.data_provenance(cfg, cfg.data.eval_split, len(self.eval_data['id'])),
              'checkpoint': {'workdir': os.path.abspath(self.workdir), 'step': step}}
+    evaluate_lib.note_subset(self.task, self.eval_info, extra)
     if self.method.uses_margins:
       margins_lib.plot(self.workdir, os.path.join(self.workdir, 'margins.png'))
     report = evaluate_lib.evaluate_and_write(evaluator, params, self.eval_data, cfg, self.workdir,

@@ -227,7 +227,8 @@ def test_folder_test2_and_senior_annotation(folder):
 
 
 def test_folder_without_original_size_uses_png_size(tmp_path):
-  coords = make_ceph(tmp_path, meta={'splits': {'train': '001-006'}}, full_wh=PNG_WH)
+  coords = make_ceph(tmp_path, meta={'splits': {'train': '001-006'}, 'original_spacing_mm': 0.1},
+                     full_wh=PNG_WH)
   arrays, _ = ceph.load_split(folder_config(tmp_path, val_count=0), 'train')
   np.testing.assert_allclose(arrays['to_full'][0], [30 / 15, 50 / 20])
   np.testing.assert_allclose(arrays['spacing'][0], [0.1, 0.1])
@@ -260,6 +261,16 @@ def test_meta_missing_or_invalid(folder):
     load(folder_config(root))
   (root / 'meta.json').unlink()
   with pytest.raises(DataError, match='has no meta.json'):
+    load(folder_config(root))
+
+
+def test_missing_spacing_is_refused_not_assumed(folder):
+  """Another data set's millimetres are never ISBI's 0.1 mm/px by default."""
+  root, _ = folder
+  meta = json.loads((root / 'meta.json').read_text())
+  del meta['original_spacing_mm']
+  (root / 'meta.json').write_text(json.dumps(meta))
+  with pytest.raises(DataError, match='no "original_spacing_mm".*ISBI 2015: 0.1'):
     load(folder_config(root))
 
 
@@ -319,7 +330,8 @@ def test_landmark_outside_image_warns_once(folder):
 
 
 def test_image_aspect_differs_from_original_size(tmp_path):
-  make_ceph(tmp_path, meta={'original_size_wh': [200, 200], 'splits': {}})
+  make_ceph(tmp_path, meta={'original_size_wh': [200, 200], 'original_spacing_mm': 0.1,
+                            'splits': {}})
   with pytest.raises(DataError, match=r'001.png is 30x50 but meta.json original_size_wh'):
     load(folder_config(tmp_path))
 

@@ -117,8 +117,10 @@ def test_npz_class_names_from_config_or_file(tmp_path):
   path = make_medmnist(tmp_path / 'a.npz', class_names=np.array(['healthy', 'sick']))
   _, info = cls_data.load_split(config(root=str(path)), 'train')
   assert info.class_names == ('healthy', 'sick')
-  _, info = cls_data.load_split(config(root=str(path), class_names=('n', 'p', 'x')), 'train')
-  assert info.class_names == ('n', 'p', 'x') and info.class_counts == (3, 2, 0)
+  _, info = cls_data.load_split(config(root=str(path), class_names=('n', 'p', 'x')), 'test')
+  assert info.class_names == ('n', 'p', 'x') and info.class_counts == (2, 2, 0)
+  with pytest.raises(DataError, match="no images of the class.*x"):  # nothing to learn x from
+    cls_data.load_split(config(root=str(path), class_names=('n', 'p', 'x')), 'train')
 
 
 def test_split_column_npz_loads_every_split_with_masks(tmp_path):
@@ -203,9 +205,26 @@ def test_image_folder_dicom_pixels(tmp_path):
 def test_image_folder_configured_classes(tmp_path):
   root = make_folder(tmp_path / 'folder')
   c = config(name='folder', root=str(root), class_names=('dog', 'cat', 'bird'))
-  arrays, info = cls_data.load_split(c, 'train')
-  assert info.class_names == ('dog', 'cat', 'bird') and info.class_counts == (2, 2, 0)
-  assert arrays['label'].tolist() == [0, 0, 1, 1]  # Ordered by class, then file name.
+  arrays, info = cls_data.load_split(c, 'val')
+  assert info.class_names == ('dog', 'cat', 'bird') and info.class_counts == (1, 1, 0)
+  assert arrays['label'].tolist() == [0, 1]  # Ordered by class, then file name.
+  assert cls_data.missing_classes(info) == ('bird',)
+
+
+def test_a_class_missing_from_training_is_refused_and_from_evaluation_reported(tmp_path):
+  """The test split has no cat: training on it is refused (the classifier would never see a
+  cat); evaluating on it loads, and the task's note (printed and kept in the report) says so."""
+  from robust_med.tasks.classification import Task as ClassificationTask
+  root = make_folder(tmp_path / 'folder')
+  with pytest.raises(DataError) as e:
+    cls_data.load_split(config(name='folder', root=str(root), train_split='test'), 'test')
+  one_line(e, "training split 'test'", 'cat', 'never see')
+  _, info = cls_data.load_split(config(name='folder', root=str(root)), 'test')
+  assert info.class_counts == (0, 2)
+  note = ClassificationTask.subset_note(None, info)
+  assert "'test' split has no images of the class(es) cat" in note
+  _, info = cls_data.load_split(config(name='folder', root=str(root)), 'val')
+  assert ClassificationTask.subset_note(None, info) == ''
 
 
 # --------------------------------------------------------------------------------------------

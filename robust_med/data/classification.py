@@ -658,7 +658,19 @@ def load_split(data_config: Any, split: str,
     raise ConfigError(f'image_key = {image_key!r} (e.g. config.data.shift_image_key) applies to '
                       f"npz data only, not data.name={name!r}: set it to ''.")
   if name == 'synthetic':
-    return _load_synthetic(data_config, split)
-  if name == 'npz':
-    return _load_npz(data_config, split, image_key)
-  return _load_folder(data_config, split)
+    arrays, info = _load_synthetic(data_config, split)
+  elif name == 'npz':
+    arrays, info = _load_npz(data_config, split, image_key)
+  else:
+    arrays, info = _load_folder(data_config, split)
+  if split == data_config.get('train_split', 'train') and missing_classes(info):
+    raise DataError(f'the training split {split!r} of {info.source or name} has no images of '
+                    f'the class(es) {", ".join(missing_classes(info))}: a classifier trained on '
+                    'it would never see them; add their images to the split, or drop the classes '
+                    '(their folders, or their names in config.data.class_names).')
+  return arrays, info
+
+
+def missing_classes(info: ClassificationInfo) -> tuple[str, ...]:
+  """The classes of `info` with no example in its split."""
+  return tuple(name for name, count in zip(info.class_names, info.class_counts) if count == 0)

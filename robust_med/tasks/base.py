@@ -85,8 +85,9 @@ class Task(abc.ABC):
   def subset_note(self, info: Any) -> str:
     """A sentence when the loaded split (described by `info`) is only part of what the data
     declares because of a data setting (e.g. `data.max_volumes`), naming the setting that
-    lifts the cap; '' when the whole split was loaded (the default). `robust_med.evaluate`
-    prints it and stores it in the report, so a capped evaluation is never silent."""
+    lifts the cap, or lacks what the head's metrics expect (e.g. a class); '' when the whole
+    split was loaded (the default). The evaluation (`robust_med.main`'s and
+    `robust_med.evaluate`'s) prints it and stores it in the report, so it is never silent."""
     return ''
 
   def data_signature(self, info: Any) -> dict:

@@ -163,6 +163,14 @@ class Task(base.Task):
       arrays['weight'] = weights[arrays['label']]
     return arrays, info
 
+  def subset_note(self, info) -> str:
+    missing = cls_data.missing_classes(info)
+    if not missing:
+      return ''
+    return (f'the {info.split!r} split has no images of the class(es) {", ".join(missing)}: '
+            'their recall and every per-class figure for them are undefined, and accuracy '
+            'says nothing of them')
+
   def data_signature(self, info) -> dict:
     return {'channels': int(info.channels), 'class_names': list(info.class_names),
             'image_size': int(info.image_size)}
