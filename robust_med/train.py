@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from robust_med import checkpointing, compile_cache, methods, precision, sharding
 from robust_med import margins as margins_lib
 from robust_med import reports, units
-from robust_med.data.source import evaluation_subset
+from robust_med.data.source import check_training_size, evaluation_subset
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
 from robust_med.tasks import get_task_class
@@ -221,9 +221,7 @@ class Trainer:
       raise ConfigError(f'config.batch_size = {config.batch_size} is not divisible by the '
                         f'{n_dev} devices of the mesh: use a multiple of {n_dev}.')
     self.num_train = len(self.train_data['id'])
-    if self.num_train < config.batch_size:
-      raise ConfigError(f'The training split has {self.num_train} examples, fewer than '
-                        f'config.batch_size = {config.batch_size}: lower the batch size.')
+    check_training_size(self.num_train, config.batch_size, config.data.train_split)
     self.steps_per_epoch = self.num_train // config.batch_size
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = make_optimizer(config.optimizer, self.total_steps)

@@ -147,6 +147,14 @@ def test_batches_cover_every_id_once_without_drop():
     np.testing.assert_array_equal(b['x'][:, 0], 2 * b['id'])
 
 
+def test_empty_or_small_training_split_names_the_right_fix():
+  with pytest.raises(DataError, match="training split 'train' is empty.*train_split"):
+    source.check_training_size(0, 8)
+  with pytest.raises(ConfigError, match='has 5 examples.*at most 5'):
+    source.check_training_size(5, 8)
+  source.check_training_size(8, 8)
+
+
 def test_batches_drop_remainder():
   src = _source(23)
   batch_list = list(source.batches(src, 5, shuffle=True, seed=0, epoch=0))

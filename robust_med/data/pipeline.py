@@ -30,7 +30,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from robust_med.data.source import ArraySource, epoch_order
+from robust_med.data.source import ArraySource, check_training_size, epoch_order
 from robust_med.errors import ConfigError, DataError
 
 PIPELINES = ('memory', 'grain')
@@ -72,9 +72,7 @@ class EpochOrder:
     self.rows = np.asarray(rows, np.int64)
     self.seed, self.shuffle = int(seed), bool(shuffle)
     self.steps_per_epoch = steps_per_epoch(self.num_records, self.batch_size)
-    if self.steps_per_epoch < 1:
-      raise ConfigError(f'The training split has {self.num_records} examples, fewer than '
-                        f'config.batch_size = {self.batch_size}: lower the batch size.')
+    check_training_size(self.num_records, self.batch_size)
     if len(self.rows) == 0 or self.rows.min() < 0 or self.rows.max() >= self.batch_size:
       raise ValueError(f'rows {self.rows} are not positions in a batch of {self.batch_size}')
     self._cache: dict[int, np.ndarray] = {}

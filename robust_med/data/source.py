@@ -52,6 +52,17 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
   return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
+def check_training_size(n: int, batch_size: int, split: str = 'train') -> None:
+  """DataError for an empty training split, ConfigError for one smaller than a batch: each with
+  its own fix."""
+  if n == 0:
+    raise DataError(f'the training split {split!r} is empty: put examples in it, or train on '
+                    'another split with --config.data.train_split=NAME')
+  if n < batch_size:
+    raise ConfigError(f'the training split {split!r} has {n} examples, fewer than '
+                      f'config.batch_size = {batch_size}: lower the batch size to at most {n}.')
+
+
 def _check_batch_size(batch_size: int) -> None:
   if int(batch_size) != batch_size or batch_size < 1:
     raise ConfigError(f'batch size {batch_size!r} is not a positive integer: set it to 1 or more')
