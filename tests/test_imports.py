@@ -102,6 +102,11 @@ def test_bottom_floors_import_nothing_of_robust_med(bottom):
   assert import_graph()[bottom] == set()
 
 
+def test_the_range_table_sits_on_the_bottom_floor():
+  """Heads state their keys' ranges with `ranges.Range`; it must not pull config_base up."""
+  assert import_graph()['robust_med.ranges'] == {'robust_med.errors'}
+
+
 def test_the_command_line_plumbing_imports_no_run_module():
   below = import_graph()['robust_med.cli']
   assert below <= {'robust_med.errors', 'robust_med.config_base', 'robust_med.compile_cache',

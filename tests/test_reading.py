@@ -113,7 +113,7 @@ def test_json_with_bom_is_read(tmp_path):
 def test_json_saved_as_an_html_page_is_named(tmp_path):
   path = tmp_path / 'dataset.json'
   path.write_bytes(HTML)
-  refused(reading.read_json, path, 'not valid JSON')
+  refused(reading.read_json, path, 'HTML page', 'not a JSON file')
 
 
 def test_xml_reads_and_refuses_truncation_and_html(tmp_path):

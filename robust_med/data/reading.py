@@ -111,6 +111,8 @@ def decode_text(data: bytes, path: str | Path, what: str = 'text file') -> str:
     raise DataError(f'{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}; '
                     'another encoding, e.g. Latin-1 or Windows-1252 from Excel?): re-save it as '
                     'UTF-8 (Excel: "CSV UTF-8"; or iconv -f latin1 -t utf-8 OLD > NEW)') from None
+  if kind.startswith('an HTML page'):
+    raise DataError(f'{path} is {kind}, not a {what}: replace it with the {what} itself')
   if '\x00' in text:
     hint = 'UTF-16 text without a byte-order mark' if kind == 'UTF-16 text' else (
         kind or 'a binary file')

@@ -111,13 +111,16 @@ def _voc_splits(root: Path) -> tuple[str, ...]:
   return splits
 
 
-def _parse_xml(path: Path, class_names: tuple[str, ...]) -> tuple[list, list]:
+def _parse_xml(path: Path, class_names: tuple[str, ...], listed_in: str) -> tuple[list, list]:
   """([(xmin, ymin, xmax, ymax)], [class index]) of one VOC annotation (the image size comes from
   the pixels, not the XML's <size>)."""
   if not path.is_file():
-    raise DataError(f'Annotation {path} not found: each image listed in a split needs '
-                    'Annotations/<stem>.xml.')
+    raise DataError(f'Annotation {path} not found (listed in {listed_in}): each image listed in '
+                    'a split needs Annotations/<stem>.xml; add it or remove the line.')
   root = reading.parse_xml(path, 'VOC annotation')
+  if root.tag != 'annotation':
+    raise DataError(f'{path} is not a VOC annotation: its root element is <{root.tag}>, not '
+                    '<annotation> (an HTML page saved under this name?); replace the file.')
   try:
     boxes, labels = [], []
     for obj in root.iter('object'):
@@ -169,7 +172,8 @@ def _load_voc(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Dete
             'original_size': np.zeros((n, 2), np.int32)}
   dropped, clipped = [], []
   for i, stem in enumerate(stems):
-    boxes, labels = _parse_xml(root / 'Annotations' / f'{stem}.xml', class_names)
+    boxes, labels = _parse_xml(root / 'Annotations' / f'{stem}.xml', class_names,
+                               f'ImageSets/Main/{split}.txt')
     path = root / 'JPEGImages' / f'{stem}.jpg'
     if not path.is_file():
       raise DataError(f'Image {path} (listed in ImageSets/Main/{split}.txt) not found: add it or '
