@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from robust_med.data import reading
+import robust_med.data.reading as reading
 from robust_med.errors import ConfigError, DataError
 
 LANDMARK_NAMES = (

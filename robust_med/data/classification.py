@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from robust_med.data import reading
+import robust_med.data.reading as reading
 from robust_med.errors import ConfigError, DataError
 
 NAMES = ('synthetic', 'npz', 'folder')

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from robust_med.data import reading
+import robust_med.data.reading as reading
 from robust_med.errors import ConfigError, DataError
 
 _LAYOUT = 'the Medical Segmentation Decathlon layout (dataset.json, imagesTr/, labelsTr/)'

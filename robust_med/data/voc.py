@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from robust_med.data import reading
+import robust_med.data.reading as reading
 from robust_med.errors import ConfigError, DataError
 
 BCCD_CLASSES = ('RBC', 'WBC', 'Platelets')
