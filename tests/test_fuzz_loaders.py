@@ -245,6 +245,7 @@ def damaged_copies(path, data: bytes):
     # XML declares or detects its own encoding: UTF-16 without a byte-order mark is valid XML.
     yield 'bndbox missing', 'fail', data.replace(b'<xmax>30</xmax>', b'')
     yield 'coordinate not a number', 'fail', data.replace(b'<xmin>11</xmin>', b'<xmin>a</xmin>')
+    yield 'coordinate NaN', 'fail', data.replace(b'<xmin>11</xmin>', b'<xmin>nan</xmin>')
     yield 'extra element', 'pass', data.replace(b'</annotation>', b'<note>x</note></annotation>')
   if suffix == '.txt':
     yield 'names an image that does not exist', 'fail', data + b'zz\n'

@@ -16,6 +16,7 @@ The synthetic set draws three classes of cells on a textured background: large p
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 import zlib
 from pathlib import Path
@@ -130,6 +131,9 @@ def _parse_xml(path: Path, class_names: tuple[str, ...], listed_in: str) -> tupl
                         f'{", ".join(class_names)} (config.data.class_names).')
       box = obj.find('bndbox')
       boxes.append(tuple(float(box.find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax')))
+      if not all(math.isfinite(v) for v in boxes[-1]):
+        raise DataError(f'{path}: a box of class {name!r} has the coordinates {boxes[-1]}, not '
+                        'finite numbers: fix the box or remove it.')
       labels.append(class_names.index(name))
   except (AttributeError, TypeError, ValueError) as e:
     raise DataError(f'{path} is not a valid VOC annotation ({type(e).__name__}: {e}): fix or '
