@@ -1,8 +1,9 @@
-"""The values each numeric config key accepts (`Range`), and the check run on a config at start-up.
+"""The values each config key accepts — a `Range` for numbers, a tuple of choices for names — and
+the check run on a config at start-up.
 
-`config_base.RANGES` states the base keys' ranges beside their defaults and each head states its
-own in `Task.config_ranges`; `config_base.validate` checks both for every entry point, so no value
-outside its range reaches numpy, JAX or matplotlib.
+`config_base.RANGES` and `config_base.choices()` state the base keys' beside their defaults, and
+each head states its own in `Task.config_ranges`; `config_base.validate` checks them all for every
+entry point, so no value outside its range reaches numpy, JAX or matplotlib.
 """
 
 from __future__ import annotations
@@ -41,14 +42,22 @@ class Range:
             f'{")" if self.open_hi else "]"}')
 
 
-def check(given: dict[str, Any], ranges: dict[str, Range]) -> None:
-  """ConfigError (one line: the key, its value, the accepted range) for the first key of `ranges`
-  in `given` (flat keys 'a.b' → value) whose value, or an element of it, lies outside its range."""
+def check(given: dict[str, Any], ranges: dict[str, Range | tuple]) -> None:
+  """ConfigError (one line: the key, its value, what it accepts) for the first key of `ranges` in
+  `given` (flat keys 'a.b' → value) whose value, or an element of it, lies outside its `Range` or
+  is not one of its choices (a tuple)."""
   for key, allowed in ranges.items():
     if key not in given:
       continue
     value = given[key]
     values = value if isinstance(value, (tuple, list)) else (value,)
+    if isinstance(allowed, tuple):
+      wrong = [v for v in values if v not in allowed]
+      if wrong:
+        shown = tuple(value) if isinstance(value, list) else value
+        raise ConfigError(f'config.{key} = {shown!r}: {wrong[0]!r} is not one of '
+                          f'{", ".join(map(str, allowed))}; use one of them.')
+      continue
     if not all(allowed.holds(v) for v in values):
       which = 'each value' if isinstance(value, (tuple, list)) else 'it'
       note = f' ({allowed.note})' if allowed.note else ''

@@ -67,6 +67,21 @@ def test_out_of_range_values_are_one_line_naming_key_value_and_range(head, key, 
   assert f'config.{key} = ' in str(e.value) and '\n' not in str(e.value)
 
 
+@pytest.mark.parametrize('head,key,value,words', [
+    ('segmentation', 'method.name', 'madry', "'madry' is not one of std, sat, amat"),
+    ('segmentation', 'eval.attacks', ('pgd', 'fab'), "'fab' is not one of pgd, apgd"),
+    ('segmentation', 'eval.norm', 'l1', "'l1' is not one of l2, linf"),
+    ('landmarks', 'landmarks.decoder', 'mean', "'mean' is not one of vote, argmax"),
+    ('classification', 'classification.class_weights', 'inverse', 'none, balanced'),
+])
+def test_unknown_choices_list_the_accepted_names(head, key, value, words):
+  c = config_base.task_config(head)
+  section, name = key.split('.')
+  c[section][name] = value
+  with pytest.raises(ConfigError, match=words):
+    config_base.validate(c)
+
+
 def test_zero_keeps_its_documented_meaning():
   c = config_base.task_config('segmentation')
   c.eval.max_samples = 0

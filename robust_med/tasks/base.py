@@ -55,8 +55,9 @@ class Task(abc.ABC):
 
   @classmethod
   def config_ranges(cls) -> dict[str, Any]:
-    """`config_base.Range` of each numeric key the head adds (``{'data.image_size':
-    Range(8)}``), checked with the base keys' at start-up. Default: none."""
+    """What each key the head adds accepts: a `ranges.Range` for a number, a tuple of names for
+    a choice (``{'data.image_size': Range(8), 'landmarks.decoder': ('vote', 'argmax')}``),
+    checked with the base keys' at start-up. Default: none."""
     return {}
 
   @classmethod

@@ -131,13 +131,11 @@ class Task(base.Task):
 
   @classmethod
   def config_ranges(cls) -> dict[str, Range]:
-    return {'data.image_size': Range(1), 'model.stages': Range(1), 'model.stem_stride': Range(1)}
+    return {'data.image_size': Range(1), 'model.stages': Range(1), 'model.stem_stride': Range(1),
+            'classification.class_weights': CLASS_WEIGHTS}
 
   @classmethod
   def check_config(cls, config) -> None:
-    if config.classification.class_weights not in CLASS_WEIGHTS:
-      raise ConfigError(f'config.classification.class_weights = '
-                        f'{config.classification.class_weights!r}: use one of {CLASS_WEIGHTS}.')
     m = config.model
     size, shrink = config.data.image_size, m.stem_stride * 2 ** (m.stages - 1)
     if not isinstance(size, int) or size < shrink:

@@ -179,7 +179,8 @@ class Task(base.Task):
 
   @classmethod
   def config_ranges(cls) -> dict[str, Range]:
-    return {'data.val_count': Range(0, note='0 = no val/test carved from data.val_from'),
+    return {'landmarks.heatmap_loss': HEATMAP_LOSSES, 'landmarks.decoder': DECODERS,
+            'data.val_count': Range(0, note='0 = no val/test carved from data.val_from'),
             'data.num_landmarks': Range(1), 'landmarks.radius': Range(0, open_lo=True),
             'landmarks.heatmap_weight': Range(0, open_lo=True),
             'landmarks.vote_threshold': Range(0, 1, open_hi=True,
@@ -188,11 +189,6 @@ class Task(base.Task):
   @classmethod
   def check_config(cls, config) -> None:
     lm = config.landmarks
-    if lm.heatmap_loss not in HEATMAP_LOSSES:
-      raise ConfigError(f'config.landmarks.heatmap_loss = {lm.heatmap_loss!r}: use one of '
-                        f'{HEATMAP_LOSSES}.')
-    if lm.decoder not in DECODERS:
-      raise ConfigError(f'config.landmarks.decoder = {lm.decoder!r}: use one of {DECODERS}.')
     size = tuple(config.data.patch_size)
     if 2 * lm.radius >= min(size):
       raise ConfigError(f'config.data.patch_size = {size} is too small for landmark disks of '
