@@ -384,13 +384,24 @@ class PGDSettings:
                clip=self.clip, unroll=self.unroll if unroll is None else unroll)
 
   def describe(self) -> dict[str, Any]:
-    """What a report records so a number never travels without the attack that produced it."""
+    """What a report records so a number never travels without the attack that produced it. (With
+    a data range, budgets past its diameter step as the diameter does: `describe_at` says so for
+    such a budget.)"""
     return {'name': f'pgd-{self.steps}', 'norm': self.norm, 'steps': self.steps,
-            'step_size': (f'{self.step_size_factor}*min(eps, data range diameter)/{self.steps}'
-                          if self.clip else f'{self.step_size_factor}*eps/{self.steps}'),
-            'restarts': 1,
+            'step_size': f'{self.step_size_factor}*eps/{self.steps}', 'restarts': 1,
             'random_start': self.random_start,
             'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
+
+
+def describe_at(attack: PGDSettings, eps: float, x: jax.Array) -> dict[str, Any]:
+  """`attack.describe()` for a run at budget `eps`, with the step it really takes when `eps` is
+  past the data range's diameter (the huge-budget masking check's attack)."""
+  out = {**attack.describe(), 'eps': eps}
+  if attack.clip and eps > range_diameter(x, attack.clip, attack.norm):
+    diameter = range_diameter(x, attack.clip, attack.norm)
+    out['step_size'] = (f'{attack.step_size_factor}*{diameter:g}/{attack.steps} (ε past the data '
+                        f'range\'s diameter {diameter:g} steps as the diameter)')
+  return out
 
 
 # A pytree whose steps and step-size factor are data: a jitted function taking a `PGDSettings` as

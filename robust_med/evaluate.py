@@ -439,7 +439,7 @@ def masking_checks(evaluator: Evaluator, params, data, eval_cfg, pgd: attacks.PG
                               extra[noise_name], huge)
   return {'checks': checks,
           'check_attacks': {'weak': weak.describe(), 'random': noise.describe(),
-                            'huge': {**pgd.describe(), 'eps': huge_eps,
+                            'huge': {**attacks.describe_at(pgd, huge_eps, data['image']),
                                      'eps_rule': 'config.eval.huge_eps' if eval_cfg.huge_eps
                                      else gradient_masking.auto_huge_eps.__doc__.split('\n')[0]}},
           'check_curves': {weak_name: extra[weak_name], noise_name: extra[noise_name],

@@ -330,6 +330,17 @@ def test_pgd_past_the_data_range_equals_pgd_at_its_diameter(norm):
   assert float(jnp.max(jnp.abs(uncapped - at_diameter))) > 0.1
 
 
+def test_the_description_names_the_capped_step_only_past_the_range():
+  x = _batch(lo=0.0, hi=1.0)
+  pgd = attacks.PGDSettings(norm='linf', steps=20, clip=(0., 1.))
+  assert attacks.describe_at(pgd, 0.5, x)['step_size'] == '2.5*eps/20' == pgd.describe()[
+      'step_size']
+  huge = attacks.describe_at(pgd, 10.0, x)
+  assert huge['eps'] == 10.0 and huge['step_size'].startswith('2.5*1/20 (ε past')
+  assert attacks.describe_at(attacks.PGDSettings(norm='linf', steps=20), 10.0, x)[
+      'step_size'] == '2.5*eps/20'  # unbounded data: no cap
+
+
 def test_first_linf_step_moves_quarter_eps_with_ten_steps():
   """With steps=10, one L∞ `pgd_update` from zero moves every coordinate by exactly 0.25·ε."""
   x = _batch()
