@@ -1,5 +1,6 @@
-"""The values each config key accepts — a `Range` for numbers, a tuple of choices for names — and
-the check run on a config at start-up.
+"""The values each config key accepts, and the check run on a config at start-up.
+
+A `Range` for numbers, a tuple of choices for names.
 
 `config_base.RANGES` and `config_base.choices()` state the base keys' beside their defaults, and
 each head states its own in `Task.config_ranges`; `config_base.validate` checks them all for every

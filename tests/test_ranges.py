@@ -82,6 +82,18 @@ def test_unknown_choices_list_the_accepted_names(head, key, value, words):
     config_base.validate(c)
 
 
+def test_a_head_may_widen_a_base_range():
+  """The detector's CSP blocks may have no bottleneck (the detection notebook's fast mode); the
+  U-Net needs depth ≥ 1."""
+  c = config_base.task_config('detection')
+  c.model.depth = 0
+  config_base.validate(c)
+  c = config_base.task_config('segmentation')
+  c.model.depth = 0
+  with pytest.raises(ConfigError, match='model.depth = 0'):
+    config_base.validate(c)
+
+
 def test_zero_keeps_its_documented_meaning():
   c = config_base.task_config('segmentation')
   c.eval.max_samples = 0

@@ -201,6 +201,7 @@ class Task(base.Task):
   @classmethod
   def config_ranges(cls) -> dict[str, Range]:
     return {'data.image_size': Range(STRIDES[-1]), 'data.max_boxes': Range(1),
+            'model.depth': Range(0, note='bottlenecks per CSP block; 0 = none'),
             'detection.top_k': Range(1), 'detection.pre_nms': Range(1),
             'detection.max_detections': Range(1),
             **{f'detection.{k}': Range(0, 1, open_hi=True)
