@@ -397,8 +397,8 @@ def describe_at(attack: PGDSettings, eps: float, x: jax.Array) -> dict[str, Any]
   """`attack.describe()` for a run at budget `eps`, with the step it really takes when `eps` is
   past the data range's diameter (the huge-budget masking check's attack)."""
   out = {**attack.describe(), 'eps': eps}
-  if attack.clip and eps > range_diameter(x, attack.clip, attack.norm):
-    diameter = range_diameter(x, attack.clip, attack.norm)
+  diameter = range_diameter(x, attack.clip, attack.norm) if attack.clip else math.inf
+  if eps > diameter:
     out['step_size'] = (f'{attack.step_size_factor}*{diameter:g}/{attack.steps} (ε past the data '
                         f'range\'s diameter {diameter:g} steps as the diameter)')
   return out
