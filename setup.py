@@ -31,6 +31,9 @@ setup(
         'tensorflow-datasets>=4.9.10',
         'grain>=0.2.18',
         'array-record>=0.8.6',
+        # TensorBoard event files (robust_med.tensorboard_log): a TensorFlow-free writer whose
+        # dependencies (protobuf, numpy, packaging) the install already has.
+        'tensorboardX>=2.6',
     ],
     extras_require={
         # DICOM files in image folders (classification head).
@@ -44,8 +47,9 @@ setup(
         'bench': ['torch>=2.4,<=2.13.0', 'adversarial-robustness-toolbox>=1.17'],
         # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests; pycocotools
         # is the reference the detection mAP is checked against, scikit-learn the reference for
-        # AUC and balanced accuracy; pydicom reads the DICOM test fixture.
+        # AUC and balanced accuracy; pydicom reads the DICOM test fixture; tensorboard's event
+        # reader reads the event files back (and `tensorboard --logdir` shows them).
         'test': ['pytest>=8', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'pycocotools',
-                 'scikit-learn', 'pydicom>=2.4'],
+                 'scikit-learn', 'pydicom>=2.4', 'tensorboard>=2.16'],
     },
 )

@@ -147,6 +147,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 2
   c.progress_bar = True
+  # TensorBoard event files under <workdir>/tb/ (robust_med.tensorboard_log; docs/watching.md):
+  # training's scalars, margin histograms and config, each report's curves and figures, a
+  # sweep's HParams table. Process 0 writes; a resumed run appends without repeating a step.
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True
+  c.log.example_images = True          # the examples figure (clean and attacked) in TensorBoard
+                                       # at each learning-curve evaluation (eval.every_epochs)
   # Compiled steps are cached here across runs (JAX's persistent compilation cache), so a second
   # run, a resume or an evaluation of the same model skips XLA compilation; '' = off. The
   # environment variable JAX_COMPILATION_CACHE_DIR, when set, takes precedence.

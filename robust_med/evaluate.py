@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robust_med import attacks, cli, errors, gradient_masking, methods, precision, sharding
+from robust_med import tensorboard_log
 from robust_med.reports import metric_label, save_figure, write_json
 from robust_med import data as data_lib
 from robust_med.data.source import evaluation_subset
@@ -540,6 +541,7 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   if shift.wanted(config):
     shift.evaluate_and_write(evaluator, params, data, config, out, extra)
   write_report(out, report)
+  tensorboard_log.write_robustness(out, report, active=tensorboard_log.enabled(config))
   for line in report.get('warnings', []):
     print(f'warning: {line}', file=sys.stderr)
   return report
@@ -554,10 +556,16 @@ def example_levels(noise_levels) -> list[float]:
 
 def write_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], noise_levels,
                    path: str, *, num: int = 4, title: str = 'model') -> None:
-  """examples.png: `num` samples spread over `data` (fixed: the same ones every time), clean and
-  under the primary attack at two noise levels: the input, and per level the perturbation
-  (amplified to its own range, with its norm) and the prediction against the ground truth, drawn
-  by the task (`Task.draw`) and titled with the task's per-sample score."""
+  """examples.png (`examples_figure`)."""
+  save_figure(examples_figure(evaluator, params, data, noise_levels, num=num, title=title), path)
+
+
+def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], noise_levels, *,
+                    num: int = 4, title: str = 'model'):
+  """The examples figure: `num` samples spread over `data` (fixed: the same ones every time),
+  clean and under the primary attack at two noise levels: the input, and per level the
+  perturbation (amplified to its own range, with its norm) and the prediction against the ground
+  truth, drawn by the task (`Task.draw`) and titled with the task's per-sample score."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -607,7 +615,7 @@ def write_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], no
   fig.suptitle(f'{title}: prediction vs ground truth, clean and under {attack} ({norm.upper()}); '
                f'score = {task.sample_score_name}', fontsize=8)
   fig.tight_layout()
-  save_figure(fig, path)
+  return fig
 
 
 def write_report(workdir: str, report: dict) -> None:

@@ -232,8 +232,28 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
                 os.path.join(out, 'interpret.png'))
   reports.write_text(os.path.join(out, 'interpret.md'), markdown(report))
   reports.write_json(os.path.join(out, 'interpret.json'), report)
+  write_board(out, report, config, eps)
   report['out'] = out
   return report
+
+
+def write_board(out: str, report: dict, config, eps: float) -> None:
+  """interpret.json's summary in TensorBoard (`out/tb/interpret/`): per model and view (clean,
+  attacked) the mean of each alignment metric and the task's metrics, at step = round(1000·ε),
+  and interpret.png."""
+  from robust_med import tensorboard_log
+  curves = {}
+  for model, summary in report['summary'].items():
+    for view in ('clean', 'attacked'):
+      if view in summary:
+        values = {f'alignment/{m}': v['mean']
+                  for m, v in summary[view].get('alignment', {}).items()}
+        values.update({f'task/{m}': v for m, v in summary[view].get('task_metrics', {}).items()})
+        curves[f'{model}/{view}'] = {tensorboard_log.eps_step(eps): values}
+  tensorboard_log.write_report_board(
+      out, 'interpret', curves, {'interpret': os.path.join(out, 'interpret.png')},
+      text=f'Mean alignment and task metrics per model and view at step = round(1000 · ε), '
+           f'ε = {eps:g}.', active=tensorboard_log.enabled(config))
 
 
 def build_report(task, config, results, labels, counts, data, method, split, eps, ks, pgd,

@@ -18,11 +18,13 @@ STATS = ('mean', 'median', 'p10', 'p90', 'max')
 
 
 def margin_stats(margins: np.ndarray) -> dict[str, float]:
-  """{'margin/mean', 'margin/median', 'margin/p10', 'margin/p90', 'margin/max'} of all margins."""
+  """{'margin/mean', 'margin/median', 'margin/p10', 'margin/p90', 'margin/min', 'margin/max'} of
+  all margins."""
   m = np.asarray(margins, np.float64)
   p10, median, p90 = np.percentile(m, [10, 50, 90])
   return {'margin/mean': float(m.mean()), 'margin/median': float(median),
-          'margin/p10': float(p10), 'margin/p90': float(p90), 'margin/max': float(m.max())}
+          'margin/p10': float(p10), 'margin/p90': float(p90), 'margin/min': float(m.min()),
+          'margin/max': float(m.max())}
 
 
 def histogram(margins: np.ndarray, bins: int = 30) -> dict[str, list[float]]:

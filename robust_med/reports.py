@@ -57,6 +57,18 @@ def save_figure(fig, path: str) -> None:
     plt.close(fig)
 
 
+def figure_png(fig) -> bytes:
+  """A matplotlib figure encoded as PNG (as `save_figure` writes it); closes it."""
+  import io
+  import matplotlib.pyplot as plt
+  buffer = io.BytesIO()
+  try:
+    fig.savefig(buffer, dpi=120, format='png')
+  finally:
+    plt.close(fig)
+  return buffer.getvalue()
+
+
 def metric_label(metric: str, higher_is_better: bool = True) -> str:
   """A metric's name for axes and tables, with its direction: 'MRE_MM (lower is better)'."""
   return f'{metric.upper()} ({"higher" if higher_is_better else "lower"} is better)'

@@ -168,4 +168,21 @@ def evaluate_and_write(evaluator, params, data: dict[str, np.ndarray], config, o
   os.makedirs(out, exist_ok=True)
   plot(report, os.path.join(out, 'shift.png'))
   write_json(os.path.join(out, 'shift.json'), report)
+  write_board(out, report, config)
   return report
+
+
+def write_board(out: str, report: dict, config) -> None:
+  """shift.json's curves in TensorBoard (`out/tb/shift/`): each corruption's metrics against the
+  severity (step = severity, 0 = clean), the shifted sets at step 0, and shift.png."""
+  from robust_med import tensorboard_log
+  strip = lambda row: {k: v for k, v in row.items() if k != 'severity'}
+  curves = {name: {0: dict(report['clean']), **{int(r['severity']): strip(r) for r in rows}}
+            for name, rows in report['corruptions'].items()}
+  curves.update({f'set/{name}': {0: dict(row)}
+                 for name, row in report.get('shifted_sets', {}).items()})
+  tensorboard_log.write_report_board(
+      out, 'shift', curves, {'shift': os.path.join(out, 'shift.png')},
+      step=int((report.get('checkpoint') or {}).get('step') or 0),
+      text='Each corruption\'s metrics against its severity (step = severity; 0 = clean).',
+      active=tensorboard_log.enabled(config))

@@ -57,6 +57,7 @@ import numpy as np
 from robust_med import margins as margins_lib
 from robust_med import methods as methods_lib
 from robust_med import reports
+from robust_med import tensorboard_log
 from robust_med import verdicts
 from robust_med.errors import ConfigError, UserError
 
@@ -441,7 +442,36 @@ def summarize(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, PLAN_FILE)) as f:
     runs = [(r['label'], os.path.join(workdir, r['name'])) for r in json.load(f)['runs']]
   plot_training(runs, rows[0]['metric'], os.path.join(workdir, 'training.png'))
+  write_hparams(workdir, rows)
   return rows
+
+
+def write_hparams(workdir: str, rows: list[dict]) -> None:
+  """Each finished run's HParams session (`<run>/tb/hparams/`): the model's label, its seed and
+  every method setting that differs between the sweep's runs → its clean and worst-case metric
+  (mean over the grid and at each level), so `tensorboard --logdir=<workdir>` lists the sweep's
+  runs in one table."""
+  with open(os.path.join(workdir, PLAN_FILE)) as f:
+    plan = json.load(f)
+  if not (plan['shared'].get('log') or {}).get('tensorboard', True):
+    return
+  methods_ = [r['method'] for r in plan['runs']]
+  swept = sorted(k for k in set().union(*methods_)
+                 if len({json.dumps(m.get(k), sort_keys=True) for m in methods_}) > 1)
+  value = lambda v: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+  curve = 'worst-case' if any(r['curve'] == 'worst-case' for r in rows) else rows[0]['curve']
+  by_run = {r['run']: r for r in rows if r['curve'] == curve}
+  for run in plan['runs']:
+    row = by_run.get(run['name'])
+    if row is None:
+      continue
+    hparams = {'model': run['label'], 'seed': run.get('seed', plan['shared'].get('seed', 0)),
+               **{f'method.{k}': value(run['method'].get(k, '')) for k in swept}}
+    m = row['metric']
+    metrics = {f'final/{m}_clean': row['clean'], f'final/{m}_{curve}_mean': row['mean'],
+               **{f'final/{m}_{curve}_at_eps={_fmt(e)}': v for e, v in row['by_eps'].items()
+                  if e > 0}}
+    tensorboard_log.write_sweep_hparams(os.path.join(workdir, run['name']), hparams, metrics)
 
 
 def plot_training(runs: Sequence[tuple[str, str]], metric: str, path: str) -> bool:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from robust_med import checkpointing, compile_cache, methods, precision, sharding
 from robust_med import margins as margins_lib
-from robust_med import reports, units
+from robust_med import reports, tensorboard_log, units
 from robust_med.data.source import check_training_size, evaluation_subset
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
@@ -49,10 +49,15 @@ class TrainState:
   xi: jax.Array        # (K',): AMAT's thresholds (methods.xi_names), NaN until measured
 
 
-def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
+def learning_rate(opt_config, total_steps: int) -> optax.Schedule:
+  """The learning rate against the step: linear warm-up, then cosine decay to 0."""
+  return optax.warmup_cosine_decay_schedule(
       0.0 if opt_config.warmup_steps else opt_config.learning_rate, opt_config.learning_rate,
       opt_config.warmup_steps, max(total_steps, opt_config.warmup_steps + 1))
+
+
+def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate(opt_config, total_steps)
   return optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm),
                      optax.adamw(schedule, weight_decay=opt_config.weight_decay))
 
@@ -171,11 +176,13 @@ def need_trained_run(workdir: str, key: str, alternative: str) -> None:
 
 class MetricsLog:
   """Appends one JSON object per line to `workdir/metrics.jsonl` (in a multi-process run only
-  process 0 writes; the others' writes are dropped)."""
+  process 0 writes; the others' writes are dropped), and each record with a step to TensorBoard
+  (`tb`, a `tensorboard_log.Writer`, when given)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, tb: tensorboard_log.Writer | None = None):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.enabled = jax.process_index() == 0
+    self.tb = tb
 
   def write(self, record: dict) -> None:
     if not self.enabled:
@@ -184,6 +191,8 @@ class MetricsLog:
               for k, v in record.items()}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    if self.tb is not None:
+      tensorboard_log.train_record(self.tb, record)
 
 
 def _check_finite(metrics: dict, step: int, method: str) -> None:
@@ -225,6 +234,7 @@ class Trainer:
     self.steps_per_epoch = self.num_train // config.batch_size
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = make_optimizer(config.optimizer, self.total_steps)
+    self.lr = learning_rate(config.optimizer, self.total_steps)
     self.method = methods.build_method(config.method, config.attack)
     self.std_method = methods.Std()
     self.warmup_steps = 0
@@ -241,7 +251,8 @@ class Trainer:
                  'num_train': self.num_train, 'loss_terms': list(self.task.loss_term_names),
                  'data': self.task.data_signature(self.info)}
     os.makedirs(workdir, exist_ok=True)
-    self.log = MetricsLog(workdir)
+    self.tb = tensorboard_log.Writer(workdir, 'train', active=tensorboard_log.enabled(config))
+    self.log = MetricsLog(workdir, self.tb)
     if self.offline_record is not None:
       self.log.write(self.offline_record)
     unit_report = units.report(config)
@@ -310,6 +321,7 @@ class Trainer:
     if jax.process_index() == 0:
       reports.write_json(os.path.join(self.workdir, 'config.json'),
                          json.loads(self.given_config.to_json_best_effort()))
+    self.tb.text('config', '```\n' + self.given_config.to_json_best_effort(indent=2) + '\n```', 0)
     main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx,
                                                *augment_settings(config)), state, self.mesh)
     std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx,
@@ -358,10 +370,14 @@ class Trainer:
       if every and ((epoch + 1) % every == 0 or step == self.total_steps):
         self.log_learning_curve(state.params, epoch, step)
       if self.method.uses_margins:  # A histogram snapshot of all margins per epoch.
+        margins = self.host_margins(state)
         self.log.write({'type': 'margins', 'epoch': epoch, 'step': step,
-                        **margins_lib.histogram(self.host_margins(state))})
+                        **margins_lib.histogram(margins)})
+        self.tb.histogram('margins', margins, step)
+      self.tb.flush()
     bar.close()
     mngr.close()
+    self.tb.close()
     return state
 
   def _epoch_batches(self, epoch: int, skip: int = 0):
@@ -398,6 +414,11 @@ class Trainer:
     row = self._curve_evaluator.clean(params, self._curve_data)
     self.log.write({'type': 'val', 'epoch': epoch, 'step': step,
                     'split': self.config.data.eval_split, **row})
+    if self.tb.active and tensorboard_log.enabled(self.config, 'example_images') and step > self.tb.skip_through:
+      fig = evaluate_lib.examples_figure(self._curve_evaluator, params, self._curve_data,
+                                         self.config.eval.noise_levels,
+                                         title=f'{self.config.method.name}, step {step}')
+      self.tb.png('examples', reports.figure_png(fig), step)
 
   def host_margins(self, state: TrainState) -> np.ndarray:
     """All N training margins on the host (the padding to the device count dropped); in a
@@ -416,7 +437,8 @@ class Trainer:
     if self.method.uses_margins:
       means.update(margins_lib.margin_stats(self.host_margins(state)))
     self.log.write({'type': 'train', 'step': step, 'epoch': epoch,
-                    'steps_per_second': len(pending) / max(seconds, 1e-9), **means})
+                    'steps_per_second': len(pending) / max(seconds, 1e-9),
+                    'lr': float(self.lr(step - 1)), **means})
 
   def evaluate(self, params, step: int | None = None) -> dict:
     """Clean metrics, robustness curves, gradient-masking checks and examples on the evaluation

@@ -16,7 +16,8 @@ def test_margin_stats_and_histogram_match_numpy():
   stats = margins.margin_stats(m)
   assert stats == pytest.approx({
       'margin/mean': m.mean(), 'margin/median': np.sort(m)[50],
-      'margin/p10': np.sort(m)[10], 'margin/p90': np.sort(m)[90], 'margin/max': m.max()})
+      'margin/p10': np.sort(m)[10], 'margin/p90': np.sort(m)[90], 'margin/min': m.min(),
+      'margin/max': m.max()})
   hist = margins.histogram(m, bins=7)
   assert sum(hist['counts']) == 101 and len(hist['edges']) == 8
   assert hist['edges'][0] == m.min() and hist['edges'][-1] == m.max()

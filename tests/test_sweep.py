@@ -127,6 +127,21 @@ def test_sweep_writes_summary_and_resumes_after_kill(tmp_path):
              if r['type'] == 'val']
     assert curve == [1, 3], run
   assert (work / 'training.png').stat().st_size > 5000
+  # TensorBoard: each run's HParams session names the run and its swept keys; AMAT's resumed
+  # training wrote no step twice.
+  from tb_events import hparams_session, scalars
+  for run, label, eps in (('std', 'STD', 0.0), ('sat_eps0.5', 'SAT ε=0.5', 0.5),
+                          ('sat_eps1', 'SAT ε=1', 1.0), ('amat', 'AMAT Δε=0.5', 0.5)):
+    session = hparams_session(work / run / 'tb' / 'hparams')
+    assert session['model'] == label and session['method.eps'] == eps, session
+    assert session['method.name'] == run.split('_')[0] and 'method.refine' not in session
+    metrics = scalars(work / run / 'tb' / 'hparams')
+    worst = by[label, 'worst-case']
+    assert metrics['final/adi_clean', 0] == [pytest.approx(float(worst['clean_adi']), abs=1e-4)]
+    assert metrics['final/adi_worst-case_mean', 0] == [
+        pytest.approx(float(worst['mean_adi_over_grid']), abs=1e-4)]
+  amat_tb = scalars(work / 'amat' / 'tb' / 'train')
+  assert ('train/loss', 2) in amat_tb and all(len(v) == 1 for v in amat_tb.values())
 
   # A third call finds everything done and only rewrites the summary.
   again = subprocess.run(_sweep_cmd(config, work), cwd=REPO, env=env(), capture_output=True,
