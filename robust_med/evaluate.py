@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robust_med import attacks, cli, errors, gradient_masking, methods, precision, sharding
+from robust_med import report as report_page
 from robust_med import tensorboard_log
 from robust_med.reports import metric_label, save_figure, write_json
 from robust_med import data as data_lib
@@ -542,6 +543,7 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
     shift.evaluate_and_write(evaluator, params, data, config, out, extra)
   write_report(out, report)
   tensorboard_log.write_robustness(out, report, active=tensorboard_log.enabled(config))
+  report_page.write_pages(out)  # report.html, from the files just written
   for line in report.get('warnings', []):
     print(f'warning: {line}', file=sys.stderr)
   return report

@@ -233,6 +233,8 @@ def compare(workdirs: list[str], configs: list, labels: list[str], *, method: st
   reports.write_text(os.path.join(out, 'interpret.md'), markdown(report))
   reports.write_json(os.path.join(out, 'interpret.json'), report)
   write_board(out, report, config, eps)
+  from robust_med import report as report_page
+  report_page.write_pages(out)
   report['out'] = out
   return report
 

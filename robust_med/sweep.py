@@ -56,6 +56,7 @@ import numpy as np
 
 from robust_med import margins as margins_lib
 from robust_med import methods as methods_lib
+from robust_med import report as report_page
 from robust_med import reports
 from robust_med import tensorboard_log
 from robust_med import verdicts
@@ -443,6 +444,7 @@ def summarize(workdir: str) -> list[dict]:
     runs = [(r['label'], os.path.join(workdir, r['name'])) for r in json.load(f)['runs']]
   plot_training(runs, rows[0]['metric'], os.path.join(workdir, 'training.png'))
   write_hparams(workdir, rows)
+  report_page.write_pages(workdir)  # the sweep's report.html and each run's
   return rows
 
 
