@@ -27,3 +27,4 @@ python benchmarks/square_cost.py --queries=500,1000 --json="$out/square_cost.jso
 python benchmarks/evaluation.py --ensemble=square --json="$out/eval_ensemble_square.json"
 python benchmarks/evaluation.py --ensemble=square,transfer --square_queries=1000 \
   --json="$out/eval_ensemble.json"
+python benchmarks/tensorboard_overhead.py --json="$out/tensorboard_overhead.json"

@@ -51,7 +51,7 @@ def main() -> None:
   parser.add_argument('--config', default=CONFIG)
   parser.add_argument('--epochs', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--out', default='benchmarks/results/cpu/tensorboard_overhead.json')
+  parser.add_argument('--json', default='benchmarks/results/cpu/tensorboard_overhead.json')
   args = parser.parse_args()
   base = common.load_config(args.config)
   base.unlock()
@@ -76,7 +76,7 @@ def main() -> None:
            'off range': f'{spread["off"][k][0]:.4g}–{spread["off"][k][1]:.4g}'}
           for k in ('startup_s', 'step_s', 'epoch_s', 'train_s')]
   print(common.table(rows, list(rows[0])))
-  common.write_json(args.out, {'config': args.config, 'epochs': args.epochs,
+  common.write_json(args.json, {'config': args.config, 'epochs': args.epochs,
                                'repeats': args.repeats, 'runs': results, 'median': med,
                                'environment': common.environment()})
 

@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 TB_DIR = 'tb'
+_WARNED: set[str] = set()  # tb/ folders already warned about in this process
 EPS_SCALE = 1000  # Report curves: step = round(EPS_SCALE · ε).
 
 
@@ -120,9 +121,12 @@ class Writer:
       self._writer = SummaryWriter(logdir=self.path, flush_secs=30,
                                    filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
     except OSError as e:
-      warnings.warn(f'cannot write TensorBoard events to {self.path} ({e.strerror or e}): the '
-                    'run goes on without them; make the folder writable or set '
-                    '--config.log.tensorboard=False.', UserWarning, stacklevel=2)
+      root = os.path.dirname(self.path)
+      if root not in _WARNED:  # One warning per run's tb/ folder, not one per writer.
+        _WARNED.add(root)
+        warnings.warn(f'cannot write TensorBoard events to {self.path} ({e.strerror or e}): '
+                      'the run goes on without them; make the folder writable or set '
+                      '--config.log.tensorboard=False.', UserWarning, stacklevel=2)
       self._writer = None
 
   @property

@@ -120,19 +120,39 @@ def test_resumed_run_repeats_no_step_and_off_writes_nothing(tmp_path):
   assert not (tmp_path / 'off' / 'tb').exists()
 
 
-def test_unwritable_folder_is_one_warning_and_no_events(tmp_path):
-  if os.geteuid() == 0:  # root writes anywhere: make tb a file instead of a folder.
-    (tmp_path / 'tb').write_text('not a folder')
+def _block_tb(workdir) -> None:
+  """Makes `workdir/tb` unwritable (for root, who writes anywhere: a file in its place)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if os.geteuid() == 0:
+    (workdir / 'tb').write_text('not a folder')
   else:
-    (tmp_path / 'tb').mkdir()
-    os.chmod(tmp_path / 'tb', stat.S_IRUSR | stat.S_IXUSR)
+    (workdir / 'tb').mkdir()
+    os.chmod(workdir / 'tb', stat.S_IRUSR | stat.S_IXUSR)
+
+
+def test_unwritable_folder_is_one_warning_and_no_events(tmp_path):
+  _block_tb(tmp_path)
   with pytest.warns(UserWarning, match='cannot write TensorBoard events') as caught:
     writer = tensorboard_log.Writer(str(tmp_path), 'train')
+    tensorboard_log.write_report_board(str(tmp_path), 'robustness', {}, {})
   assert len(caught) == 1 and '--config.log.tensorboard=False' in str(caught[0].message)
   assert not writer.active
   writer.scalars('train', {'loss': 1.0}, 1)  # no-ops, no errors
   writer.histogram('margins', np.ones(3), 1)
   writer.close()
+
+
+@pytest.mark.slow
+def test_a_run_with_an_unwritable_tb_folder_warns_once_and_finishes(tmp_path):
+  _block_tb(tmp_path / 'run')
+  config = tiny_config('std', **{'mesh.num_devices': 1, 'eval.masking_checks': False,
+                                 'eval.noise_levels': (0.0, 0.5), 'num_epochs': 1})
+  with pytest.warns(UserWarning) as caught:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  tb_warnings = [w for w in caught if 'TensorBoard' in str(w.message)]
+  assert len(tb_warnings) == 1, [str(w.message) for w in caught]
+  assert (tmp_path / 'run' / 'robustness.json').exists()
+  assert (tmp_path / 'run' / 'report.html').exists()
 
 
 def test_last_step_ignores_a_record_cut_short(tmp_path):
