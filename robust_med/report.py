@@ -800,11 +800,13 @@ def write_pages(folder: str) -> list[str]:
   and for a folder `X/interpret/<name>/` or `X/eval/<split>/` also X's (a sweep's with its
   runs'). What a command calls once it has written its reports into `folder`."""
   folder = os.path.abspath(folder)
-  written = [write(folder)]
   holder = os.path.dirname(os.path.dirname(folder))
-  if os.path.basename(os.path.dirname(folder)) in ('interpret', 'eval') and _has_reports(holder):
-    written.append(write(holder))
-  return [p for p in written if p]
+  kind = os.path.basename(os.path.dirname(folder))
+  if not (kind in ('interpret', 'eval') and _has_reports(holder)):
+    return [p for p in [write(folder)] if p]
+  if kind == 'eval' and not is_sweep(holder):  # A run's page writes its eval/<split>/ pages.
+    return [os.path.join(folder, PAGE), write(holder)]
+  return [p for p in [write(folder), write(holder)] if p]
 
 
 def build(workdir: str) -> str:

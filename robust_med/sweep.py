@@ -441,20 +441,19 @@ def summarize(workdir: str) -> list[dict]:
   reports.write_text(os.path.join(workdir, 'summary.md'), markdown(rows, result))
   plot(rows, os.path.join(workdir, 'curves.png'))
   with open(os.path.join(workdir, PLAN_FILE)) as f:
-    runs = [(r['label'], os.path.join(workdir, r['name'])) for r in json.load(f)['runs']]
+    plan = json.load(f)
+  runs = [(r['label'], os.path.join(workdir, r['name'])) for r in plan['runs']]
   plot_training(runs, rows[0]['metric'], os.path.join(workdir, 'training.png'))
-  write_hparams(workdir, rows)
+  write_hparams(workdir, rows, plan)
   report_page.write_pages(workdir)  # the sweep's report.html and each run's
   return rows
 
 
-def write_hparams(workdir: str, rows: list[dict]) -> None:
+def write_hparams(workdir: str, rows: list[dict], plan: dict) -> None:
   """Each finished run's HParams session (`<run>/tb/hparams/`): the model's label, its seed and
   every method setting that differs between the sweep's runs → its clean and worst-case metric
   (mean over the grid and at each level), so `tensorboard --logdir=<workdir>` lists the sweep's
-  runs in one table."""
-  with open(os.path.join(workdir, PLAN_FILE)) as f:
-    plan = json.load(f)
+  runs in one table (`plan`: the sweep's sweep.json)."""
   if not (plan['shared'].get('log') or {}).get('tensorboard', True):
     return
   methods_ = [r['method'] for r in plan['runs']]
