@@ -351,6 +351,13 @@ def evaluated_with(run_dir: str, config) -> bool:
           [r['eps'] for r in report['results']] == levels)
 
 
+# Settings that do not change a trained model: a sweep resumed with other values of these (or
+# with a newer robust_med that added such a setting) keeps its runs. Other `eval` settings
+# re-evaluate the finished runs (`evaluated_with`).
+_NOT_TRAINING = ('eval', 'log', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+                 'progress_bar', 'compilation_cache_dir')
+
+
 def _check_plan(workdir: str, config, runs: list[Run]) -> None:
   """Records the sweep's settings; refuses to mix runs trained with other settings (other
   evaluation settings are allowed: the finished runs are re-evaluated)."""
@@ -364,7 +371,7 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
     with open(path) as f:
       old = json.load(f)
     changed = sorted(k for k in set(old['shared']) | set(shared)
-                     if k != 'eval' and old['shared'].get(k) != shared.get(k))
+                     if k not in _NOT_TRAINING and old['shared'].get(k) != shared.get(k))
     if changed:
       raise UserError(f'{workdir} holds a sweep made with other settings (differs in '
                       f'{", ".join(changed)}): use a new --workdir, or the same config and '

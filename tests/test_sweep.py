@@ -171,6 +171,10 @@ def test_other_evaluation_settings_re_evaluate_the_finished_runs(tmp_path):
   sweep._check_plan(work, config, plan)
   other = tiny_config('amat', **{'eval.attacks': ('pgd', 'apgd', 'square')})
   sweep._check_plan(work, other, plan)  # allowed: only the evaluation changed
+  logging = tiny_config('amat', progress_bar=True)
+  with logging.unlocked():
+    del logging['log']  # a sweep started before robust_med had `config.log`
+  sweep._check_plan(work, logging, plan)  # allowed: logging does not change a trained model
   run = tmp_path / 'std'
   run.mkdir()
   settings = json.loads(config.eval.to_json_best_effort())
