@@ -97,16 +97,22 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise UserError(f'{path} not found: pass the --workdir of a robust_med.main run.')
-  from robust_med import config_base
   with open(path) as f:
     saved = json.load(f)
-  # Keys added to robust_med after the run was made take their defaults (the head's included).
+  return config_from_dict(saved, path)
+
+
+def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
+  """The config a saved JSON dict describes (a run's config.json, a sweep plan's run): its head's
+  full config with the saved values (lists read as tuples); keys added to robust_med after it was
+  saved take their defaults. UserError for keys this version does not know."""
+  from robust_med import config_base
   task = saved.get('task', 'segmentation') if isinstance(saved, dict) else 'segmentation'
   config = config_base.task_config(task)
   flat = config_base.flat_keys(ml_collections.ConfigDict(saved))
   unknown = sorted(set(flat) - set(config_base.flat_keys(config)))
   if unknown:
-    raise UserError(f'{path} has unknown config key(s) {", ".join(unknown)}: it was not written '
+    raise UserError(f'{where} has unknown config key(s) {", ".join(unknown)}: it was not written '
                     'by this version of robust_med; retrain or edit the file.')
   config.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
                                      for k, v in flat.items()})
@@ -140,3 +146,30 @@ def prepare(config) -> None:
   config_base.validate(config)
   compile_cache.enable(config.compilation_cache_dir)
   sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
+
+
+def define_distributed_flags() -> None:
+  """`--distributed`, `--coordinator_address`, `--num_processes`, `--process_id`: one run on
+  several processes (hosts, or one process per GPU), for `main` and `sweep`."""
+  flags.DEFINE_bool('distributed', False, 'Start a multi-process run with '
+                    'jax.distributed.initialize(): arguments not given by the three flags below '
+                    '(or JAX_COORDINATOR_ADDRESS) are detected from SLURM, Open MPI or a TPU pod. '
+                    'Implied by any of the three flags.')
+  flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0\'s coordinator, '
+                      'reachable from every process (multi-process runs).')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+  flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 … num_processes - 1.')
+
+
+def start_distributed() -> None:
+  """Runs after flag parsing and before anything touches a device (`app.call_after_init`)."""
+  f = flags.FLAGS
+  given = (f.coordinator_address, f.num_processes, f.process_id)
+  if not f.distributed and all(v is None for v in given):
+    return
+  from robust_med import sharding
+  logging.set_verbosity(logging.WARNING)  # Not JAX's INFO lines about the coordinator.
+  try:
+    sharding.initialize_distributed(*given)
+  except UserError as e:
+    fail(str(e))

@@ -18,33 +18,6 @@ from ml_collections import config_flags
 from robust_med import cli
 
 
-def define_distributed_flags() -> None:
-  flags.DEFINE_bool('distributed', False, 'Start a multi-process run with '
-                    'jax.distributed.initialize(): arguments not given by the three flags below '
-                    '(or JAX_COORDINATOR_ADDRESS) are detected from SLURM, Open MPI or a TPU pod. '
-                    'Implied by any of the three flags.')
-  flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0\'s coordinator, '
-                      'reachable from every process (multi-process runs).')
-  flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
-  flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 … num_processes - 1.')
-
-
-def start_distributed() -> None:
-  """Runs after flag parsing and before anything touches a device."""
-  f = flags.FLAGS
-  given = (f.coordinator_address, f.num_processes, f.process_id)
-  if not f.distributed and all(v is None for v in given):
-    return
-  from absl import logging
-  from robust_med import sharding
-  from robust_med.errors import UserError
-  logging.set_verbosity(logging.WARNING)  # Not JAX's INFO lines about the coordinator.
-  try:
-    sharding.initialize_distributed(*given)
-  except UserError as e:
-    cli.fail(str(e))
-
-
 def main(argv=None) -> None:
   """Parses the flags (`--config`, `--workdir`) and trains and evaluates; bad input ends in one
   `error:` line with exit status 2."""
@@ -66,6 +39,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  define_distributed_flags()
-  app.call_after_init(start_distributed)
+  cli.define_distributed_flags()
+  app.call_after_init(cli.start_distributed)
   main()

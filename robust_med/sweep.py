@@ -48,12 +48,15 @@ import copy
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
+from robust_med import cli
+from robust_med import launch
 from robust_med import margins as margins_lib
 from robust_med import methods as methods_lib
 from robust_med import report as report_page
@@ -297,13 +300,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
               methods: Sequence[str] = ('std', 'sat', 'amat'), xi_from_std: bool = True,
               xi_sources: Sequence[str] | None = None, amat_variants: Sequence[dict] = ({},),
               method_configs: Sequence[str] = (), seeds: int = 1, transfer_from: str = '',
-              log: Callable[[str], None] = print) -> list[dict]:
+              plan_only: bool = False, log: Callable[[str], None] = print) -> list[dict]:
   """Trains and evaluates every run of the sweep that has no report yet, then writes the
-  summary. Returns the summary rows (see `summary_rows`). With `method_configs` the runs are
+  summary. Returns the summary rows (see `summary_rows`); with `plan_only` it only writes the
+  plan (`sweep.json`) and returns []. With `method_configs` the runs are
   those files' methods (`method_config_runs`) instead of `methods`; with `seeds` > 1 each is
   trained with that many seeds (`with_seeds`), seed by seed (every method's first seed, then
   every method's second, ...), so a stopped sweep already compares every method."""
-  from robust_med import config_base, train
+  from robust_med import config_base
   if method_configs:
     runs = method_config_runs(config, workdir, method_configs, xi_from_std)
   else:
@@ -318,20 +322,73 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
   compile_cache.enable(config.compilation_cache_dir)
   os.makedirs(workdir, exist_ok=True)
   _check_plan(workdir, config, runs)
+  if plan_only:
+    return []
   for i, run in enumerate(runs):
-    run_dir = os.path.join(workdir, run.name)
     what = f'[{i + 1}/{len(runs)}] {run.label}' + (f' (seed {run.seed})' if run.seed is not None
                                                   else '')
+    _run_one(run.config, os.path.join(workdir, run.name), what, log)
+  return summarize(workdir)
+
+
+def _run_one(config, run_dir: str, what: str, log: Callable[[str], None]) -> bool:
+  """Trains and evaluates one run of a sweep unless it is finished (a report made with
+  `config.eval`) or another process holds its lock; True when this call ran it. UserError when
+  the run folder was started with other training settings."""
+  from robust_med import train
+  with launch.run_lock(run_dir) as mine:
+    if not mine:
+      log(f'{what}: in progress in another process (its lock {run_dir}/.lock.* is held), left '
+          'to it')
+      return False
+    _check_started_run(config, run_dir)
     if os.path.exists(os.path.join(run_dir, 'robustness.json')):
-      if evaluated_with(run_dir, run.config):
+      if evaluated_with(run_dir, config):
         log(f'{what}: done, skipped ({run_dir})')
-        continue
+        return False
       log(f'{what}: evaluated with other config.eval settings: re-evaluating the trained model '
           f'in {run_dir}')
     else:
       log(f'{what}: training and evaluating in {run_dir}')
-    train.train_and_evaluate(run.config, run_dir)
-  return summarize(workdir)
+    train.train_and_evaluate(config, run_dir)
+    return True
+
+
+def _training_settings(config: dict) -> dict:
+  """The flattened settings of a config (as JSON) that change a trained model."""
+  flat = {}
+
+  def walk(d, prefix=''):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f'{prefix}{k}.')
+      elif not prefix and k in _NOT_TRAINING:
+        continue
+      else:
+        flat[prefix + k] = v
+  walk({k: v for k, v in config.items() if k not in _NOT_TRAINING})
+  return flat
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+  """The training settings set in both configs (as JSON) with other values: keys one of them
+  lacks (added to robust_med since) take their defaults and are not differences."""
+  a, b = _training_settings(old), _training_settings(new)
+  return sorted(k for k in set(a) & set(b) if a[k] != b[k])
+
+
+def _check_started_run(config, run_dir: str) -> None:
+  path = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    started = json.load(f)
+  changed = _differences(started, json.loads(config.to_json_best_effort()))
+  if changed:
+    raise UserError(f'{run_dir} was started with other settings than the sweep plan gives it '
+                    f'(differs in {", ".join(changed[:5])}): the plan changed after the run '
+                    'started; restore the sweep\'s settings, or move the run folder away to '
+                    'retrain it.')
 
 
 def evaluated_with(run_dir: str, config) -> bool:
@@ -358,28 +415,124 @@ _NOT_TRAINING = ('eval', 'log', 'log_every_steps', 'checkpoint_every_steps', 'ke
                  'progress_bar', 'compilation_cache_dir')
 
 
+def dependencies(runs: Sequence[Run], workdir: str) -> dict[str, list[str]]:
+  """For each run, the runs of the sweep whose folders its config reads (any setting whose value
+  is another run's folder: AMAT's ξ checkpoint, offline FGSM copies, the transfer attack's
+  source): it starts when they have finished."""
+  from robust_med import config_base
+  folders = {os.path.abspath(os.path.join(workdir, r.name)): r.name for r in runs}
+  after = {}
+  for r in runs:
+    values = config_base.flat_keys(r.config).values()
+    reads = [folders[os.path.abspath(v)] for v in values
+             if isinstance(v, str) and v and os.path.abspath(v) in folders]
+    after[r.name] = [a for a in dict.fromkeys(reads) if a != r.name]
+  return after
+
+
 def _check_plan(workdir: str, config, runs: list[Run]) -> None:
-  """Records the sweep's settings; refuses to mix runs trained with other settings (other
-  evaluation settings are allowed: the finished runs are re-evaluated)."""
+  """Records the sweep's plan (each run's name, label, seed, method, whole config and the runs
+  it waits for); refuses to mix runs trained with other settings: other shared settings, or
+  another config for a run whose folder exists (other evaluation or logging settings are
+  allowed: the finished runs are re-evaluated)."""
   path = os.path.join(workdir, PLAN_FILE)
   shared = _shared_settings(config)
+  after = dependencies(runs, workdir)
   plan = {'shared': shared, 'runs': [{'name': r.name, 'label': r.label,
                                       'method': r.config.method.to_dict(),
-                                      **({'seed': r.seed} if r.seed is not None else {})}
+                                      **({'seed': r.seed} if r.seed is not None else {}),
+                                      'after': after[r.name],
+                                      'config': json.loads(r.config.to_json_best_effort())}
                                      for r in runs]}
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    changed = sorted(k for k in set(old['shared']) | set(shared)
-                     if k not in _NOT_TRAINING and old['shared'].get(k) != shared.get(k))
+    changed = _differences(old['shared'], shared)
     if changed:
       raise UserError(f'{workdir} holds a sweep made with other settings (differs in '
-                      f'{", ".join(changed)}): use a new --workdir, or the same config and '
+                      f'{", ".join(changed[:5])}): use a new --workdir, or the same config and '
                       'overrides to resume it.')
     new = {r['name']: r for r in plan['runs']}
+    for r in old['runs']:
+      now = new.get(r['name'])
+      if now is None or not os.path.isdir(os.path.join(workdir, r['name'])):
+        continue
+      changed = _differences(r.get('config', {'method': r['method']}),
+                             now['config'] if 'config' in r else {'method': now['method']})
+      if changed:
+        raise UserError(f'Run {r["name"]} of the sweep in {workdir} has started with other '
+                        f'settings than today\'s plan gives it (differs in '
+                        f'{", ".join(changed[:5])}): use a new --workdir, or the same config '
+                        'and overrides to resume it.')
     known = [new.pop(r['name'], r) for r in old['runs']]  # Old order; today's entries.
     plan['runs'] = known + list(new.values())
+  launch.stages(plan['runs'])  # No run waits for itself.
   reports.write_json(path, plan)
+
+
+def read_plan(workdir: str) -> dict:
+  """The plan in `workdir/sweep.json` (UserError when there is none)."""
+  path = os.path.join(workdir, PLAN_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f'{workdir} holds no sweep (no {PLAN_FILE}): write its plan with python -m '
+                    'robust_med.sweep --config=... --workdir=... --plan_only.')
+  with open(path) as f:
+    return json.load(f)
+
+
+def plan_task(workdir: str, *, name: str | None = None,
+              index: int | None = None) -> tuple[int, dict]:
+  """(index, plan entry) of a run of the plan in `workdir`, by `name` or by `index`; UserError
+  for a run the plan does not have, or a plan that does not record the runs' configs."""
+  runs = read_plan(workdir)['runs']
+  if name is not None:
+    found = [r for r in runs if r['name'] == name]
+    if not found:
+      raise UserError(f'--run={name}: the sweep in {workdir} has no run of that name; use one '
+                      f'of {[r["name"] for r in runs]}.')
+    index = runs.index(found[0])
+  elif index is None or not 0 <= index < len(runs):
+    raise UserError(f'--task_index={index}: the sweep in {workdir} has {len(runs)} runs, indices '
+                    f'0 … {len(runs) - 1}; check the job array (--array=0-{len(runs) - 1}).')
+  entry = runs[index]
+  if 'config' not in entry:
+    raise UserError(f'{os.path.join(workdir, PLAN_FILE)} does not record each run\'s config (a '
+                    'sweep started before robust_med did): rewrite it with the sweep\'s command '
+                    'and --plan_only.')
+  return index, entry
+
+
+def run_task(workdir: str, *, name: str | None = None, index: int | None = None,
+             wait: float = 0.0, log: Callable[[str], None] = print, poll: float = 10.0) -> bool:
+  """Trains and evaluates one run of the plan in `workdir` (by `name` or by its `index` in the
+  plan), resumably, as one task of a job array; True when this call ran it (False: finished, or
+  in progress in another process). A run whose inputs (`after`) have not finished waits for
+  them up to `wait` seconds, then fails with a UserError that names them."""
+  index, entry = plan_task(workdir, name=name, index=index)
+  what = f'[task {index}] {entry["label"]}' + (f' (seed {entry["seed"]})' if 'seed' in entry
+                                                else '')
+  waiting = _unfinished(workdir, entry)
+  if waiting and wait > 0:
+    log(f'{what}: waiting up to {wait:g} s for {", ".join(waiting)} to finish')
+    import time
+    deadline = time.monotonic() + wait
+    while waiting and time.monotonic() < deadline:
+      time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+      waiting = _unfinished(workdir, entry)
+  if waiting:
+    raise UserError(f'Run {entry["name"]} reads run(s) {", ".join(waiting)} of the sweep, which '
+                    f'have not finished{f" after {wait:g} s" if wait > 0 else ""}: run them first '
+                    '(their --task_index comes before it), or give --wait=SECONDS.')
+  config = cli.config_from_dict(entry['config'], f'{os.path.join(workdir, PLAN_FILE)} ({what})')
+  from robust_med import compile_cache, config_base
+  config_base.validate(config)
+  compile_cache.enable(config.compilation_cache_dir)
+  return _run_one(config, os.path.join(workdir, entry['name']), what, log)
+
+
+def _unfinished(workdir: str, entry: dict) -> list[str]:
+  return [a for a in entry.get('after', [])
+          if not os.path.exists(os.path.join(workdir, a, 'robustness.json'))]
 
 
 def _seconds_per_epoch(run_dir: str) -> float:
@@ -437,7 +590,12 @@ def rows_for(runs: Sequence[tuple[str, str]], metric: str | None = None) -> list
 
 def summarize(workdir: str) -> list[dict]:
   """Writes summary.csv, summary.md, curves.png and training.png from the finished runs; returns
-  the rows."""
+  the rows. Each file is written atomically, and one process at a time writes them."""
+  with launch.file_lock(os.path.join(workdir, '.summary.lock'), blocking=True):
+    return _summarize(workdir)
+
+
+def _summarize(workdir: str) -> list[dict]:
   rows = summary_rows(workdir)
   if not rows:
     return rows
@@ -696,7 +854,8 @@ def summarize_finished(workdir: str, log: Callable[[str], None] = print) -> list
                     'started with python -m robust_med.sweep.')
   missing = missing_runs(workdir)
   if missing:
-    log(f'{len(missing)} run(s) of the plan not finished, left out: {", ".join(missing)}')
+    log(f'warning: {len(missing)} run(s) of the plan not finished, left out of the summary: '
+        f'{", ".join(missing)}')
   return summarize(workdir)
 
 
@@ -738,37 +897,103 @@ def main(argv=None) -> None:
   flags.DEFINE_bool('summarize', False, 'Train nothing: rewrite the summary from the runs '
                     'finished in --workdir (e.g. after copying in runs trained elsewhere) and '
                     'list the missing ones; needs no --config.')
+  flags.DEFINE_bool('plan_only', False, 'Train nothing: write the plan (sweep.json: each run '
+                    'with its config and the runs it waits for) and print its runs, for job '
+                    'arrays (--task_index) and --print_slurm / --print_local.')
+  flags.DEFINE_integer('task_index', None, 'Train and evaluate only the run at this index of the '
+                       "plan in --workdir, with the plan's config (no --config); "
+                       '$SLURM_ARRAY_TASK_ID by default when set and no --config is given.')
+  flags.DEFINE_string('run', None, 'Like --task_index, by the run\'s name (e.g. amat_seed1).')
+  flags.DEFINE_float('wait', 0, 'With --task_index/--run: seconds to wait for the runs it reads '
+                     "(the sweep's STD) to finish; 0 refuses at once when they have not.")
+  flags.DEFINE_bool('print_slurm', False, 'Print a bash script that submits the plan in --workdir '
+                    'to SLURM: one job array per stage, one GPU per task, then the summary.')
+  flags.DEFINE_integer('max_parallel', 8, 'With --print_slurm: tasks of an array running at '
+                       'once (%N).')
+  flags.DEFINE_string('slurm_args', '', 'With --print_slurm: more sbatch options for every job, '
+                      "e.g. '--partition=gpu --time=24:00:00 --cpus-per-task=8'.")
+  flags.DEFINE_integer('print_local', 0, 'Print a bash script that runs the plan in --workdir on '
+                       'this machine with this many GPUs (one process per GPU), then the '
+                       'summary.')
   flags.mark_flags_as_required(['workdir'])
 
   @cli.guard
   def run(argv):
     cli.reject_positional(argv)
     f = flags.FLAGS
+    err = lambda s: print(s, file=sys.stderr)  # noqa: E731
     if f.summarize:
-      rows = summarize_finished(f.workdir, log=lambda s: print(s, file=sys.stderr))
+      rows = summarize_finished(f.workdir, log=err)
       _print_summary(f.workdir, rows)
+      return
+    index = f.task_index
+    array_task = os.environ.get('SLURM_ARRAY_TASK_ID', '')
+    if (index is None and f.run is None and f.config is None and array_task.isdigit() and
+        not (f.plan_only or f.print_slurm or f.print_local)):
+      index = int(array_task)
+    if index is not None or f.run is not None:
+      if f.config is not None:
+        raise ConfigError('--task_index/--run train one run of the plan in --workdir with the '
+                          "config the plan records: leave --config out (write the plan with "
+                          '--config=... --plan_only first).')
+      if index is not None and f.run is not None:
+        raise ConfigError('Give --task_index or --run, not both.')
+      _, entry = plan_task(f.workdir, name=f.run, index=index)
+      config = cli.config_from_dict(entry['config'], os.path.join(f.workdir, PLAN_FILE))
+      from robust_med import sharding  # Before JAX's first operation.
+      sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
+      run_task(f.workdir, name=f.run, index=index, wait=f.wait, log=err)
+      err(f'Run {entry["name"]} finished. When every run has: python -m robust_med.sweep '
+          f'--workdir={f.workdir} --summarize')
+      return
+    if f.config is not None and (f.print_slurm or f.print_local or f.plan_only):
+      sweep_from_flags(f, plan_only=True, log=err)
+    if f.print_slurm or f.print_local:
+      runs = read_plan(f.workdir)['runs']
+      if f.print_slurm:
+        print(launch.slurm_script(f.workdir, runs, python=sys.executable,
+                                  max_parallel=f.max_parallel,
+                                  sbatch_args=shlex.split(f.slurm_args)))
+      else:
+        print(launch.local_script(f.workdir, runs, python=sys.executable, gpus=f.print_local))
+      return
+    if f.plan_only:
+      if f.config is None:
+        raise ConfigError('--plan_only needs the sweep\'s --config (and its flags).')
+      runs = read_plan(f.workdir)['runs']
+      groups = launch.stages(runs)
+      print(f'{len(runs)} runs in {len(groups)} stage(s) planned in '
+            f'{os.path.join(os.path.abspath(f.workdir), PLAN_FILE)}:')
+      for k, group in enumerate(groups):
+        print(f'  stage {k}: ' + ', '.join(f'{i} {runs[i]["name"]}' for i in group))
       return
     if f.config is None:
       raise ConfigError('--config is required to train a sweep: e.g. '
                         '--config=configs/hippocampus_amat.py:cpu (or --summarize to only rewrite '
                         'the summary of the runs in --workdir).')
-    try:
-      sat_eps = [float(e) for e in f.sat_eps]
-    except ValueError:
-      raise ConfigError(f'--sat_eps={",".join(f.sat_eps)} is not a list of numbers: use e.g. '
-                        '--sat_eps=1,5,10,15.') from None
-    variants = [parse_variant(v, f.config.method) for v in f.amat_variant] or [{}]
     from robust_med import sharding  # Before JAX's first operation; the command line only.
     sharding.configure_host_devices(f.config.mesh.host_devices, f.config.batch_size)
-    rows = run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
-                     xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
-                     amat_variants=variants, method_configs=f.method_configs,
-                     seeds=f.seeds, transfer_from=f.transfer_from,
-                     log=lambda s: print(s, file=sys.stderr))
-    _print_summary(f.workdir, rows)
+    _print_summary(f.workdir, sweep_from_flags(f, log=err))
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)
 
 
+def sweep_from_flags(f, plan_only: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+  """`run_sweep` with the command line's flags (`f`: absl's FLAGS)."""
+  try:
+    sat_eps = [float(e) for e in f.sat_eps]
+  except ValueError:
+    raise ConfigError(f'--sat_eps={",".join(f.sat_eps)} is not a list of numbers: use e.g. '
+                      '--sat_eps=1,5,10,15.') from None
+  variants = [parse_variant(v, f.config.method) for v in f.amat_variant] or [{}]
+  return run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
+                   xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
+                   amat_variants=variants, method_configs=f.method_configs, seeds=f.seeds,
+                   transfer_from=f.transfer_from, plan_only=plan_only, log=log)
+
+
 if __name__ == '__main__':
+  cli.define_distributed_flags()
+  from absl import app as _app
+  _app.call_after_init(cli.start_distributed)
   main()

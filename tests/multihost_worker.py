@@ -6,7 +6,7 @@ only (no robustness evaluation): the reference runs of tests/test_multihost.py.
 
 from absl import app
 
-from robust_med import train
+from robust_med import cli, train
 from robust_med import main as main_lib
 
 
@@ -17,6 +17,6 @@ def _train_only(config, workdir) -> dict:
 
 if __name__ == '__main__':
   train.train_and_evaluate = _train_only
-  main_lib.define_distributed_flags()
-  app.call_after_init(main_lib.start_distributed)
+  cli.define_distributed_flags()
+  app.call_after_init(cli.start_distributed)
   main_lib.main()
