@@ -95,17 +95,26 @@ def _sweep_command(python: str, workdir: str, *args: str) -> str:
 
 
 def slurm_script(workdir: str, runs: Sequence[dict], *, python: str, max_parallel: int = 8,
-                 sbatch_args: Sequence[str] = ()) -> str:
+                 nodes: int = 1, sbatch_args: Sequence[str] = ()) -> str:
   """A bash script that submits the plan to SLURM: one job array per stage (`%max_parallel`
   tasks at a time, one GPU each, each stage `afterok` on the one before) and the summary as a
-  job after the last stage (`afterany`: it lists the runs that did not finish)."""
+  job after the last stage (`afterany`: it lists the runs that did not finish). With `nodes` > 1
+  each task trains its run on that many nodes (`srun`, one process and GPU per node,
+  `--distributed`), then evaluates it in one process. `sbatch_args` come last, so they can
+  override the defaults (e.g. `--gres=gpu:a100:1`)."""
   if max_parallel < 1:
     raise UserError(f'--max_parallel={max_parallel}: run at least one task at a time.')
+  if nodes < 1:
+    raise UserError(f'--slurm_nodes={nodes}: give each run at least one node.')
   workdir = os.path.abspath(workdir)
   groups = stages(runs)
   name = os.path.basename(workdir.rstrip('/')) or 'sweep'
-  common = [f'--output={workdir}/slurm/%x-%A_%a.out', *sbatch_args]
+  per_task = ['--gres=gpu:1'] + ([f'--nodes={nodes}', '--ntasks-per-node=1']
+                                 if nodes > 1 else [])
+  common = [f'--output={workdir}/slurm/%x-%A_%a.out']
   task = _sweep_command(python, workdir, '--task_index="$SLURM_ARRAY_TASK_ID"')
+  if nodes > 1:
+    task = f'srun {task} --distributed && {task}'
   lines = [
       '#!/bin/bash',
       f'# The sweep in {workdir}: {len(runs)} runs in {len(groups)} stage(s), then its summary.',
@@ -116,19 +125,20 @@ def slurm_script(workdir: str, runs: Sequence[dict], *, python: str, max_paralle
       'set -euo pipefail',
       f'mkdir -p {shlex.quote(workdir)}/slurm',
       f'common=({" ".join(map(shlex.quote, common))})',
+      f'options=({" ".join(map(shlex.quote, sbatch_args))})  # yours, after the defaults',
   ]
   previous = ''
   for k, group in enumerate(groups):
     dependency = f' --dependency=afterok:"${previous}"' if previous else ''
     lines.append(
-        f'stage{k}=$(sbatch --parsable "${{common[@]}}" --gres=gpu:1 --job-name={name}-stage{k} '
-        f'--array={",".join(map(str, group))}%{max_parallel}{dependency} '
-        f'--wrap={shlex.quote(task)})')
+        f'stage{k}=$(sbatch --parsable "${{common[@]}}" {" ".join(per_task)} '
+        f'--job-name={name}-stage{k} --array={",".join(map(str, group))}%{max_parallel}'
+        f'{dependency} "${{options[@]}}" --wrap={shlex.quote(task)})')
     previous = f'stage{k}'
   after = ':'.join(f'${{stage{k}}}' for k in range(len(groups)))
   lines += [
       f'summary=$(sbatch --parsable "${{common[@]}}" --job-name={name}-summary '
-      f'--dependency=afterany:{after} '
+      f'--dependency=afterany:{after} "${{options[@]}}" '
       f'--wrap={shlex.quote(_sweep_command(python, workdir, "--summarize"))})',
       'echo "submitted: ' + ' '.join(f'stage {k} ${{stage{k}}},' for k in range(len(groups)))
       + ' summary ${summary}"', '']

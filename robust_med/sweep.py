@@ -37,9 +37,15 @@ what it changes (e.g. `amat_refine-boundary_max_margin-12_xi-std`).
 `--summarize` (with only `--workdir`) trains nothing: it rewrites the summary from the runs on
 disk and names the missing ones.
 
+As separate jobs (docs/cluster.md): `--plan_only` writes the plan (`sweep.json`: each run's
+config and the runs it waits for) and prints its stages; `--task_index=I` (or `--run=NAME`; in a
+SLURM array `$SLURM_ARRAY_TASK_ID` by default) trains and evaluates that run alone, resumably,
+under a lock per run folder; `--print_slurm` and `--print_local=GPUS` print the scripts that
+launch every run, then the summary.
+
 Python API: `plan_runs(config, ...)` lists the runs, `run_sweep(config, workdir, ...)` trains and
-evaluates what is missing and writes the summary, `summarize(workdir)` rewrites the summary from
-the runs on disk.
+evaluates what is missing and writes the summary, `run_task(workdir, index=I)` one run of the
+plan, `summarize(workdir)` rewrites the summary from the runs on disk.
 """
 
 from __future__ import annotations
@@ -910,6 +916,9 @@ def main(argv=None) -> None:
                     'to SLURM: one job array per stage, one GPU per task, then the summary.')
   flags.DEFINE_integer('max_parallel', 8, 'With --print_slurm: tasks of an array running at '
                        'once (%N).')
+  flags.DEFINE_integer('slurm_nodes', 1, 'With --print_slurm: nodes per run (one GPU and one '
+                       'process each, trained together with --distributed; the evaluation then '
+                       'runs in one process).')
   flags.DEFINE_string('slurm_args', '', 'With --print_slurm: more sbatch options for every job, '
                       "e.g. '--partition=gpu --time=24:00:00 --cpus-per-task=8'.")
   flags.DEFINE_integer('print_local', 0, 'Print a bash script that runs the plan in --workdir on '
@@ -943,8 +952,12 @@ def main(argv=None) -> None:
       from robust_med import sharding  # Before JAX's first operation.
       sharding.configure_host_devices(config.mesh.host_devices, config.batch_size)
       run_task(f.workdir, name=f.run, index=index, wait=f.wait, log=err)
-      err(f'Run {entry["name"]} finished. When every run has: python -m robust_med.sweep '
-          f'--workdir={f.workdir} --summarize')
+      if os.path.exists(os.path.join(f.workdir, entry['name'], 'robustness.json')):
+        err(f'Run {entry["name"]} finished. When every run has: python -m robust_med.sweep '
+            f'--workdir={f.workdir} --summarize')
+      else:  # trained by several processes: the evaluation runs in one
+        err(f'Run {entry["name"]} trained; evaluate it in one process: python -m '
+            f'robust_med.sweep --workdir={f.workdir} --run={entry["name"]}')
       return
     if f.config is not None and (f.print_slurm or f.print_local or f.plan_only):
       sweep_from_flags(f, plan_only=True, log=err)
@@ -952,7 +965,7 @@ def main(argv=None) -> None:
       runs = read_plan(f.workdir)['runs']
       if f.print_slurm:
         print(launch.slurm_script(f.workdir, runs, python=sys.executable,
-                                  max_parallel=f.max_parallel,
+                                  max_parallel=f.max_parallel, nodes=f.slurm_nodes,
                                   sbatch_args=shlex.split(f.slurm_args)))
       else:
         print(launch.local_script(f.workdir, runs, python=sys.executable, gpus=f.print_local))

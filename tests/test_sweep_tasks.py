@@ -196,6 +196,14 @@ def test_the_printed_scripts_pass_bash_n_submit_every_run_once_and_respect_stage
   assert all('--task_index="$SLURM_ARRAY_TASK_ID"' in w for w in wraps[:2])
   assert wraps[2].endswith('--summarize') and f'--workdir={work}' in wraps[2]
 
+  # Each run on two nodes: trained by both (srun, --distributed), then evaluated in one process.
+  two_nodes = launch.slurm_script(str(work), plan, python='python', nodes=2)
+  (tmp_path / 'nodes.sh').write_text(two_nodes)
+  assert subprocess.run(['bash', '-n', str(tmp_path / 'nodes.sh')]).returncode == 0
+  assert two_nodes.count('--nodes=2 --ntasks-per-node=1') == 2
+  assert two_nodes.count("--wrap='srun python -m robust_med.sweep") == 2
+  assert two_nodes.count('--distributed && python -m robust_med.sweep') == 2
+
   # One machine, 4 GPUs: every run once, each GPU's list in stage order.
   local = launch.local_script(str(work), plan, python=sys.executable, gpus=4)
   (tmp_path / 'local.sh').write_text(local)
