@@ -103,6 +103,7 @@ class Writer:
   def __init__(self, workdir: str, name: str, *, active: bool = True, fresh: bool = False):
     self.path = folder(workdir, name)
     self._writer = None
+    self._open = False
     self.skip_through = -1
     if not (active and _is_main_process()):
       return
@@ -115,11 +116,7 @@ class Writer:
         pass
       os.remove(probe)
       self.skip_through = last_step(self.path)
-      from tensorboardX import SummaryWriter
-      # A file of its own, even when a resume starts within the second the last one did
-      # (tensorboardX names files by the second and would overwrite).
-      self._writer = SummaryWriter(logdir=self.path, flush_secs=30,
-                                   filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
+      self._open = True  # The event file itself is created by the first write (`_file`).
     except OSError as e:
       root = os.path.dirname(self.path)
       if root not in _WARNED:  # One warning per run's tb/ folder, not one per writer.
@@ -127,14 +124,24 @@ class Writer:
         warnings.warn(f'cannot write TensorBoard events to {self.path} ({e.strerror or e}): '
                       'the run goes on without them; make the folder writable or set '
                       '--config.log.tensorboard=False.', UserWarning, stacklevel=2)
-      self._writer = None
 
   @property
   def active(self) -> bool:
-    return self._writer is not None
+    return self._open
 
   def _keep(self, step: int) -> bool:
-    return self._writer is not None and int(step) > self.skip_through
+    return self._open and int(step) > self.skip_through
+
+  def _file(self):
+    """The SummaryWriter, created at the first write: a run that stops before writing anything
+    (a refused resume) leaves no empty event file."""
+    if self._writer is None:
+      from tensorboardX import SummaryWriter
+      # A file of its own, even when a resume starts within the second the last one did
+      # (tensorboardX names files by the second and would overwrite).
+      self._writer = SummaryWriter(logdir=self.path, flush_secs=30,
+                                   filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
+    return self._writer
 
   def scalars(self, prefix: str, values: dict, step: int) -> None:
     """Every finite number of `values` as scalar `<prefix>/<key>` at `step` (strings, lists and
@@ -144,14 +151,14 @@ class Writer:
     for key, value in values.items():
       if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         continue
-      self._writer.add_scalar(f'{prefix}/{key}' if prefix else key, float(value), int(step))
+      self._file().add_scalar(f'{prefix}/{key}' if prefix else key, float(value), int(step))
 
   def histogram(self, tag: str, values, step: int) -> None:
     if self._keep(step):
       values = np.asarray(values, np.float64).ravel()
       values = values[np.isfinite(values)]
       if values.size:
-        self._writer.add_histogram(tag, values, int(step), bins='auto')
+        self._file().add_histogram(tag, values, int(step), bins='auto')
 
   def png(self, tag: str, png: bytes, step: int) -> None:
     """An encoded PNG (a figure as written to disk) as image `tag`, without decoding it."""
@@ -160,7 +167,7 @@ class Writer:
     from tensorboardX.proto.summary_pb2 import Summary
     height, width = _png_size(png)
     image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
-    self._writer._get_file_writer().add_summary(  # pylint: disable=protected-access
+    self._file()._get_file_writer().add_summary(  # pylint: disable=protected-access
         Summary(value=[Summary.Value(tag=tag, image=image)]), int(step))
 
   def figure_file(self, tag: str, path: str, step: int) -> None:
@@ -171,20 +178,20 @@ class Writer:
 
   def text(self, tag: str, text: str, step: int = 0) -> None:
     if self._keep(step):
-      self._writer.add_text(tag, text, int(step))
+      self._file().add_text(tag, text, int(step))
 
   def hparams(self, hparams: dict, metrics: dict) -> None:
     """One HParams plugin session in this folder: `hparams` (str, float, int or bool values) →
     `metrics` (scalars of the same names, step 0)."""
-    if self._writer is None:
+    if not self._open:
       return
     from tensorboardX.summary import hparams as hparams_summary
     exp, ssi, sei = hparams_summary(hparams, metrics)
-    file_writer = self._writer._get_file_writer()  # pylint: disable=protected-access
+    file_writer = self._file()._get_file_writer()  # pylint: disable=protected-access
     for summary in (exp, ssi, sei):
       file_writer.add_summary(summary)
     for key, value in metrics.items():
-      self._writer.add_scalar(key, float(value), 0)
+      self._file().add_scalar(key, float(value), 0)
 
   def flush(self) -> None:
     if self._writer is not None:
@@ -193,7 +200,7 @@ class Writer:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
-      self._writer = None
+    self._writer, self._open = None, False
 
 
 def train_record(writer: Writer, record: dict) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from robust_med import tensorboard_log, train
+from robust_med.errors import UserError
 from tb_events import scalars, summaries
 from tiny import tiny_config
 
@@ -112,6 +113,13 @@ def test_resumed_run_repeats_no_step_and_off_writes_nothing(tmp_path):
   for (tag, step), value in _expected_scalars(records).items():
     if tag != 'train/steps_per_second' and tag != 'train/epoch_seconds':
       assert written[tag, step] == [pytest.approx(value, rel=1e-4, abs=1e-6)], (tag, step)
+
+  # A resume refused (another model's checkpoint) leaves no empty event file behind.
+  files = sorted(os.listdir(board))
+  other = tiny_config('amat', **{'mesh.num_devices': 1, 'model.base_width': 8})
+  with pytest.raises(UserError, match='different model'):
+    train.Trainer(other, str(tmp_path / 'run')).train()
+  assert sorted(os.listdir(board)) == files
 
   off = tiny_config('std', **{'mesh.num_devices': 1, 'log.tensorboard': False,
                               'eval.masking_checks': False, 'eval.noise_levels': (0.0,)})
