@@ -5,7 +5,7 @@ A sweep's plan (`sweep.json`) lists every run with its whole config and the runs
 the transfer attack). `stages` groups the runs so that a stage waits only for earlier ones;
 `slurm_script` submits each stage as a SLURM job array (`--dependency=afterok` on the stage
 before, one GPU per task) and the summary as a final dependent job; `local_script` runs the plan
-on one machine with one process per GPU (`CUDA_VISIBLE_DEVICES`). Each task is
+on one machine with one process per GPU (`CUDA_VISIBLE_DEVICES`), stage by stage. Each task is
 `python -m robust_med.sweep --workdir=DIR --task_index=I` (`robust_med.sweep.run_task`).
 
 `file_lock` keeps two processes off one run folder: an `flock` on `<run>/.lock.<process index>`
@@ -22,23 +22,29 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from robust_med.errors import UserError
 
 
 @contextlib.contextmanager
-def file_lock(path: str, blocking: bool = False) -> Iterator[bool]:
-  """Yields True while this process holds an exclusive flock on `path` (created if missing);
-  without `blocking`, yields False at once when another process holds it."""
+def file_lock(path: str, blocking: bool = False,
+              on_busy: Callable[[], None] | None = None) -> Iterator[bool]:
+  """Yields True while this process holds an exclusive flock on `path` (created if missing).
+  When another process holds it, calls `on_busy` and then yields False at once, or with
+  `blocking` waits for it and yields True."""
   import fcntl
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      yield False
-      return
+      if on_busy is not None:
+        on_busy()
+      if not blocking:
+        yield False
+        return
+      fcntl.flock(fd, fcntl.LOCK_EX)
     try:
       yield True
     finally:
@@ -47,11 +53,19 @@ def file_lock(path: str, blocking: bool = False) -> Iterator[bool]:
     os.close(fd)
 
 
-def run_lock(run_dir: str) -> contextlib.AbstractContextManager[bool]:
-  """`file_lock` on the run folder for this process (its JAX process index)."""
+@contextlib.contextmanager
+def run_lock(run_dir: str, wait: bool = False,
+             on_busy: Callable[[], None] | None = None) -> Iterator[bool]:
+  """`file_lock` on the run folder for this process (`.lock.<JAX process index>`). In a
+  multi-process run, True only when every process holds its own (all go ahead or none does)."""
   import jax
   os.makedirs(run_dir, exist_ok=True)
-  return file_lock(os.path.join(run_dir, f'.lock.{jax.process_index()}'))
+  with file_lock(os.path.join(run_dir, f'.lock.{jax.process_index()}'), wait, on_busy) as mine:
+    if jax.process_count() > 1:
+      import numpy as np
+      from jax.experimental import multihost_utils
+      mine = bool(np.all(multihost_utils.process_allgather(np.asarray(mine))))
+    yield mine
 
 
 def stages(runs: Sequence[dict]) -> list[list[int]]:
@@ -111,7 +125,6 @@ def slurm_script(workdir: str, runs: Sequence[dict], *, python: str, max_paralle
   name = os.path.basename(workdir.rstrip('/')) or 'sweep'
   per_task = ['--gres=gpu:1'] + ([f'--nodes={nodes}', '--ntasks-per-node=1']
                                  if nodes > 1 else [])
-  common = [f'--output={workdir}/slurm/%x-%A_%a.out']
   task = _sweep_command(python, workdir, '--task_index="$SLURM_ARRAY_TASK_ID"')
   if nodes > 1:
     task = f'srun {task} --distributed && {task}'
@@ -124,20 +137,25 @@ def slurm_script(workdir: str, runs: Sequence[dict], *, python: str, max_paralle
       *_task_list(runs),
       'set -euo pipefail',
       f'mkdir -p {shlex.quote(workdir)}/slurm',
-      f'common=({" ".join(map(shlex.quote, common))})',
       f'options=({" ".join(map(shlex.quote, sbatch_args))})  # yours, after the defaults',
   ]
   previous = ''
   for k, group in enumerate(groups):
-    dependency = f' --dependency=afterok:"${previous}"' if previous else ''
+    # A stage waits for the whole stage before it to succeed; when a run there fails, SLURM
+    # cancels this stage instead of leaving it pending for ever (the summary still comes).
+    dependency = (f' --dependency=afterok:"${previous}" --kill-on-invalid-dep=yes'
+                  if previous else '')
+    output = shlex.quote(f'--output={workdir}/slurm/{name}-stage{k}-%A_%a.out')
     lines.append(
-        f'stage{k}=$(sbatch --parsable "${{common[@]}}" {" ".join(per_task)} '
-        f'--job-name={name}-stage{k} --array={",".join(map(str, group))}%{max_parallel}'
-        f'{dependency} "${{options[@]}}" --wrap={shlex.quote(task)})')
+        f'stage{k}=$(sbatch --parsable {output} {" ".join(per_task)} '
+        f'{shlex.quote(f"--job-name={name}-stage{k}")} '
+        f'--array={",".join(map(str, group))}%{max_parallel}{dependency} "${{options[@]}}" '
+        f'--wrap={shlex.quote(task)})')
     previous = f'stage{k}'
   after = ':'.join(f'${{stage{k}}}' for k in range(len(groups)))
+  output = shlex.quote(f'--output={workdir}/slurm/{name}-summary-%j.out')
   lines += [
-      f'summary=$(sbatch --parsable "${{common[@]}}" --job-name={name}-summary '
+      f'summary=$(sbatch --parsable {output} {shlex.quote(f"--job-name={name}-summary")} '
       f'--dependency=afterany:{after} "${{options[@]}}" '
       f'--wrap={shlex.quote(_sweep_command(python, workdir, "--summarize"))})',
       'echo "submitted: ' + ' '.join(f'stage {k} ${{stage{k}}},' for k in range(len(groups)))
@@ -145,32 +163,33 @@ def slurm_script(workdir: str, runs: Sequence[dict], *, python: str, max_paralle
   return '\n'.join(lines)
 
 
-def local_script(workdir: str, runs: Sequence[dict], *, python: str, gpus: int,
-                 wait_seconds: int = 7 * 24 * 3600) -> str:
-  """A bash script that runs the plan on one machine with `gpus` GPUs: one process at a time per
-  GPU (`CUDA_VISIBLE_DEVICES`), the runs dealt to the GPUs in stage order, a run whose inputs are
-  still training elsewhere waiting for them (`--wait`), then the summary. Stage order makes the
-  waits finish: a run waits only for runs that come before it on every GPU."""
+def local_script(workdir: str, runs: Sequence[dict], *, python: str, gpus: int) -> str:
+  """A bash script that runs the plan on one machine with `gpus` GPUs, stage by stage: each
+  stage's runs dealt to the GPUs, one process at a time per GPU (`CUDA_VISIBLE_DEVICES`), the
+  next stage once the whole stage has ended, then the summary. A run whose input failed is
+  refused at once (one `error:` line in its GPU's log), so a failure never stalls the rest."""
   if gpus < 1:
     raise UserError(f'--print_local={gpus}: give the number of GPUs (at least 1).')
   workdir = os.path.abspath(workdir)
-  order = [i for group in stages(runs) for i in group]
   lines = [
       '#!/bin/bash',
       f'# The sweep in {workdir} on one machine with {gpus} GPU(s): {len(runs)} runs, one process',
-      '# per GPU at a time, then the summary. Run it with `bash THIS_FILE`; run it again after a',
-      '# crash: finished runs are skipped, the others resume. The runs (task index: run):',
+      '# per GPU at a time, stage by stage, then the summary. Run it with `bash THIS_FILE`; run it',
+      '# again after a crash: finished runs are skipped, the others resume. The runs (task',
+      '# index: run):',
       *_task_list(runs),
       'set -uo pipefail',
       f'mkdir -p {shlex.quote(workdir)}/local',
   ]
-  for g in range(gpus):
-    tasks = ' '.join(str(i) for i in order[g::gpus])
-    if not tasks:
-      continue
-    task = _sweep_command(python, workdir, '--task_index="$i"', f'--wait={wait_seconds}')
-    lines.append(f'(for i in {tasks}; do CUDA_VISIBLE_DEVICES={g} {task} '
-                 f'|| echo "task $i failed"; done) > {shlex.quote(workdir)}/local/gpu{g}.log '
-                 '2>&1 &')
-  lines += ['wait', _sweep_command(python, workdir, '--summarize'), '']
+  task = _sweep_command(python, workdir, '--task_index="$i"')
+  for k, group in enumerate(stages(runs)):
+    lines.append(f'# stage {k}')
+    for g in range(gpus):
+      tasks = ' '.join(str(i) for i in group[g::gpus])
+      if tasks:
+        lines.append(f'(for i in {tasks}; do CUDA_VISIBLE_DEVICES={g} {task} '
+                     f'|| echo "task $i failed"; done) >> '
+                     f'{shlex.quote(f"{workdir}/local/gpu{g}.log")} 2>&1 &')
+    lines.append('wait')
+  lines += [_sweep_command(python, workdir, '--summarize'), '']
   return '\n'.join(lines)

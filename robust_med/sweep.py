@@ -29,6 +29,7 @@ and everything else from `--config`, each named after the file (`busi_at_aug.py`
 
   python -m robust_med.sweep --config=configs/busi_rtda.py:cpu --workdir=runs/busi \
       --method_configs=configs/busi_{std,at,gradreg,aug,at_aug,at_gradreg,rtda,amat}.py:cpu
+  (the flag repeated by the shell's braces, or one comma-separated list)
 
 AMAT variants: `--xi_from=std,warmup` gives one AMAT run per source of ξ, and each
 `--amat_variant=refine=boundary,max_margin=12` one run per variant (and source), named after
@@ -334,18 +335,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, sat_eps: Seque
     what = f'[{i + 1}/{len(runs)}] {run.label}' + (f' (seed {run.seed})' if run.seed is not None
                                                   else '')
     _run_one(run.config, os.path.join(workdir, run.name), what, log)
-  return summarize(workdir)
+  return summarize_finished(workdir, log)  # names a run left to another process as missing
 
 
-def _run_one(config, run_dir: str, what: str, log: Callable[[str], None]) -> bool:
+def _run_one(config, run_dir: str, what: str, log: Callable[[str], None],
+             wait_for_lock: bool = False) -> bool:
   """Trains and evaluates one run of a sweep unless it is finished (a report made with
-  `config.eval`) or another process holds its lock; True when this call ran it. UserError when
-  the run folder was started with other training settings."""
+  `config.eval`) or another process holds its lock (left to it, or with `wait_for_lock` waited
+  for, then looked at again); True when this call ran it. UserError when the run folder was
+  started with other training settings."""
   from robust_med import train
-  with launch.run_lock(run_dir) as mine:
+  busy = lambda: log(f'{what}: in progress in another process (its lock '  # noqa: E731
+                     f'{run_dir}/.lock.* is held): ' + ('waiting for it to end' if wait_for_lock
+                                                        else 'left to it'))
+  with launch.run_lock(run_dir, wait=wait_for_lock, on_busy=busy) as mine:
     if not mine:
-      log(f'{what}: in progress in another process (its lock {run_dir}/.lock.* is held), left '
-          'to it')
       return False
     _check_started_run(config, run_dir)
     if os.path.exists(os.path.join(run_dir, 'robustness.json')):
@@ -377,10 +381,18 @@ def _training_settings(config: dict) -> dict:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-  """The training settings set in both configs (as JSON) with other values: keys one of them
-  lacks (added to robust_med since) take their defaults and are not differences."""
-  a, b = _training_settings(old), _training_settings(new)
-  return sorted(k for k in set(a) & set(b) if a[k] != b[k])
+  """The training settings in which two configs (as JSON, whole or in part) differ, each read
+  with today's defaults for the keys it lacks (a config saved before robust_med had a key was
+  made with its default)."""
+  a, b = _training_settings(_with_defaults(old)), _training_settings(_with_defaults(new))
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _with_defaults(config: dict) -> dict:
+  try:
+    return json.loads(cli.config_from_dict(config, 'the plan').to_json_best_effort())
+  except (UserError, TypeError, ValueError, KeyError):  # keys robust_med no longer has
+    return config
 
 
 def _check_started_run(config, run_dir: str) -> None:
@@ -427,11 +439,11 @@ def dependencies(runs: Sequence[Run], workdir: str) -> dict[str, list[str]]:
   source): it starts when they have finished."""
   from robust_med import config_base
   folders = {os.path.abspath(os.path.join(workdir, r.name)): r.name for r in runs}
-  after = {}
+  after = {}  # (The sweep writes every such setting as an absolute path.)
   for r in runs:
     values = config_base.flat_keys(r.config).values()
-    reads = [folders[os.path.abspath(v)] for v in values
-             if isinstance(v, str) and v and os.path.abspath(v) in folders]
+    reads = [folders[v] for v in values if isinstance(v, str) and os.path.isabs(v)
+             and v in folders]
     after[r.name] = [a for a in dict.fromkeys(reads) if a != r.name]
   return after
 
@@ -461,7 +473,7 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
     new = {r['name']: r for r in plan['runs']}
     for r in old['runs']:
       now = new.get(r['name'])
-      if now is None or not os.path.isdir(os.path.join(workdir, r['name'])):
+      if now is None or not _started(os.path.join(workdir, r['name'])):
         continue
       changed = _differences(r.get('config', {'method': r['method']}),
                              now['config'] if 'config' in r else {'method': now['method']})
@@ -476,14 +488,28 @@ def _check_plan(workdir: str, config, runs: list[Run]) -> None:
   reports.write_json(path, plan)
 
 
+def _started(run_dir: str) -> bool:
+  """Whether a run has begun training (its config.json or a checkpoint folder is there)."""
+  return (os.path.exists(os.path.join(run_dir, 'config.json')) or
+          os.path.isdir(os.path.join(run_dir, 'checkpoints')))
+
+
 def read_plan(workdir: str) -> dict:
   """The plan in `workdir/sweep.json` (UserError when there is none)."""
   path = os.path.join(workdir, PLAN_FILE)
   if not os.path.isfile(path):
     raise UserError(f'{workdir} holds no sweep (no {PLAN_FILE}): write its plan with python -m '
                     'robust_med.sweep --config=... --workdir=... --plan_only.')
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      plan = json.load(f)
+    if not isinstance(plan, dict) or not all(isinstance(r, dict) and 'name' in r
+                                             for r in plan['runs']):
+      raise ValueError('no list of named runs')
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f'{path} is not a sweep plan ({type(e).__name__}: {e}): write it again with '
+                    'the sweep\'s command and --plan_only.') from None
+  return plan
 
 
 def plan_task(workdir: str, *, name: str | None = None,
@@ -499,7 +525,8 @@ def plan_task(workdir: str, *, name: str | None = None,
     index = runs.index(found[0])
   elif index is None or not 0 <= index < len(runs):
     raise UserError(f'--task_index={index}: the sweep in {workdir} has {len(runs)} runs, indices '
-                    f'0 … {len(runs) - 1}; check the job array (--array=0-{len(runs) - 1}).')
+                    f'0 … {len(runs) - 1}; check the job array\'s indices (--print_slurm lists '
+                    'each stage\'s).')
   entry = runs[index]
   if 'config' not in entry:
     raise UserError(f'{os.path.join(workdir, PLAN_FILE)} does not record each run\'s config (a '
@@ -533,7 +560,9 @@ def run_task(workdir: str, *, name: str | None = None, index: int | None = None,
   from robust_med import compile_cache, config_base
   config_base.validate(config)
   compile_cache.enable(config.compilation_cache_dir)
-  return _run_one(config, os.path.join(workdir, entry['name']), what, log)
+  # A task waits for a process already running its run: its exit then means the run is done
+  # (a SLURM dependency on it is met only then).
+  return _run_one(config, os.path.join(workdir, entry['name']), what, log, wait_for_lock=True)
 
 
 def _unfinished(workdir: str, entry: dict) -> list[str]:
@@ -891,9 +920,10 @@ def main(argv=None) -> None:
   flags.DEFINE_multi_string('amat_variant', [], 'One AMAT run per use, with these method keys '
                             'changed, e.g. --amat_variant=refine=paper '
                             '--amat_variant=refine=boundary,max_margin=12.')
-  flags.DEFINE_list('method_configs', [], 'Config files whose method sections to compare (one run '
-                    'each, named after the file), e.g. configs/busi_std.py:cpu,configs/busi_at.py:'
-                    'cpu; replaces --methods and --sat_eps.')
+  flags.DEFINE_multi_string('method_configs', [], 'Config files whose method sections to compare '
+                            '(one run each, named after the file), comma-separated or the flag '
+                            'repeated (as shell braces write it), e.g. configs/busi_std.py:cpu,'
+                            'configs/busi_at.py:cpu; replaces --methods and --sat_eps.')
   flags.DEFINE_string('transfer_from', '', "A run of the sweep (e.g. std) on which the "
                       'evaluation PGD is crafted and applied to every model as a transfer attack '
                       '(a curve, in the worst case, and the transfer_weaker masking check).')
@@ -963,10 +993,18 @@ def main(argv=None) -> None:
       sweep_from_flags(f, plan_only=True, log=err)
     if f.print_slurm or f.print_local:
       runs = read_plan(f.workdir)['runs']
+      for i in range(len(runs)):
+        plan_task(f.workdir, index=i)  # every run's config recorded
       if f.print_slurm:
+        try:
+          sbatch_args = shlex.split(f.slurm_args)
+        except ValueError as e:
+          raise ConfigError(f'--slurm_args={f.slurm_args!r} does not split into options ({e}): '
+                            "quote it as a whole, e.g. --slurm_args='--partition=gpu "
+                            "--time=24:00:00'.") from None
         print(launch.slurm_script(f.workdir, runs, python=sys.executable,
                                   max_parallel=f.max_parallel, nodes=f.slurm_nodes,
-                                  sbatch_args=shlex.split(f.slurm_args)))
+                                  sbatch_args=sbatch_args))
       else:
         print(launch.local_script(f.workdir, runs, python=sys.executable, gpus=f.print_local))
       return
@@ -1001,7 +1039,9 @@ def sweep_from_flags(f, plan_only: bool = False, log: Callable[[str], None] = pr
   variants = [parse_variant(v, f.config.method) for v in f.amat_variant] or [{}]
   return run_sweep(f.config, f.workdir, sat_eps=sat_eps, methods=f.methods,
                    xi_from_std=f.xi_from_std, xi_sources=f.xi_from or None,
-                   amat_variants=variants, method_configs=f.method_configs, seeds=f.seeds,
+                   amat_variants=variants,
+                   method_configs=[e for v in f.method_configs for e in v.split(',') if e],
+                   seeds=f.seeds,
                    transfer_from=f.transfer_from, plan_only=plan_only, log=log)
 
 

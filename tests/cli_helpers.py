@@ -30,7 +30,8 @@ XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pas
 
 def env(pythonpath=()) -> dict:
   """The environment of the tests' command-line runs: the repository importable, XLA_FLAGS."""
-  return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, pythonpath)]),
+  environ = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}  # not a task
+  return dict(environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, pythonpath)]),
               XLA_FLAGS=XLA_FLAGS)
 
 

@@ -82,7 +82,7 @@ def test_a_lock_is_held_by_one_holder_at_a_time(tmp_path):
 
 
 @pytest.mark.slow
-def test_tasks_in_shuffled_order_give_the_sequential_sweeps_summary_bit_for_bit(tmp_path):
+def test_tasks_out_of_order_give_the_sequential_sweeps_summary_bit_for_bit(tmp_path):
   config = _config()
   fan, seq = tmp_path / 'fan', tmp_path / 'seq'
   kwargs = dict(sat_eps=(0.5,), transfer_from='std', log=lambda s: None)
@@ -90,9 +90,9 @@ def test_tasks_in_shuffled_order_give_the_sequential_sweeps_summary_bit_for_bit(
   names = [r['name'] for r in json.loads((fan / 'sweep.json').read_text())['runs']]
   assert names == ['std', 'sat_eps0.5', 'amat']
   # A task whose input is missing waits for it (SAT, started first, --wait) ...
-  waiting = subprocess.Popen(_task(fan, '--run=sat_eps0.5', '--wait=300'), cwd=REPO, env=env(),
+  waiting = subprocess.Popen(_task(fan, '--run=sat_eps0.5', '--wait=600'), cwd=REPO, env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  # ... or, without --wait, is refused and goes back to the queue (AMAT, before STD).
+  # ... or, without --wait, is refused and goes back to the queue (AMAT, started before STD).
   queue, refused = ['2', '0'], []
   while queue:
     index = queue.pop(0)
@@ -103,9 +103,9 @@ def test_tasks_in_shuffled_order_give_the_sequential_sweeps_summary_bit_for_bit(
       continue
     assert proc.returncode == 0, proc.stderr[-3000:]
   assert refused == ['amat']
-  out, err = waiting.communicate(timeout=300)
+  out, err = waiting.communicate(timeout=600)
   assert waiting.returncode == 0, err[-3000:]
-  assert 'waiting up to 300 s for std' in err
+  assert 'waiting up to 600 s for std' in err
   summary = _run(fan, '--summarize')
   assert summary.returncode == 0, summary.stderr[-3000:]
 
@@ -129,13 +129,25 @@ def test_a_killed_task_resumes_and_two_processes_on_one_run_leave_one_run(tmp_pa
   first.send_signal(signal.SIGKILL)
   first.wait()
   assert not (work / 'std' / 'robustness.json').exists(), 'the run finished before the kill'
-  # Two "array tasks" given the same run at once: one resumes it, the other leaves it alone.
-  both = [subprocess.Popen(_task(work, '--run=std'), cwd=REPO, env=env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for _ in range(2)]
-  errs = [p.communicate(timeout=300)[1] for p in both]
+  # Two "array tasks" given the same run while a third process holds its lock: both wait;
+  # once it is free, one resumes the run and the other finds it done.
+  logs = [tmp_path / f'task{k}.log' for k in range(2)]
+  with launch.file_lock(str(work / 'std' / '.lock.0')) as held:
+    assert held
+    both = [subprocess.Popen(_task(work, '--run=std'), cwd=REPO, env=env(),
+                             stdout=subprocess.DEVNULL, stderr=log.open('w')) for log in logs]
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(
+        'waiting for it to end' in log.read_text() for log in logs):
+      assert all(p.poll() is None for p in both), [log.read_text()[-2000:] for log in logs]
+      time.sleep(0.2)
+    assert not (work / 'std' / 'robustness.json').exists()
+  for p in both:
+    p.wait(timeout=600)
+  errs = [log.read_text() for log in logs]
   assert [p.returncode for p in both] == [0, 0], [e[-2000:] for e in errs]
-  assert sorted('in progress in another process' in e for e in errs) == [False, True], errs
+  assert sorted(('training and evaluating' in e, 'done, skipped' in e) for e in errs) == [
+      (False, True), (True, False)], errs
   steps = [r['step'] for r in map(json.loads, (work / 'std' / 'metrics.jsonl').open())
            if r['type'] == 'train']
   assert steps.count(2) == 1, 'the run restarted from scratch instead of its checkpoint'
@@ -161,7 +173,7 @@ def _fake_sbatch(tmp_path) -> Path:
 
 
 def test_the_printed_scripts_pass_bash_n_submit_every_run_once_and_respect_stages(tmp_path):
-  work = tmp_path / 'sweep'
+  work = tmp_path / "Bob's sweep"  # a space and a quote: every path must stay one word
   sweep.run_sweep(_config(), str(work), sat_eps=(0.5,), transfer_from='std', seeds=2,
                   plan_only=True, log=lambda s: None)
   plan = json.loads((work / 'sweep.json').read_text())['runs']
@@ -192,31 +204,41 @@ def test_the_printed_scripts_pass_bash_n_submit_every_run_once_and_respect_stage
   for c in calls:
     assert '--partition=gpu' in c and '--time=1:00:00' in c and ('--gres=gpu:1' in c) == (
         c is not calls[2])
-  wraps = [next(a for a in c if a.startswith('--wrap=')) for c in calls]
-  assert all('--task_index="$SLURM_ARRAY_TASK_ID"' in w for w in wraps[:2])
-  assert wraps[2].endswith('--summarize') and f'--workdir={work}' in wraps[2]
+  # Each job's command, as SLURM's shell runs it (task 3 of its array), with a stand-in python
+  # that prints its arguments one per line.
+  fake_python = bin_dir / 'python'
+  fake_python.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+  fake_python.chmod(fake_python.stat().st_mode | stat.S_IEXEC)
+  wraps = [next(a for a in c if a.startswith('--wrap='))[len('--wrap='):] for c in calls]
+  for wrap, last in zip(wraps, ('--task_index=3', '--task_index=3', '--summarize')):
+    argv = subprocess.run(['sh', '-c', wrap.replace(sys.executable, str(fake_python))],
+                          capture_output=True, text=True, check=True,
+                          env=dict(os.environ, SLURM_ARRAY_TASK_ID='3')).stdout.splitlines()
+    assert argv == ['-m', 'robust_med.sweep', f'--workdir={work}', last]
 
   # Each run on two nodes: trained by both (srun, --distributed), then evaluated in one process.
-  two_nodes = launch.slurm_script(str(work), plan, python='python', nodes=2)
+  two_nodes = launch.slurm_script(str(work), plan, python=str(fake_python), nodes=2)
   (tmp_path / 'nodes.sh').write_text(two_nodes)
   assert subprocess.run(['bash', '-n', str(tmp_path / 'nodes.sh')]).returncode == 0
   assert two_nodes.count('--nodes=2 --ntasks-per-node=1') == 2
-  assert two_nodes.count("--wrap='srun python -m robust_med.sweep") == 2
-  assert two_nodes.count('--distributed && python -m robust_med.sweep') == 2
+  wrap = re.findall(r"--wrap=('[^\n]*')\)$", two_nodes, re.M)[0]
+  argv = subprocess.run(['sh', '-c', f'srun() {{ echo srun; "$@"; }}; eval {wrap}'],
+                        capture_output=True, text=True, check=True,
+                        env=dict(os.environ, SLURM_ARRAY_TASK_ID='4')).stdout.splitlines()
+  task = ['-m', 'robust_med.sweep', f'--workdir={work}', '--task_index=4']
+  assert argv == ['srun', *task, '--distributed', *task]
 
-  # One machine, 4 GPUs: every run once, each GPU's list in stage order.
+  # One machine, 4 GPUs: every run once, stage by stage (a `wait` between stages).
   local = launch.local_script(str(work), plan, python=sys.executable, gpus=4)
   (tmp_path / 'local.sh').write_text(local)
   assert subprocess.run(['bash', '-n', str(tmp_path / 'local.sh')]).returncode == 0
-  lists = re.findall(r'^\(for i in ([\d ]+); do CUDA_VISIBLE_DEVICES=(\d)', local, re.M)
-  assert [g for _, g in lists] == ['0', '1', '2', '3']
-  dealt = [int(i) for tasks, _ in lists for i in tasks.split()]
-  assert sorted(dealt) == list(range(len(plan)))
-  stage = {i: k for k, group in enumerate(launch.stages(plan)) for i in group}
-  for tasks, _ in lists:
-    order = [stage[int(i)] for i in tasks.split()]
-    assert order == sorted(order)
-  assert local.rstrip().endswith('--summarize') and '--wait=' in local
+  dealt = []
+  for k, part in enumerate(local.split('# stage ')[1:]):
+    lists = re.findall(r'^\(for i in ([\d ]+); do CUDA_VISIBLE_DEVICES=(\d)', part, re.M)
+    assert part.rstrip().splitlines()[-1 if k < 1 else -2] == 'wait'
+    dealt.append(sorted(int(i) for tasks, _ in lists for i in tasks.split()))
+  assert dealt == launch.stages(plan)
+  assert local.rstrip().endswith('--summarize')
 
 
 def test_bad_task_inputs_are_one_error_line(tmp_path):
@@ -249,14 +271,56 @@ def test_a_plan_changed_after_a_run_started_is_refused(tmp_path):
   sweep._check_plan(work, config, runs)
   changed = sweep.plan_runs(config, work, sat_eps=(0.5,))
   changed[2].config.method.delta_eps = 0.25  # AMAT's Δε
-  sweep._check_plan(work, config, changed)  # allowed: AMAT has not started
   (tmp_path / 'amat').mkdir()
+  (tmp_path / 'amat' / '.lock.0').write_text('')  # a task that died before it began
+  sweep._check_plan(work, config, changed)  # allowed: AMAT has not started
+  (tmp_path / 'amat' / 'config.json').write_text(changed[2].config.to_json_best_effort())
   again = sweep.plan_runs(config, work, sat_eps=(0.5,))
   with pytest.raises(UserError, match=r'Run amat .* method\.delta_eps'):
     sweep._check_plan(work, config, again)
   # A run folder whose config.json disagrees with the plan (a hand-edited sweep.json).
-  (tmp_path / 'amat' / 'config.json').write_text(json.dumps(json.loads(
-      changed[2].config.to_json_best_effort())))
   with pytest.raises(UserError, match='method.delta_eps'):
     sweep._check_started_run(again[2].config, str(tmp_path / 'amat'))
   sweep._check_started_run(changed[2].config, str(tmp_path / 'amat'))  # the same: allowed
+  # A key the started run's config lacks (saved before robust_med had it) counts as its default:
+  # today's default is no change, another value is.
+  saved = json.loads(changed[2].config.to_json_best_effort())
+  del saved['method']['xi_stat']
+  (tmp_path / 'amat' / 'config.json').write_text(json.dumps(saved))
+  sweep._check_started_run(changed[2].config, str(tmp_path / 'amat'))
+  assert changed[2].config.method.xi_stat == 'mean'  # the default
+  changed[2].config.method.xi_stat = 'mean+2std'
+  with pytest.raises(UserError, match='method.xi_stat'):
+    sweep._check_started_run(changed[2].config, str(tmp_path / 'amat'))
+
+
+def test_settings_that_name_a_run_folder_are_its_dependencies_only_when_absolute(tmp_path,
+                                                                               monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the sweep in '.': 'std' is a method name and a folder name
+  runs = sweep.with_seeds(sweep.plan_runs(_config(), '.', sat_eps=(0.5,)), '.', 2)
+  after = sweep.dependencies(runs, '.')
+  assert after == {'std': [], 'sat_eps0.5': [], 'amat': ['std'], 'std_seed1': [],
+                   'sat_eps0.5_seed1': [], 'amat_seed1': ['std_seed1']}
+
+
+def test_the_command_line_task_modes_and_their_bad_combinations(tmp_path):
+  work = tmp_path / 'sweep'
+  sweep.run_sweep(_config(), str(work), sat_eps=(0.5,), plan_only=True, log=lambda s: None)
+  # In a SLURM job array with no --config, the task index is the array's.
+  proc = subprocess.run(_task(work), cwd=REPO, capture_output=True, text=True, timeout=120,
+                        env=dict(env(), SLURM_ARRAY_TASK_ID='2'))
+  assert proc.returncode == 2 and 'Run amat reads run(s) std' in proc.stderr, proc.stderr[-2000:]
+  for args, words in ((['--task_index=0', '--run=std'], ['not both']),
+                      (['--task_index=0', f'--config={REPO}/configs/prostate_amat.py:synthetic'],
+                       ['leave --config out']),
+                      (['--print_slurm', "--slurm_args=--partition='gpu"], ['--slurm_args'])):
+    proc = _run(work, *args)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and line.startswith('error: ') and all(w in line for w in words), \
+        proc.stderr[-2000:]
+  # --method_configs repeated (as shell braces write it) adds up, like one comma list.
+  proc = _run(tmp_path / 'cls', f'--config={REPO}/configs/busi_rtda.py:synthetic', '--plan_only',
+              *[f'--method_configs={REPO}/configs/busi_{m}.py:synthetic' for m in ('at', 'std')])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  plan = json.loads((tmp_path / 'cls' / 'sweep.json').read_text())
+  assert [r['name'] for r in plan['runs']] == ['std', 'at']
