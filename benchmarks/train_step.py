@@ -181,7 +181,7 @@ def time_attack_loop(args, unroll: bool) -> tuple[float, float]:
 def time_method_configs(args) -> None:
   """Step time of each config file's method section, and its ratio to the reference's."""
   import os
-  files = [f for f in args.method_configs.split(',') if f]
+  files = [f for v in args.method_configs for f in v.split(',') if f]
   c = _config(args, files[0])
   print(f'backend={jax.default_backend()} devices={len(jax.devices())} task={c.task} '
         f'data={c.data.name} batch={args.batch_size} input={_input_size(c)} '
@@ -256,8 +256,9 @@ def main():
                  "'loop' (default: the config's)")
   p.add_argument('--repeats', type=int, default=10)
   p.add_argument('--data_root', default='', help='config.data.root (default: the config\'s)')
-  p.add_argument('--method_configs', default='', help='comma-separated config files whose method '
-                 'sections to time instead of STD/SAT/AMAT')
+  p.add_argument('--method_configs', action='append', default=[],
+                 help='config files whose method sections to time instead of STD/SAT/AMAT: '
+                 'comma-separated, or the flag repeated (as shell braces write it)')
   p.add_argument('--reference', default='at', help='with --method_configs: the run the others are '
                  'compared with (a file\'s name after the dataset prefix, e.g. at)')
   p.add_argument('--heads', default='', help="'all' or a comma-separated list of "
