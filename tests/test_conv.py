@@ -15,6 +15,8 @@ DN = ('NHWC', 'HWIO', 'NHWC')
 
 
 @pytest.mark.parametrize('x_shape, k_shape, strides, padding, rhs_dilation, lhs_dilation', [
+    ((2, 7, 6, 5, 2), (3, 3, 3, 2, 3), (1, 1, 1), 'SAME', None, None),  # volumes (3-D U-Net)
+    ((2, 7, 6, 5, 2), (3, 3, 3, 2, 3), (2, 2, 2), 'SAME', None, None),
     ((2, 9, 9, 3), (3, 3, 3, 4), (1, 1), 'SAME', None, None),
     ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), 'SAME', None, None),
     ((2, 8, 8, 3), (2, 2, 3, 4), (2, 2), 'VALID', None, None),
@@ -26,19 +28,20 @@ DN = ('NHWC', 'HWIO', 'NHWC')
 def test_values_and_both_gradients_equal_lax(x_shape, k_shape, strides, padding, rhs_dilation,
                                               lhs_dilation):
   key = jax.random.key(0)
+  dn = DN if len(x_shape) == 4 else ('NDHWC', 'DHWIO', 'NDHWC')
   x = jax.random.normal(key, x_shape)
   k = jax.random.normal(jax.random.fold_in(key, 1), k_shape)
 
   def loss(fn):
     def f(x, k):
       y = fn(x, k, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-             dimension_numbers=DN)
+             dimension_numbers=dn)
       return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
     return f
   want_y = lax.conv_general_dilated(x, k, strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers=DN)
+                                    dimension_numbers=dn)
   got_y = conv.conv_general_dilated(x, k, strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers=DN)
+                                    dimension_numbers=dn)
   np.testing.assert_array_equal(np.asarray(got_y), np.asarray(want_y))
   want = jax.jit(jax.grad(loss(lax.conv_general_dilated), (0, 1)))(x, k)
   got = jax.jit(jax.grad(loss(conv.conv_general_dilated), (0, 1)))(x, k)

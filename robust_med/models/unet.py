@@ -1,8 +1,10 @@
-"""A 2-D U-Net in the nnU-Net style (Isensee et al. 2021).
+"""A U-Net in the nnU-Net style (Isensee et al. 2021), 2-D or 3-D.
 
-Each stage is two blocks of conv 3×3 – instance norm – leaky ReLU(0.01); the encoder downsamples
-with strided convolutions and the decoder upsamples with transposed convolutions, concatenating the
-skip connection. Instance norm keeps samples independent, which per-sample attacks and per-sample
+Each stage is two blocks of conv 3×3 (3×3×3 on volumes) – instance norm – leaky ReLU(0.01); the
+encoder downsamples with strided convolutions and the decoder upsamples with transposed
+convolutions, concatenating the skip connection. The number of spatial dims is the input's
+(B, *spatial, C): the same module is nnU-Net's 2d and 3d_fullres network; on 2-D inputs its
+parameters are exactly those it always had. Instance norm keeps samples independent, which per-sample attacks and per-sample
 margins rely on (batch norm would let one sample's noise change another's prediction).
 """
 
@@ -26,14 +28,15 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     # No conv bias: the instance norm right after removes it (and Adam would amplify its
     # zero gradient's rounding noise into updates).
-    x = Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding='SAME',
-                use_bias=False)(x)
+    nd = x.ndim - 2  # spatial dims
+    x = Conv(self.features, (3,) * nd, strides=(self.strides,) * nd, padding='SAME',
+             use_bias=False)(x)
     x = nn.InstanceNorm(epsilon=1e-5)(x)
     return nn.leaky_relu(x, negative_slope=0.01)
 
 
 class UNet(nn.Module):
-  """U-Net returning per-pixel class logits of shape (B, H, W, num_classes).
+  """U-Net returning per-pixel (per-voxel) class logits of shape (B, *spatial, num_classes).
 
   Attributes:
     num_classes: output classes, background included.
@@ -45,7 +48,7 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return Conv(self.num_classes, (1, 1))(unet_trunk(x, self.features))
+    return Conv(self.num_classes, (1,) * (x.ndim - 2))(unet_trunk(x, self.features))
 
 
 def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
@@ -57,8 +60,9 @@ def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
     x = ConvBlock(f, strides=1 if level == 0 else 2)(x)
     x = ConvBlock(f)(x)
     skips.append(x)
+  nd = x.ndim - 2
   for f, skip in zip(reversed(features[:-1]), reversed(skips[:-1])):
-    x = nn.ConvTranspose(f, (2, 2), strides=(2, 2))(x)
+    x = nn.ConvTranspose(f, (2,) * nd, strides=(2,) * nd)(x)
     x = jax.numpy.concatenate([x, skip], axis=-1)
     x = ConvBlock(f)(x)
     x = ConvBlock(f)(x)
