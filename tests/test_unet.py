@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from robust_med.models.unet import UNet
 
@@ -42,3 +43,29 @@ def test_3d_unet_on_volumes_keeps_samples_independent():
   g = jax.grad(lambda v: jnp.sum(model.apply({'params': params}, v)[0] ** 2))(x)
   assert float(jnp.abs(g[1]).max()) == 0.0 and float(jnp.abs(g[0]).min()) >= 0.0
   assert float(jnp.mean(jnp.abs(g[0]) > 0)) > 0.99
+
+
+def test_a_3d_unet_in_a_sliding_window_trains_on_patches_and_predicts_volumes():
+  from robust_med.errors import UserError
+  from robust_med.models.sliding import SlidingWindow
+  from robust_med.sliding_window import sliding_window
+  unet = UNet(num_classes=2, features=(4, 8))
+  model = SlidingWindow(unet, (8, 8, 8))
+  volume = jax.random.normal(jax.random.PRNGKey(3), (2, 12, 16, 10, 1))
+  params = model.init(jax.random.PRNGKey(0), volume)
+  np.testing.assert_array_equal(  # the U-Net's own parameters, initialised on one window
+      jax.tree.leaves(params)[0], jax.tree.leaves(unet.init(jax.random.PRNGKey(0),
+                                                             volume[:, :8, :8, :8]))[0])
+  assert model.num_classes == 2  # every other attribute is the U-Net's
+  patch = volume[:, :8, :8, :8]
+  np.testing.assert_array_equal(model.apply(params, patch), unet.apply(params, patch))
+  whole = jax.jit(model.apply)(params, volume)
+  assert whole.shape == (2, 12, 16, 10, 2)
+  np.testing.assert_allclose(
+      whole, sliding_window(lambda p: unet.apply(params, p), volume, (8, 8, 8)),
+      rtol=1e-5, atol=1e-5)
+  # An attack on the whole volume: the gradient reaches every voxel, sample by sample.
+  g = jax.grad(lambda v: jnp.sum(model.apply(params, v)[0] ** 2))(volume)
+  assert float(jnp.abs(g[1]).max()) == 0.0 and float(jnp.mean(jnp.abs(g[0]) > 0)) > 0.99
+  with pytest.raises(UserError, match='smaller than the patch'):
+    model.apply(params, volume[:, :6])
