@@ -385,7 +385,15 @@ def _differences(old: dict, new: dict) -> list[str]:
   with today's defaults for the keys it lacks (a config saved before robust_med had a key was
   made with its default)."""
   a, b = _training_settings(_with_defaults(old)), _training_settings(_with_defaults(new))
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                and not _same_folder_moved(a.get(k), b.get(k)))
+
+
+def _same_folder_moved(a, b) -> bool:
+  """Two absolute paths to folders of the same name (another run of a sweep that was moved or
+  copied elsewhere, e.g. AMAT's ξ checkpoint): not a difference in training settings."""
+  return (isinstance(a, str) and isinstance(b, str) and os.path.isabs(a) and os.path.isabs(b)
+          and os.path.basename(a.rstrip('/')) == os.path.basename(b.rstrip('/')))
 
 
 def _with_defaults(config: dict) -> dict:

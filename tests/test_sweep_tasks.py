@@ -282,6 +282,14 @@ def test_a_plan_changed_after_a_run_started_is_refused(tmp_path):
   with pytest.raises(UserError, match='method.delta_eps'):
     sweep._check_started_run(again[2].config, str(tmp_path / 'amat'))
   sweep._check_started_run(changed[2].config, str(tmp_path / 'amat'))  # the same: allowed
+  moved = json.loads(changed[2].config.to_json_best_effort())  # a sweep copied from elsewhere
+  moved['method']['xi_checkpoint'] = '/another/machine/sweep/std'
+  (tmp_path / 'amat' / 'config.json').write_text(json.dumps(moved))
+  sweep._check_started_run(changed[2].config, str(tmp_path / 'amat'))
+  moved['method']['xi_checkpoint'] = '/another/machine/sweep/std_seed1'  # another run: refused
+  (tmp_path / 'amat' / 'config.json').write_text(json.dumps(moved))
+  with pytest.raises(UserError, match='method.xi_checkpoint'):
+    sweep._check_started_run(changed[2].config, str(tmp_path / 'amat'))
   # A key the started run's config lacks (saved before robust_med had it) counts as its default:
   # today's default is no change, another value is.
   saved = json.loads(changed[2].config.to_json_best_effort())
