@@ -19,13 +19,13 @@ from scipy import ndimage
 from robust_med.errors import ConfigError
 
 # Region order: outside body, body, organ class 1, organ class 2, bright structure, dark structure.
-_REGIONS = ('air', 'body', 'zone1', 'zone2', 'fluid', 'dark')
+REGIONS = ('air', 'body', 'zone1', 'zone2', 'fluid', 'dark')
 # Per channel: mean intensity per region, and the texture amplitude per region.
-_MEANS = ((0.03, 0.45, 0.72, 0.50, 0.85, 0.22),  # T2-like: zone1 bright, zone2 ~ body.
+MEANS = ((0.03, 0.45, 0.72, 0.50, 0.85, 0.22),  # T2-like: zone1 bright, zone2 ~ body.
           (0.02, 0.50, 0.72, 0.42, 0.95, 0.25))  # ADC-like: fluid brightest, zone2 darker.
-_TEXTURE = ((0.00, 0.10, 0.08, 0.14, 0.03, 0.06),
+TEXTURE = ((0.00, 0.10, 0.08, 0.14, 0.03, 0.06),
             (0.00, 0.08, 0.06, 0.08, 0.02, 0.05))
-_JITTER = 0.07  # Per-image random shift of each region's mean (overlapping distributions).
+JITTER = 0.07  # Per-image random shift of each region's mean (overlapping distributions).
 
 
 def _grid(patch_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,14 +92,14 @@ def _contrast(rng: np.random.Generator, masks: dict[str, np.ndarray], channel: i
   """One MR contrast of the anatomy in `masks`: (N, H, W) float32, z-scored per image."""
   n = masks['body'].shape[0]
   shape = (n, *patch_size)
-  means, texture_amp = _MEANS[channel], _TEXTURE[channel]
+  means, texture_amp = MEANS[channel], TEXTURE[channel]
   fine, coarse = _smooth_noise(rng, shape, 1.0), _smooth_noise(rng, shape, 3.0)
   texture = 0.5 * fine + 0.85 * coarse
   image = np.zeros(shape, np.float32)
   amplitude = np.zeros(shape, np.float32)
-  for index, region in enumerate(_REGIONS):
+  for index, region in enumerate(REGIONS):
     mask = np.ones(shape, bool) if region == 'air' else masks[region]
-    mean = means[index] + rng.normal(0, _JITTER if index else 0, size=(n, 1, 1)).astype(np.float32)
+    mean = means[index] + rng.normal(0, JITTER if index else 0, size=(n, 1, 1)).astype(np.float32)
     image = np.where(mask, mean, image)
     amplitude = np.where(mask, texture_amp[index], amplitude)
   image = ndimage.gaussian_filter(image, (0, 0.8, 0.8))  # Partial-volume edges.
