@@ -216,7 +216,7 @@ def test_summarize_on_the_command_line_needs_no_config_and_names_missing_runs(tm
   shutil.rmtree(work / 'amat_seed1')  # e.g. a seed still training elsewhere
   proc = run('robust_med.sweep', f'--workdir={work}', '--summarize')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert 'not finished, left out: amat_seed1' in proc.stderr
+  assert 'warning: 1 run(s) of the plan not finished, left out of the summary: amat_seed1' in proc.stderr
   assert '## Paired comparisons (pgd-4)' in proc.stdout
   assert (work / 'summary.md').read_text() in proc.stdout
   line = error_line(run('robust_med.sweep', f'--workdir={tmp_path}', '--summarize'))
