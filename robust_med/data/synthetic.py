@@ -121,11 +121,17 @@ def _check_args(num: int, patch_size: tuple[int, int], num_classes: int, channel
   if len(patch_size) != 2 or min(patch_size) < 8:
     raise ConfigError(f'synthetic patch_size {patch_size} is invalid: '
                       'use two sizes of at least 8, e.g. (64, 64)')
+  check_classes_and_channels(num_classes, channels, 'synthetic')
+
+
+def check_classes_and_channels(num_classes: int, channels: int, what: str) -> None:
+  """ConfigError unless the phantoms (slices or volumes: `what`) can have these classes and
+  channels."""
   if num_classes not in (2, 3):
-    raise ConfigError(f'synthetic num_classes={num_classes} is not supported: '
+    raise ConfigError(f'{what} num_classes={num_classes!r} is not supported: '
                       'use 2 (organ) or 3 (two zones)')
   if channels not in (1, 2):
-    raise ConfigError(f'synthetic channels={channels} is not supported: '
+    raise ConfigError(f'{what} channels={channels!r} is not supported: '
                       'use 1 (T2-like) or 2 (T2 + ADC-like)')
 
 

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from robust_med.data.synthetic import JITTER, MEANS, REGIONS, TEXTURE  # Slices' scheme.
+from robust_med.data.synthetic import (  # The slices' scheme.
+    JITTER, MEANS, REGIONS, TEXTURE, check_classes_and_channels)
 from robust_med.errors import ConfigError
 
 _CHUNK = 8  # Volumes generated at once.
@@ -187,12 +188,7 @@ def _check_args(num, shape, num_classes, channels, spacing) -> None:
   if len(sizes) != 3 or not all(_is_int(s) and s >= _MIN_SIZE for s in sizes):
     raise ConfigError(f'synthetic volume shape {shape!r} is invalid: use three whole sizes of at '
                       f'least {_MIN_SIZE} voxels, e.g. (32, 40, 32)')
-  if num_classes not in (2, 3):
-    raise ConfigError(f'synthetic volume num_classes={num_classes!r} is not supported: '
-                      'use 2 (organ) or 3 (two zones)')
-  if channels not in (1, 2):
-    raise ConfigError(f'synthetic volume channels={channels!r} is not supported: '
-                      'use 1 (T2-like) or 2 (T2 + ADC-like)')
+  check_classes_and_channels(num_classes, channels, 'synthetic volume')
   sizes = _triple(spacing)
   if len(sizes) != 3 or not all(isinstance(s, (int, float, np.number)) and not isinstance(s, bool)
                                 and np.isfinite(s) and s > 0 for s in sizes):
