@@ -117,9 +117,9 @@ def vafa(loss_fn: LossFn, x: jax.Array, q_max, *, block: int | Sequence[int] = 8
   by `steps` signed-gradient steps on q (see the module docstring). `q_max` is a scalar or a
   (B,) vector of budgets in grey levels (0: the sample is returned unchanged)."""
   if steps < 1:
-    raise ConfigError(f'VAFA steps={steps}: use at least 1 (the authors' code and paper: 20).')
+    raise ConfigError(f'VAFA steps={steps}: use at least 1 (Hanif et al.: 20).')
   if not 0 < alpha < 1:
-    raise ConfigError(f'VAFA alpha={alpha}: use a sharpness in (0, 1) (the authors' code: 0.1).')
+    raise ConfigError(f"VAFA alpha={alpha}: use a sharpness in (0, 1) (Hanif et al.'s code: 0.1).")
   if grey_level <= 0:
     raise ConfigError(f'VAFA grey_level={grey_level}: give the size of one grey level in the '
                       "model's input units (> 0; 1/255 for inputs in [0, 1]).")
