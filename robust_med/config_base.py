@@ -442,7 +442,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.weak_steps < config.eval.steps,
          f'config.eval.weak_steps = {config.eval.weak_steps} must be below config.eval.steps = '
          f'{config.eval.steps}: the check compares a short PGD against the long one.')
-  need(len(config.data.patch_size) == 2 and min(config.data.patch_size) >= 2 ** (config.model.depth - 1),
+  need(len(config.data.patch_size) in (2, 3)
+       and min(config.data.patch_size) >= 2 ** (config.model.depth - 1),
        f'config.data.patch_size = {tuple(config.data.patch_size)} is too small for a U-Net of depth '
        f'{config.model.depth}: each side needs at least {2 ** (config.model.depth - 1)} pixels.')
   need(all(s % 2 ** (config.model.depth - 1) == 0 for s in config.data.patch_size),

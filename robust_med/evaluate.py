@@ -30,6 +30,7 @@ from robust_med import tensorboard_log
 from robust_med.reports import metric_label, save_figure, write_json
 from robust_med import data as data_lib
 from robust_med.data.source import evaluation_subset
+from robust_med.tasks.base import within_image
 
 
 class Evaluator:
@@ -61,21 +62,22 @@ class Evaluator:
     self._init = jax.jit(self._init_impl, static_argnames=('attack',))
     self._chunk = jax.jit(self._chunk_impl, static_argnames=('attack', 'steps'))
     self._loop = jax.jit(self._loop_impl)
-    self._result = jax.jit(lambda x, state, *, attack: attack.result(x, state),
-                           static_argnames=('attack',))
+    # The attacked input, with any padding (batch['valid']) left clean: `within_image`.
+    self._result = jax.jit(lambda batch, x, state, *, attack: within_image(
+        batch, attack.result(x, state)), static_argnames=('attack',))
 
   def _loss_fn(self, params, batch, attack=None):
     """The per-sample objective `attack` maximises: the task's loss, or the head's
-    `attack_objective` named by the attack (e.g. APGD-T's 'dlr')."""
+    `attack_objective` named by the attack (e.g. APGD-T's 'dlr'), of the input with any padding
+    left clean (`within_image`)."""
     objective = getattr(attack, 'objective', 'loss')
+    outputs = lambda x: self.model.apply({'params': params}, within_image(batch, x))
     if objective != 'loss':
-      return lambda x: self.task.attack_objective(
-          objective, self.model.apply({'params': params}, x), batch)
-    return lambda x: methods.total(self.task.loss_terms(self.model.apply({'params': params}, x),
-                                                        batch))
+      return lambda x: self.task.attack_objective(objective, outputs(x), batch)
+    return lambda x: methods.total(self.task.loss_terms(outputs(x), batch))
 
   def _stats_impl(self, params, batch, x):
-    outputs = self.model.apply({'params': params}, x)
+    outputs = self.model.apply({'params': params}, within_image(batch, x))
     stats = dict(self.task.eval_stats(outputs, batch))
     stats['loss'] = methods.total(self.task.loss_terms(outputs, batch))
     return stats
@@ -138,7 +140,7 @@ class Evaluator:
           state = self._loop(params, run_batch, state, eps_v, jnp.int32(done), jnp.int32(n),
                              attack)
         done += n
-      x_adv = self._result(x, state, attack=attack)
+      x_adv = self._result(run_batch, x, state, attack=attack)
       if len(runs) == 1:
         return x_adv
       stats = jax.device_get(self._stats(params, batch, x_adv))
@@ -593,7 +595,13 @@ def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], n
   fig, axes = plt.subplots(valid, cols, figsize=(2.1 * cols, 2.2 * valid + 0.5), squeeze=False)
   for i in range(valid):
     item = {k: v[i] for k, v in records.items()}
-    show_image(axes[i][0], clean[i])
+    index = task.section(item)  # Volumes: the 2-D section shown (`Task.section`).
+    grid = np.shape(clean[i])[:-1]
+
+    def cut(a, index=index, grid=grid):
+      return a[index] if index is not None and np.shape(a)[:len(grid)] == grid else a
+    item = {k: cut(np.asarray(v)) for k, v in item.items()}
+    show_image(axes[i][0], cut(clean[i]))
     axes[i][0].set_title(f'input (id {int(item["id"])})', fontsize=7)
     col = 1
     for eps, x, outputs, scores in views:
@@ -602,14 +610,14 @@ def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], n
         size = float(np.max(np.abs(delta))) or 1.0
         span = float(clean[i].max() - clean[i].min())
         ax = axes[i][col]
-        ax.imshow(delta[..., 0], cmap='seismic', vmin=-size, vmax=size)
+        ax.imshow(cut(delta)[..., 0], cmap='seismic', vmin=-size, vmax=size)
         ax.set_axis_off()
-        measured = float(attacks.perturbation_norm(delta[None], norm)[0])
+        measured = float(attacks.perturbation_norm(delta[None], norm)[0])  # The whole sample's.
         ax.set_title(f'noise at ε={eps:g}: {norm.upper()} {measured:.3g}\n'
                      f'(shown ×{span / (2 * size):.0f})', fontsize=7)
         col += 1
       ax = axes[i][col]
-      task.draw(ax, x[i], jax.tree.map(lambda o: np.asarray(o)[i], outputs), item)
+      task.draw(ax, cut(x[i]), jax.tree.map(lambda o: cut(np.asarray(o)[i]), outputs), item)
       ax.set_axis_off()
       ax.set_title(f'{"clean" if eps == 0 else f"ε={eps:g}"}: score {scores[i]:.2f}', fontsize=7)
       col += 1

@@ -117,16 +117,18 @@ def sliding_window(apply_fn: Callable[[jax.Array], Any], x: jax.Array, patch: Se
 
   def step(acc, chunk):
     chunk_starts, chunk_valid = chunk
-    patches = jax.vmap(window)(chunk_starts)  # (k, B, *patch, C)
-    out = run(patches.reshape(k * batch, *patch, channels))
+    # (B, k, *patch, C), samples first: merged into one batch axis, a batch split across devices
+    # along B stays split the same way (windows first would gather it on one device).
+    patches = jax.vmap(window, out_axes=1)(chunk_starts)
+    out = run(patches.reshape(batch * k, *patch, channels))
 
     def add(a, o):
-      o = o.reshape(k, batch, *patch, o.shape[-1]).astype(a.dtype)
+      o = o.reshape(batch, k, *patch, o.shape[-1]).astype(a.dtype)
       for j in range(k):
         start = (0, *chunk_starts[j], 0)
         w = (weight * chunk_valid[j])[None, ..., None]
         region = jax.lax.dynamic_slice(a, start, (batch, *patch, a.shape[-1]))
-        a = jax.lax.dynamic_update_slice(a, region + w * o[j], start)
+        a = jax.lax.dynamic_update_slice(a, region + w * o[:, j], start)
       return a
 
     return jax.tree_util.tree_map(add, acc, out), None

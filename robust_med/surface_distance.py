@@ -26,6 +26,13 @@ Empty masks: both empty gives 0 (nothing to miss); exactly one empty gives the i
 mm, sqrt(sum((shape · spacing)²)), the largest distance the image can hold, so an attack that
 wipes out a structure scores worst instead of being silently dropped. MONAI returns NaN or inf
 there; the diagonal keeps means over volumes finite.
+
+`batched` computes HD95 and ASD of every foreground class of a batch of label maps in JAX (jitted,
+sharded with the batch, no host round trip), by the same definitions: the erosion as a min-pool,
+and the exact Euclidean distance transform as one min-plus pass per axis
+(d²(i) = min_j d²(j) + s²(i − j)², Saito & Toriwaki 1994), which costs O(voxels × side) per axis
+— cheap for the volumes robust_med evaluates (tens of voxels a side), to be chunked before it
+meets 512² CT slices. Tests check it against the scipy functions above.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
@@ -156,3 +165,80 @@ def per_class(pred_labels, ref_labels, classes: Sequence[int],
     results[int(c)] = {'dice': dice(pred, ref), 'hd95': hd95(pred, ref, spacing),
                        'asd': asd(pred, ref, spacing)}
   return results
+
+
+_FAR = 1e12  # A squared distance larger than any on a grid (float32 keeps it exact enough).
+
+
+def _surface_jax(mask: jax.Array) -> jax.Array:
+  """`surface` of each mask of a batch (B, *spatial) bool: the mask minus its full-connectivity
+  erosion, everything outside the grid counted as background."""
+  x = jnp.pad(mask.astype(jnp.float32), [(0, 0)] + [(1, 1)] * (mask.ndim - 1))
+  eroded = jax.lax.reduce_window(x, jnp.inf, jax.lax.min, (1,) + (3,) * (mask.ndim - 1),
+                                 (1,) * mask.ndim, 'VALID')
+  return mask & (eroded < 0.5)
+
+
+def _squared_distance_to(target: jax.Array, spacing: Sequence[float]) -> jax.Array:
+  """Per voxel, the squared distance in mm to the nearest True voxel of `target` (B, *spatial),
+  exact (one min-plus pass per axis); about _FAR where `target` is empty."""
+  d = jnp.where(target, 0.0, _FAR).astype(jnp.float32)
+  for axis, step in zip(range(1, target.ndim), spacing):
+    n = target.shape[axis]
+    i = jnp.arange(n, dtype=jnp.float32)
+    cost = (float(step) * (i[:, None] - i[None, :])) ** 2  # (to, from)
+    moved = jnp.moveaxis(d, axis, -1)
+    moved = jnp.min(moved[..., None, :] + cost, axis=-1)
+    d = jnp.moveaxis(moved, -1, axis)
+  return d
+
+
+def _percentile(values: jax.Array, keep: jax.Array, q: float) -> jax.Array:
+  """Per sample, the `q`-th percentile (linear interpolation, numpy's default) of `values` where
+  `keep` (both (B, V)); 0 where nothing is kept."""
+  count = jnp.sum(keep, axis=1)
+  ordered = jnp.sort(jnp.where(keep, values, jnp.inf), axis=1)
+  pos = q / 100.0 * jnp.maximum(count - 1, 0).astype(jnp.float32)
+  lo = jnp.floor(pos).astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, jnp.maximum(count - 1, 0))
+  a = jnp.take_along_axis(ordered, lo[:, None], axis=1)[:, 0]
+  b = jnp.take_along_axis(ordered, hi[:, None], axis=1)[:, 0]
+  return jnp.where(count > 0, a + (pos - lo) * (b - a), 0.0)
+
+
+def batched(pred_labels: jax.Array, ref_labels: jax.Array, num_classes: int,
+            spacing: Sequence[float] | None = None,
+            valid: jax.Array | None = None) -> dict[str, jax.Array]:
+  """{'hd95', 'asd'}: float32 (B, num_classes − 1), each foreground class's `hd95` and `asd` in
+  mm for a batch of integer label maps (B, *spatial), jittable. With `valid` (B, *spatial) bool,
+  voxels outside it count as background in both maps and an empty class costs the diagonal of
+  the box around the valid voxels (each sample's own grid inside a padded one)."""
+  ndim = pred_labels.ndim - 1
+  spacing = tuple(float(s) for s in _spacing(spacing, ndim))
+  if valid is None:
+    valid = jnp.ones(pred_labels.shape, bool)
+  flat = lambda a: a.reshape(a.shape[0], -1)
+  extent = []
+  for axis in range(1, ndim + 1):
+    along = jnp.any(valid, axis=tuple(a for a in range(1, ndim + 1) if a != axis))
+    idx = jnp.arange(along.shape[1])
+    first = jnp.min(jnp.where(along, idx, along.shape[1]), axis=1)
+    last = jnp.max(jnp.where(along, idx, -1), axis=1)
+    extent.append(jnp.maximum(last - first + 1, 0).astype(jnp.float32) * spacing[axis - 1])
+  diagonal = jnp.sqrt(sum(e ** 2 for e in extent))
+  hd95_out, asd_out = [], []
+  for k in range(1, num_classes):
+    p, r = (pred_labels == k) & valid, (ref_labels == k) & valid
+    sp, sr = _surface_jax(p), _surface_jax(r)
+    d_pr = jnp.sqrt(flat(_squared_distance_to(sr, spacing)))  # pred's surface → ref's
+    d_rp = jnp.sqrt(flat(_squared_distance_to(sp, spacing)))
+    kp, kr = flat(sp), flat(sr)
+    hd = jnp.maximum(_percentile(d_pr, kp, 95.0), _percentile(d_rp, kr, 95.0))
+    total = jnp.sum(jnp.where(kp, d_pr, 0.0), axis=1) + jnp.sum(jnp.where(kr, d_rp, 0.0), axis=1)
+    mean = total / jnp.maximum(jnp.sum(kp, axis=1) + jnp.sum(kr, axis=1), 1)
+    has_p, has_r = jnp.any(flat(p), axis=1), jnp.any(flat(r), axis=1)
+    empty = jnp.where(has_p | has_r, diagonal, 0.0)
+    both = has_p & has_r
+    hd95_out.append(jnp.where(both, hd, empty))
+    asd_out.append(jnp.where(both, mean, empty))
+  return {'hd95': jnp.stack(hd95_out, axis=1), 'asd': jnp.stack(asd_out, axis=1)}

@@ -36,6 +36,7 @@ from robust_med.data.source import check_training_size, evaluation_subset
 from robust_med import evaluate as evaluate_lib
 from robust_med.errors import ConfigError, UserError
 from robust_med.tasks import get_task_class
+from robust_med.tasks.base import within_image
 
 
 @flax.struct.dataclass
@@ -104,11 +105,11 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None):
       shared = geometry_key if task.outputs_move_with_image else None
       second_view = lambda k: task.augment(original, k, augment, shared, value_range)['image']
 
-    def attack_terms(x):  # Parameters held constant: attacks only move the input.
-      return task.loss_terms(model.apply({'params': state.params}, x), batch)
+    def attack_terms(x):  # Parameters held constant: attacks only move the input (not padding).
+      return task.loss_terms(model.apply({'params': state.params}, within_image(batch, x)), batch)
 
     def loss_fn(params):
-      outputs = lambda x: model.apply({'params': params}, x)
+      outputs = lambda x: model.apply({'params': params}, within_image(batch, x))
       terms_of = lambda out: task.loss_terms(out, batch)
       objective = methods.Objective(
           lambda x: terms_of(outputs(x)), lambda x: methods.total(attack_terms(x)), attack_terms,
@@ -349,6 +350,8 @@ class Trainer:
                           **{f'xi/{k}': float(v)
                              for k, v in zip(names, methods.xi_display(xi, mode))}})
         fn = std_step if step < self.warmup_steps else main_step
+        batch = self.task.training_batch(
+            batch, np.random.default_rng(np.random.SeedSequence([config.seed, step])))
         state, metrics = fn(state, self._put_batch(batch))
         step += 1
         pending.append(metrics)

@@ -3,7 +3,9 @@
 `load_split(config.data, split)` loads a named split (`split_names(config.data)` lists those the
 dataset declares) and returns ``(arrays, info)`` where `arrays` holds 'image'
 (N, H, W, C) float32, 'label' (N, H, W) int32, 'id' (int32 arange(N)), 'case_index' and
-'slice_index' (int32), and `info` is a `SegmentationInfo`. Wrap `arrays` in `ArraySource` and
+'slice_index' (int32), and `info` is a `SegmentationInfo`. With ``data.ndim = 3`` the records are
+whole volumes: 'image' (N, X, Y, Z, C), 'label' (N, X, Y, Z), 'valid' (N, X, Y, Z) bool (the
+volume's own voxels in a common padded grid), 'id' and 'case_index'. Wrap `arrays` in `ArraySource` and
 iterate it with `batches`; the trainer reads its batches (in a multi-process run each process's
 rows of the same global batches) through `robust_med.data.pipeline`, from memory or records.
 """
@@ -14,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from robust_med.data.msd import (SegmentationInfo, available_splits, load_msd_slices, read_msd_info,
-                                 split_cases)
+from robust_med.data.msd import (SegmentationInfo, available_splits, load_msd_slices,
+                                 load_msd_volumes, read_msd_info, split_cases)
 from robust_med.data.source import ArraySource, batches, epoch_order, num_batches
 from robust_med.data.synthetic import make_phantoms
 from robust_med.errors import ConfigError, DataError
@@ -62,20 +64,43 @@ def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray]
   num_classes = int(data_config.get('num_classes', 3))
   channels = int(data_config.get('channels', 1))
   seed = int(data_config.get('seed', 0)) + (SYNTHETIC_SPLITS + ('tune',)).index(split)
-  arrays = make_phantoms(num, patch_size=patch_size, num_classes=num_classes,
-                         channels=channels, seed=seed)
+  spacing = ()
+  if _ndim(data_config) == 3:  # Whole 3-D phantoms, each filling its grid.
+    from robust_med.data.synthetic_volumes import make_volume_phantoms
+    spacing = tuple(float(s) for s in data_config.get('spacing', ()) or (1.0, 1.0, 1.0))
+    patch_size = tuple(int(s) for s in data_config.get('volume_shape', ()) or (32, 40, 32))
+    arrays = make_volume_phantoms(num, shape=patch_size, num_classes=num_classes,
+                                  channels=channels, seed=seed, spacing=spacing)
+    del arrays['spacing']
+    arrays['valid'] = np.ones(arrays['label'].shape, bool)
+  else:
+    arrays = make_phantoms(num, patch_size=patch_size, num_classes=num_classes,
+                           channels=channels, seed=seed)
+    arrays['slice_index'] = np.zeros(num, np.int32)
   arrays['case_index'] = arrays['id'].copy()
-  arrays['slice_index'] = np.zeros(num, np.int32)
   class_names = _SYNTHETIC_CLASSES.get(num_classes, ())
   info = SegmentationInfo(name='synthetic', num_classes=num_classes, class_names=class_names,
                           channels=channels, patch_size=patch_size, num_volumes=num,
-                          cases=tuple(f'phantom_{split}_{i:05d}' for i in range(num)))
+                          cases=tuple(f'phantom_{split}_{i:05d}' for i in range(num)),
+                          spacing=spacing)
   return arrays, info
 
 
+def _ndim(data_config: Any) -> int:
+  return int(data_config.get('ndim', 2) or 2)
+
+
 def _load_msd(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], SegmentationInfo]:
-  """MSD 2-D slices from data.root."""
+  """MSD 2-D slices (or whole volumes, data.ndim = 3) from data.root."""
   max_volumes = int(data_config.get('max_volumes', 0) or 0)
+  if _ndim(data_config) == 3:
+    return load_msd_volumes(
+        data_config.get('root', None), split,
+        spacing=tuple(float(s) for s in data_config.get('spacing', ()) or ()),
+        volume_shape=tuple(int(s) for s in data_config.get('volume_shape', ()) or ()),
+        min_shape=tuple(int(s) for s in data_config.get('patch_size', (1, 1, 1))),
+        val_fraction=float(data_config.get('val_fraction', 0.2)),
+        max_volumes=max_volumes or None, **_tune(data_config))
   return load_msd_slices(
       data_config.get('root', None), split,
       patch_size=tuple(data_config.get('patch_size', (64, 64))),

@@ -1,4 +1,4 @@
-"""Medical Segmentation Decathlon (MSD) loader: volumes -> normalised 2-D slices.
+"""Medical Segmentation Decathlon (MSD) loader: volumes -> normalised 2-D slices, or whole volumes.
 
 Layout: ``root/dataset.json``, ``root/imagesTr/``, ``root/labelsTr/`` and optionally
 ``root/splits.json`` ({"train": [case, ...], "val": [case, ...], "test": [...], ...}: every key
@@ -7,6 +7,12 @@ whose value is a list is a named split; a case is a file name without ``.nii.gz`
 hex digest of their file name and the first round(val_fraction * n) form "val", the rest "train".
 Splits are at the volume level.
 Records are ordered by (case name, slice index) and ``id = arange(N)`` in that order.
+
+`load_msd_volumes` keeps each case whole (the 3-D segmentation head, `data.ndim = 3`): resampled
+to a target spacing (`volumes.resample`: cubic for images, nearest for labels), z-scored per volume
+and channel, and centred in a common grid with zero padding (the z-scored mean, what nnU-Net pads
+with). A `valid` mask marks each volume's own voxels, so that metrics and attacks leave the
+padding out (`Task` documents the key). One record per case: ``id = arange(number of cases)``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class SegmentationInfo:
   num_volumes: int  # In this split.
   cases: tuple[str, ...]  # Case names in this split, in id order.
   split_volumes: int = 0  # Volumes the split declares (more than num_volumes under max_volumes).
+  spacing: tuple[float, ...] = ()  # Volumes: mm per voxel of the (resampled) grid; () for slices.
 
 
 def _root_dir(root: str | os.PathLike) -> Path:
@@ -364,4 +371,93 @@ def load_msd_slices(root: str | os.PathLike, split: str, *,
                               class_names=tuple(class_names), channels=channels,
                               patch_size=patch_size, num_volumes=len(cases), cases=tuple(cases),
                               split_volumes=len(declared))
+  return arrays, seg_info
+
+
+def _grid_shape(shapes: Sequence[tuple[int, ...]], multiple: int,
+                minimum: Sequence[int]) -> tuple[int, ...]:
+  """The smallest grid that holds every shape, each side a multiple of `multiple` and at least
+  `minimum`."""
+  top = np.max(np.asarray(shapes), axis=0)
+  top = np.maximum(top, np.asarray(minimum, np.int64))
+  return tuple(int(-(-t // multiple) * multiple) for t in top)
+
+
+def pad_centred(array: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
+  """`array` (X, Y, Z[, C]) centred in a zero grid of spatial `shape`, and the slices of the grid
+  that hold it (to crop a prediction back)."""
+  before = [(g - n) // 2 for g, n in zip(shape, array.shape[:3])]
+  pad = [(b, g - n - b) for b, g, n in zip(before, shape, array.shape[:3])]
+  pad += [(0, 0)] * (array.ndim - 3)
+  region = tuple(slice(b, b + n) for b, n in zip(before, array.shape[:3]))
+  return np.pad(array, pad), region
+
+
+def load_msd_volumes(root: str | os.PathLike, split: str, *, spacing: Sequence[float] = (),
+                     volume_shape: Sequence[int] = (), multiple: int = 1,
+                     min_shape: Sequence[int] = (1, 1, 1), val_fraction: float = 0.2,
+                     max_volumes: int | None = None, tune_fraction: float = 0.0,
+                     tune_from: str = 'train') -> tuple[dict[str, np.ndarray], SegmentationInfo]:
+  """Loads one split as whole volumes.
+
+  Returns ({'image': float32 (N, X, Y, Z, C), 'label': int32 (N, X, Y, Z), 'valid': bool
+  (N, X, Y, Z), 'id': int32 arange(N), 'case_index': int32 arange(N)}, info). Each case is
+  resampled to `spacing` (mm; () keeps each case's own spacing, which must then be common to the
+  split), z-scored, and centred in a grid of `volume_shape` (() = the smallest grid that holds
+  every case of the split, each side a multiple of `multiple` and at least `min_shape`). A case
+  larger than a given `volume_shape` is a DataError (nothing is cropped away)."""
+  from robust_med.data import volumes  # Local import: nibabel is read only for volumes.
+  if max_volumes is not None and max_volumes < 0:
+    raise ConfigError(f'max_volumes={max_volumes} is negative: use 0 or None for all volumes')
+  path = _root_dir(root)
+  info = read_msd_info(path)
+  files = _case_files(info, path)
+  class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
+  channels = len(info['modality'])
+  declared = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
+                         tune_from=tune_from)
+  cases = declared[:max_volumes or None]
+  images, labels, spacings = [], [], []
+  for case in cases:
+    image_file, label_file = files[case]
+    if not image_file.is_file():
+      _read_nifti(image_file, case)  # Raises the DataError that names the missing file.
+    volume = volumes.read_volume(image_file)
+    image, label = _load_case(case, files[case], class_names, channels)
+    if spacing:
+      image, new_spacing = volumes.resample(image, volume.spacing, spacing, order=3)
+      label, _ = volumes.resample(label, volume.spacing, spacing, order=0)
+      image = _zscore(image)  # Cubic resampling moves the mean and spread a little.
+    else:
+      new_spacing = volume.spacing
+    images.append(image)
+    labels.append(label.astype(np.int32))
+    spacings.append(tuple(round(float(s), 4) for s in new_spacing))
+  if not spacing and len(set(spacings)) > 1:
+    raise DataError(f'the {split!r} split of {path} mixes voxel spacings '
+                    f'{sorted(set(spacings))[:4]}: set data.spacing (e.g. (1.0, 1.0, 1.0)) to '
+                    'resample every case to one grid.')
+  shapes = [im.shape[:3] for im in images]
+  if volume_shape:
+    grid = tuple(int(s) for s in volume_shape)
+    too_big = [(c, s) for c, s in zip(cases, shapes) if any(n > g for n, g in zip(s, grid))]
+    if too_big:
+      raise DataError(f'case {too_big[0][0]} has the grid {too_big[0][1]}, larger than '
+                      f'data.volume_shape = {grid} ({len(too_big)} such cases in {split!r}): '
+                      'raise data.volume_shape, or set it to () to fit the largest case.')
+  else:
+    grid = _grid_shape(shapes, multiple, min_shape)
+  n = len(cases)
+  arrays = {'image': np.zeros((n, *grid, channels), np.float32),
+            'label': np.zeros((n, *grid), np.int32), 'valid': np.zeros((n, *grid), bool),
+            'id': np.arange(n, dtype=np.int32), 'case_index': np.arange(n, dtype=np.int32)}
+  for i, (image, label) in enumerate(zip(images, labels)):
+    arrays['image'][i], region = pad_centred(image, grid)
+    arrays['label'][i] = pad_centred(label, grid)[0]
+    arrays['valid'][i][region] = True
+  common = tuple(float(np.mean([s[a] for s in spacings])) for a in range(3))
+  seg_info = SegmentationInfo(name=str(info['name']), num_classes=len(class_names),
+                              class_names=tuple(class_names), channels=channels,
+                              patch_size=grid, num_volumes=n, cases=tuple(cases),
+                              split_volumes=len(declared), spacing=common)
   return arrays, seg_info

@@ -61,6 +61,7 @@ def paper_settings(dataset: str, method: str, variant: str) -> dict:
 
 
 VARIANTS = ('', 'cpu', 'cpu_long', 'synthetic')
+VOLUME_VARIANTS = ('', 'cpu', 'synthetic')
 CPU_LONG_EPOCHS = 16  # see the cpu_long branch below
 
 
@@ -68,8 +69,7 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
   d = DATASETS[dataset]
   arg, protocol = parse_arg(arg, VARIANTS, 'configs/prostate_amat.py:synthetic')
   variant = arg
-  c = config_base.base_config()
-  c.task = 'segmentation'
+  c = config_base.task_config('segmentation')
   c.data.name = 'msd'
   c.data.task_folder = d['folder']
   c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, d['folder'])
@@ -127,5 +127,87 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
   if arg == 'synthetic':
     # The phantoms' budgets above are the demo's own (no paper image to state them for).
     paper = {k: v for k, v in paper.items() if not k.startswith('units.')}
+  apply_protocol(c, protocol, paper)
+  return c
+
+
+# Whole volumes (configs/<dataset>3d_<method>.py, the head's data.ndim = 3): the patch the U-Net
+# is trained on and the sliding window predicts with, the target spacing, and the L2 noise grid
+# per volume (the budget covers all the volume's voxels; the 2-D grids above are per slice).
+# Sizes are robust_med's, nnU-Net-like (a 3-D U-Net on isotropic 1 mm patches); none is taken
+# from nnU-Net's plans for the task, which were not run here.
+VOLUME_DATASETS = {
+    'hippocampus': dict(folder='Task04_Hippocampus', channels=1, num_classes=3,
+                        spacing=(1.0, 1.0, 1.0), patch_size=(40, 56, 40), batch_size=8,
+                        noise_levels=(0., 5., 10., 20., 40., 80.), delta_eps=5., sat_eps=20.,
+                        cpu_patch_size=(32, 48, 32)),
+}
+
+
+def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.ConfigDict:
+  """The 3-D head's config for `dataset` and `method`; variants: '' (full-sized, real data),
+  'cpu' (a CPU-sized run on the real data) and 'synthetic' (the offline demo on 3-D phantoms).
+  The AMAT paper's method settings (ξ as the mean of the summed loss, PGD's step 4·ε/steps with a
+  random start) apply to every variant unless ',robust_med' follows it; the paper itself
+  trained on 2-D slices, so nothing else here is the paper's."""
+  d = VOLUME_DATASETS[dataset]
+  example = f'configs/{dataset}3d_amat.py:synthetic'
+  variant, protocol = parse_arg(arg, VOLUME_VARIANTS, example)
+  c = config_base.task_config('segmentation')
+  c.data.ndim = 3
+  c.data.name = 'msd'
+  c.data.task_folder = d['folder']
+  c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, d['folder'])
+  c.data.spacing = d['spacing']
+  c.data.patch_size = d['patch_size']
+  c.method.name = method
+  c.method.delta_eps = d['delta_eps']
+  c.method.eps = d['sat_eps'] if method == 'sat' else 0.0
+  c.eval.noise_levels = d['noise_levels']
+  c.eval.batch_size = 4
+  c.model.base_width, c.model.depth = 32, 4
+  c.batch_size, c.num_epochs = d['batch_size'], 50
+  if variant == 'cpu':
+    c.data.patch_size = d['cpu_patch_size']
+    c.model.base_width, c.model.depth = 8, 3
+    c.batch_size, c.num_epochs = 8, 20
+    c.optimizer.learning_rate = 2e-3
+    c.method.xi_warmup_epochs = 4
+    c.attack.steps = 5
+    c.eval.steps = 20
+    c.eval.max_samples = 16
+  elif variant == 'synthetic':
+    # Offline demo on 3-D phantoms (z-scored per volume like the MSD volumes), a few minutes on
+    # 2 CPU cores; the noise grid is the demo's own.
+    c.eval.square_queries = DEMO_SQUARE_QUERIES
+    c.data.name = 'synthetic'
+    c.data.root = ''
+    c.data.spacing = (2.0, 2.0, 2.0)  # The phantoms' anatomy in mm on a coarse, cheap grid.
+    c.data.volume_shape = (16, 24, 16)
+    c.data.patch_size = (16, 16, 16)
+    c.data.channels = d['channels']
+    c.data.num_classes = d['num_classes']
+    c.data.num_train, c.data.num_val = 64, 8
+    c.model.base_width, c.model.depth = 8, 3
+    c.batch_size, c.num_epochs = 8, 12
+    c.optimizer.learning_rate = 3e-3
+    c.method.xi_warmup_epochs = 3
+    c.attack.steps = 5
+    c.method.delta_eps = 1.0
+    c.method.eps = 4.0 if method == 'sat' else 0.0
+    c.eval.noise_levels = (0., 1., 2., 4., 8.)
+    c.eval.steps = 10
+    # Square's queries are whole-volume forward passes: ~10× the demo's training time on 2
+    # cores; the demo runs the gradient attacks (PGD, APGD) and the masking checks.
+    c.eval.attacks = ('pgd', 'apgd')
+    c.log_every_steps = 8
+    c.checkpoint_every_steps = 32
+  if method in methods.AUGMENTATION_ATTACKS:
+    c.method.eps = 0.05 if variant == 'synthetic' else 0.1  # L∞ budget in z-score units.
+  paper = {k: v for k, v in paper_settings(dataset, method, variant).items()
+           if not k.startswith('units.')}
+  for key in ('method.xi_checkpoint', 'method.fgsm_checkpoint'):
+    if key in paper:
+      paper[key] = os.path.join('runs', f'{dataset}3d_std')
   apply_protocol(c, protocol, paper)
   return c

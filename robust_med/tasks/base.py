@@ -18,9 +18,12 @@ Batch = Mapping[str, jax.Array]
 class Task(abc.ABC):
   """A task head: its model, per-sample per-term losses, metrics and data adapter.
 
-  Every batch is a dict with at least `'image'` (B, H, W, C) float32 and `'id'` (B,) int32; the rest
-  (labels, boxes, landmarks) is the head's business. Everything the trainer jits (`loss_terms`,
-  `eval_stats`) is pure.
+  Every batch is a dict with at least `'image'` (B, *spatial, C) float32 — (B, H, W, C) images or
+  (B, X, Y, Z, C) volumes — and `'id'` (B,) int32; the rest (labels, boxes, landmarks) is the
+  head's business, but for one key: an optional `'valid'` (B, *spatial) bool marks the pixels
+  that belong to each sample (records padded to a common grid: 0 on the padding). Attacks, in
+  evaluation and in training, cannot change the others (`within_image`); the head's metrics
+  should leave them out. Everything the trainer jits (`loss_terms`, `eval_stats`) is pure.
   """
 
   #: Registry name, stored in checkpoints so another head cannot resume them.
@@ -82,6 +85,14 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def build_model(self, info: Any) -> nn.Module:
     """The Flax model for data described by `info`."""
+
+  def training_batch(self, batch: dict[str, np.ndarray],
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The batch the train step sees, made on the host from the records of a training batch
+    (e.g. a random patch of each volume); `rng` is drawn from (config.seed, step), so a resumed
+    run sees the same batches. Keep `id` (the margins are indexed by it). Default: unchanged."""
+    del rng
+    return batch
 
   def subset_note(self, info: Any) -> str:
     """A sentence when the loaded split (described by `info`) is only part of what the data
@@ -166,6 +177,16 @@ class Task(abc.ABC):
     (H, W, C), which may be attacked. Used for `examples.png`. Default: the image alone."""
     show_image(ax, image)
 
+  def section(self, item: Mapping[str, np.ndarray]) -> tuple | None:
+    """For a sample with more than two spatial axes (a volume), the index of the 2-D section the
+    figures show, applied to its image, perturbation, outputs and the record's arrays of the same
+    grid (e.g. ``(slice(None), slice(None), z)``); None for 2-D samples. Default: the middle
+    slice along the last spatial axis."""
+    image = np.asarray(item['image'])
+    if image.ndim <= 3:
+      return None
+    return (slice(None),) * (image.ndim - 2) + (image.shape[-2] // 2,)
+
   def metric_floor(self) -> float:
     """The value of the primary metric (or of `floor_metric`) for a useless model (used by the
     huge-budget masking check)."""
@@ -246,6 +267,18 @@ class Task(abc.ABC):
   #: A head whose primary metric has no input-independent floor names one that has (detection:
   #: average IoU rewards a flood of false boxes, mAP does not).
   floor_metric: str = ''
+
+
+def within_image(batch: Batch, x: jax.Array) -> jax.Array:
+  """`x` (an attacked version of `batch['image']`) with the pixels outside each sample
+  (`batch['valid']` False: padding) reset to the clean image, so that a perturbation acts only on
+  the sample's own pixels and its norm there is at most the attack's; `x` itself when the batch
+  has no 'valid'. Pure and differentiable (no gradient reaches the padding)."""
+  valid = batch.get('valid') if hasattr(batch, 'get') else None
+  if valid is None:
+    return x
+  clean = batch['image']
+  return jnp.where(valid[..., None], x, clean)
 
 
 def show_image(ax, image: np.ndarray) -> None:

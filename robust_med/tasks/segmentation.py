@@ -1,4 +1,14 @@
-"""2-D segmentation head: nnU-Net-style U-Net, Dice + cross-entropy, ADI and TVDI.
+"""Segmentation head on 2-D slices or 3-D volumes: U-Net, Dice + cross-entropy, ADI, TVDI, HD95.
+
+The model is an nnU-Net-style U-Net; on volumes the metrics add each volume's HD95 and average
+surface distance.
+
+Volumes (`data.ndim = 3`): each record is a whole volume in a common padded grid with a `valid`
+mask. Training batches are patches of `data.patch_size` cut on the host (`training_batch`,
+nnU-Net's rule: the last `data.foreground_fraction` of each batch centred on foreground); the
+model is the U-Net wrapped in `models.sliding.SlidingWindow`, so that evaluation, attacks and ξ
+see whole volumes through overlapping Gaussian-weighted windows, and an attack's budget is per
+volume. A sample is a volume everywhere: its id, its AMAT margin, its Dice.
 
 Metrics (as in Ma & Liang, AMAT):
 * ADI, average Dice index: for each foreground class, the mean over samples of
@@ -9,7 +19,7 @@ Metrics (as in Ma & Liang, AMAT):
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -17,28 +27,45 @@ import numpy as np
 import optax
 
 from robust_med import data as data_lib
+from robust_med import surface_distance
+from robust_med.data import patches as patches_lib
+from robust_med.errors import ConfigError
+from robust_med.models.sliding import SlidingWindow
 from robust_med.models.unet import UNet, unet_features
+from robust_med.ranges import Range
 from robust_med.tasks import base
 
+_SPATIAL = lambda a: tuple(range(1, a.ndim - 1))  # The spatial axes of (B, *spatial, K).
 
-def soft_dice_loss(logits: jax.Array, labels: jax.Array, smooth: float = 1.0) -> jax.Array:
-  """Per-sample 1 − mean soft Dice over foreground classes; logits (B,H,W,K), labels (B,H,W).
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, smooth: float = 1.0,
+                   valid: jax.Array | None = None) -> jax.Array:
+  """Per-sample 1 − mean soft Dice over foreground classes; logits (B, *spatial, K), labels
+  (B, *spatial); `valid` (B, *spatial), when given, leaves the other voxels out.
 
   `smooth` = 1 (one pixel) keeps a slice where a class is absent from scoring 0 when the model
   rightly predicts almost nothing of it; with a tiny smooth such slices dominate the loss.
   """
   probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)[..., 1:]
-  inter = jnp.sum(probs * onehot, axis=(1, 2))
-  denom = jnp.sum(probs, axis=(1, 2)) + jnp.sum(onehot, axis=(1, 2))
+  if valid is not None:
+    probs = probs * valid[..., None].astype(probs.dtype)
+  axes = _SPATIAL(probs)
+  inter = jnp.sum(probs * onehot, axis=axes)
+  denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
   dice = (2.0 * inter + smooth) / (denom + smooth)
   return 1.0 - jnp.mean(dice, axis=-1)
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-sample mean pixel cross-entropy."""
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                       valid: jax.Array | None = None) -> jax.Array:
+  """Per-sample mean pixel cross-entropy (over the `valid` voxels when given)."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.mean(ce, axis=tuple(range(1, ce.ndim)))
+  axes = tuple(range(1, ce.ndim))
+  if valid is None:
+    return jnp.mean(ce, axis=axes)
+  w = valid.astype(ce.dtype)
+  return jnp.sum(ce * w, axis=axes) / jnp.maximum(jnp.sum(w, axis=axes), 1.0)
 
 
 def confusion_counts(pred: jax.Array, labels: jax.Array, num_classes: int) -> dict[str, jax.Array]:
@@ -74,8 +101,23 @@ def dice_metrics(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
   return out
 
 
+def surface_metrics(hd95: np.ndarray, asd: np.ndarray,
+                    class_names: tuple[str, ...] = ()) -> dict[str, float]:
+  """Mean HD95 and ASD over volumes (per class, and the mean over classes) from (N, K) arrays."""
+  out = {}
+  for key, values in (('hd95_mm', hd95), ('asd_mm', asd)):
+    values = np.asarray(values, np.float64)
+    per_class = values.mean(axis=0)
+    out[key] = float(per_class.mean())
+    for k in range(values.shape[1]):
+      name = class_names[k] if k < len(class_names) else f'class{k + 1}'
+      out[f'{key}/{name}'] = float(per_class[k])
+  return out
+
+
 class Task(base.Task):
-  """Semantic segmentation of 2-D slices (MSD volumes or the synthetic phantoms)."""
+  """Semantic segmentation of 2-D slices or of 3-D volumes (MSD volumes or the synthetic
+  phantoms)."""
 
   name = 'segmentation'
   primary_metric = 'adi'
@@ -84,13 +126,86 @@ class Task(base.Task):
   sample_metric_floor = 0.0
   loss_term_names = ('ce', 'dice')
 
+  @classmethod
+  def default_config(cls) -> dict[str, dict[str, Any]]:
+    return {
+        'data': {
+            'ndim': 2,                    # 2: slices along data.slice_axis | 3: whole volumes
+            'spacing': (),                # volumes: mm per voxel to resample to (() = as stored,
+                                          # then common to the split)
+            'volume_shape': (),           # volumes: the common padded grid (() = the smallest
+                                          # that holds every volume of the split)
+            'foreground_fraction': 0.33,  # volumes: share of each batch's patches centred on
+                                          # foreground (nnU-Net's oversample_foreground_percent)
+        },
+        'model': {
+            'sliding_overlap': 0.5,       # volumes: the share of a window its neighbours overlap
+            'windows_per_batch': 4,       # volumes: windows run together in the sliding window
+        },
+    }
+
+  @classmethod
+  def config_ranges(cls) -> dict[str, Any]:
+    return {'data.ndim': Range(2, 3), 'data.spacing': Range(0, open_lo=True),
+            'data.volume_shape': Range(1), 'data.foreground_fraction': Range(0, 1),
+            'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': Range(1)}
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    d = config.data
+    if d.get('ndim', 2) != 3:
+      if len(d.patch_size) != 2:
+        raise ConfigError(f'config.data.patch_size = {tuple(d.patch_size)}: slices need two '
+                          'sizes (or set config.data.ndim = 3 for volumes).')
+      return
+    if len(d.patch_size) != 3:
+      raise ConfigError(f'config.data.ndim = 3 but config.data.patch_size = '
+                        f'{tuple(d.patch_size)}: give three sizes, e.g. (32, 48, 32).')
+    for key in ('spacing', 'volume_shape'):
+      if d[key] and len(d[key]) != 3:
+        raise ConfigError(f'config.data.{key} = {tuple(d[key])}: give three sizes or ().')
+    if d.volume_shape and any(v < p for v, p in zip(d.volume_shape, d.patch_size)):
+      raise ConfigError(f'config.data.volume_shape = {tuple(d.volume_shape)} is smaller than '
+                        f'config.data.patch_size = {tuple(d.patch_size)}: the windows must fit '
+                        'in the grid; raise volume_shape or lower patch_size.')
+    if config.method.get('augment', False):
+      raise ConfigError('config.method.augment is on, but the geometric augmentation is 2-D '
+                        'only and the data are volumes (config.data.ndim = 3): turn it off '
+                        '(methods that need two augmented views, such as rtda, do not apply '
+                        'to volumes yet).')
+    if d.get('pipeline', 'memory') != 'memory':
+      raise ConfigError(f"config.data.pipeline = {d.pipeline!r}: volumes are read into memory "
+                        "for now; set config.data.pipeline='memory'.")
+
+  @property
+  def volumes(self) -> bool:
+    return int(self.config.data.get('ndim', 2)) == 3
+
   def splits(self) -> tuple[str, ...]:
     return data_lib.split_names(self.config.data)
 
   def load_split(self, split: str):
     arrays, info = data_lib.load_split(self.config.data, split)
     self.info = info
-    return {k: arrays[k] for k in ('image', 'label', 'id')}, info
+    keys = ('image', 'label', 'id') + (('valid',) if self.volumes else ())
+    return {k: arrays[k] for k in keys}, info
+
+  def training_batch(self, batch, rng):
+    """Volumes: a patch of `data.patch_size` from each volume of the batch, the last
+    `data.foreground_fraction` of them centred on a foreground voxel (`data.patches`). The
+    sample keeps its volume's id (its AMAT margin is the volume's)."""
+    if not self.volumes:
+      return batch
+    patch = tuple(int(p) for p in self.config.data.patch_size)
+    labels = batch['label']
+    shapes = [labels.shape[1:]] * len(labels)
+    foreground = [patches_lib.foreground_voxels(label) for label in labels]
+    starts = patches_lib.sample_starts(shapes, foreground, patch, range(len(labels)),
+                                       self.config.data.foreground_fraction, rng)
+    out = dict(batch)
+    for key in ('image', 'label', 'valid'):
+      out[key] = np.stack([patches_lib.crop(a, s, patch) for a, s in zip(batch[key], starts)])
+    return out
 
   def subset_note(self, info) -> str:
     if not info.split_volumes or info.num_volumes >= info.split_volumes:
@@ -102,19 +217,32 @@ class Task(base.Task):
   def data_signature(self, info) -> dict:
     return {'channels': int(info.channels), 'num_classes': int(info.num_classes)}
 
-  def build_model(self, info) -> UNet:
+  def build_model(self, info):
     m = self.config.model
     self.class_names = tuple(info.class_names[1:])
-    return UNet(num_classes=info.num_classes,
+    self.spacing = tuple(getattr(info, 'spacing', ()) or ())
+    unet = UNet(num_classes=info.num_classes,
                 features=unet_features(m.base_width, m.depth, m.max_width))
+    if not self.volumes:
+      return unet
+    return SlidingWindow(unet, self.config.data.patch_size, overlap=m.sliding_overlap,
+                         windows_per_batch=m.windows_per_batch)
 
   def loss_terms(self, outputs, batch):
-    labels = batch['label']
-    return {'ce': cross_entropy_loss(outputs, labels), 'dice': soft_dice_loss(outputs, labels)}
+    labels, valid = batch['label'], batch.get('valid')
+    return {'ce': cross_entropy_loss(outputs, labels, valid),
+            'dice': soft_dice_loss(outputs, labels, valid=valid)}
 
   def eval_stats(self, outputs, batch):
     pred = jnp.argmax(outputs, axis=-1)
-    return confusion_counts(pred, batch['label'], outputs.shape[-1])
+    valid = batch.get('valid')
+    if valid is not None:
+      pred = jnp.where(valid, pred, 0)
+    stats = confusion_counts(pred, batch['label'], outputs.shape[-1])
+    if self.volumes:  # HD95 and ASD per volume and class, in mm.
+      stats.update(surface_distance.batched(pred, batch['label'], outputs.shape[-1],
+                                            getattr(self, 'spacing', ()) or None, valid))
+    return stats
 
   xi_score_name = 'hard Dice, the best foreground class'
 
@@ -136,7 +264,11 @@ class Task(base.Task):
     return np.where(present > 0, dice_sum / np.maximum(present, 1), 1.0)
 
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
-    return dice_metrics(stats['tp'], stats['fp'], stats['fn'], getattr(self, 'class_names', ()))
+    names = getattr(self, 'class_names', ())
+    out = dice_metrics(stats['tp'], stats['fp'], stats['fn'], names)
+    if 'hd95' in stats:
+      out.update(surface_metrics(stats['hd95'], stats['asd'], names))
+    return out
 
   def move_targets(self, batch, warp):
     """The label map follows the image (nearest-neighbour, so labels stay labels)."""
@@ -146,6 +278,14 @@ class Task(base.Task):
   def divergence(self, outputs_a, outputs_b):
     """Symmetric KL of the per-pixel class distributions, averaged over the pixels."""
     return base.symmetric_kl(outputs_a, outputs_b)
+
+  def section(self, item):
+    """Volumes: the slice along the last axis with the most foreground."""
+    label = np.asarray(item['label'])
+    if label.ndim < 3:
+      return None
+    z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
+    return (slice(None), slice(None), z)
 
   def draw(self, ax, image, outputs, item) -> None:
     """The predicted classes filled in colour over the image, the ground truth as outlines of the
