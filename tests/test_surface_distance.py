@@ -158,3 +158,50 @@ def test_per_class_dice_by_hand_and_absent_classes():
   assert results[4] == {'dice': 1.0, 'hd95': 0.0, 'asd': 0.0}
   # Class 1: pred's extra column 2 is 2 mm (one voxel along axis 1) from ref's border.
   assert sd.hausdorff(pred == 1, ref == 1, (1.0, 2.0)) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize('shape,spacing', [((20, 24, 18), (1.0, 1.5, 2.0)), ((30, 28), (0.7, 1.2))])
+def test_batched_jax_equals_the_scipy_functions(shape, spacing):
+  """`batched` (JAX, jitted) gives each class's HD95 and ASD exactly as `hd95`/`asd` do, for
+  random blobs, an empty prediction and a class missing from the truth."""
+  import jax
+  import jax.numpy as jnp
+  from scipy import ndimage
+  rng = np.random.default_rng(0)
+  pred, ref = np.zeros((4, *shape), np.int32), np.zeros((4, *shape), np.int32)
+  for b in range(4):
+    for k in (1, 2):
+      for labels in (pred, ref):
+        blob = ndimage.gaussian_filter(rng.normal(size=shape), 2) > 0.15
+        labels[b][blob & (labels[b] == 0)] = k
+  pred[1] = 0
+  ref[2][ref[2] == 2] = 0
+  out = jax.jit(lambda p, r: sd.batched(p, r, 3, spacing))(jnp.asarray(pred), jnp.asarray(ref))
+  for b in range(4):
+    for k in (1, 2):
+      assert float(out['hd95'][b, k - 1]) == pytest.approx(
+          sd.hd95(pred[b] == k, ref[b] == k, spacing), rel=1e-5)
+      assert float(out['asd'][b, k - 1]) == pytest.approx(
+          sd.asd(pred[b] == k, ref[b] == k, spacing), rel=1e-5)
+
+
+def test_batched_valid_mask_is_the_volume_in_its_padding():
+  """With a `valid` box inside a padded grid, the figures are those of the box alone (the
+  empty-class diagonal included), whatever the padding holds."""
+  import jax.numpy as jnp
+  inner = np.zeros((1, 10, 12, 8), np.int32)
+  inner[0, 2:6, 3:8, 2:5] = 1
+  truth = np.zeros_like(inner)
+  truth[0, 3:7, 3:9, 2:6] = 1
+  grid = (1, 16, 16, 12)
+  pad = lambda a: np.pad(a, [(0, 0), (3, 3), (2, 2), (2, 2)])
+  valid = pad(np.ones_like(inner, bool))
+  noisy = pad(inner)
+  noisy[0, 0, 0, 0] = 1  # Padding the model predicted as foreground: left out.
+  for p, r, v in ((inner, truth, None), (noisy, pad(truth), valid)):
+    out = sd.batched(jnp.asarray(p), jnp.asarray(r), 2, (1.0, 1.0, 2.0), v)
+    assert float(out['hd95'][0, 0]) == pytest.approx(sd.hd95(inner[0], truth[0], (1, 1, 2)),
+                                                     rel=1e-5)
+  empty = sd.batched(jnp.zeros(grid, jnp.int32), jnp.asarray(pad(truth)), 2, (1.0, 1.0, 2.0),
+                     jnp.asarray(valid))
+  assert float(empty['asd'][0, 0]) == pytest.approx(sd.image_diagonal((10, 12, 8), (1, 1, 2)))
