@@ -406,7 +406,7 @@ def load_msd_volumes(root: str | os.PathLike, split: str, *, spacing: Sequence[f
   split), z-scored, and centred in a grid of `volume_shape` (() = the smallest grid that holds
   every case of the split, each side a multiple of `multiple` and at least `min_shape`). A case
   larger than a given `volume_shape` is a DataError (nothing is cropped away)."""
-  from robust_med.data import volumes  # Local import: nibabel is read only for volumes.
+  import robust_med.data.volumes as volumes  # pylint: disable=import-outside-toplevel
   if max_volumes is not None and max_volumes < 0:
     raise ConfigError(f'max_volumes={max_volumes} is negative: use 0 or None for all volumes')
   path = _root_dir(root)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from robust_med.data import reading
+import robust_med.data.reading as reading
 from robust_med.errors import DataError
 
 SUFFIXES = ('.nii.gz', '.nii')
