@@ -326,6 +326,20 @@ def _check_settings(patch_size: tuple[int, ...], slice_axis: int,
     raise ConfigError(f'max_volumes={max_volumes} is negative: use 0 or None for all volumes')
 
 
+def _open_split(root, split: str, val_fraction: float, max_volumes: int | None,
+                tune_fraction: float, tune_from: str):
+  """(folder, dataset.json, case files, class names, channel count, the split's declared cases,
+  the first `max_volumes` of them) for loading `split` of the MSD folder `root`."""
+  path = _root_dir(root)
+  info = read_msd_info(path)
+  files = _case_files(info, path)
+  class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
+  channels = len(info['modality'])
+  declared = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
+                         tune_from=tune_from)
+  return path, info, files, class_names, channels, declared, declared[:max_volumes or None]
+
+
 def load_msd_slices(root: str | os.PathLike, split: str, *,
                     patch_size: Sequence[int] = (64, 64), slice_axis: int = 2,
                     foreground_only: bool = True, val_fraction: float = 0.2,
@@ -341,14 +355,8 @@ def load_msd_slices(root: str | os.PathLike, split: str, *,
   """
   patch_size = tuple(int(s) for s in patch_size)
   _check_settings(patch_size, slice_axis, max_volumes)
-  path = _root_dir(root)
-  info = read_msd_info(path)
-  files = _case_files(info, path)
-  class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
-  channels = len(info['modality'])
-  declared = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
-                         tune_from=tune_from)
-  cases = declared[:max_volumes or None]
+  path, info, files, class_names, channels, declared, cases = _open_split(
+      root, split, val_fraction, max_volumes, tune_fraction, tune_from)
   images, labels, case_index, slice_index = [], [], [], []
   for index, case in enumerate(cases):
     image, label = _load_case(case, files[case], class_names, channels)
@@ -409,14 +417,8 @@ def load_msd_volumes(root: str | os.PathLike, split: str, *, spacing: Sequence[f
   import robust_med.data.volumes as volumes  # pylint: disable=import-outside-toplevel
   if max_volumes is not None and max_volumes < 0:
     raise ConfigError(f'max_volumes={max_volumes} is negative: use 0 or None for all volumes')
-  path = _root_dir(root)
-  info = read_msd_info(path)
-  files = _case_files(info, path)
-  class_names = _index_keys(info['labels'], path / 'dataset.json', 'labels')
-  channels = len(info['modality'])
-  declared = split_cases(path, split, val_fraction, tune_fraction=tune_fraction,
-                         tune_from=tune_from)
-  cases = declared[:max_volumes or None]
+  path, info, files, class_names, channels, declared, cases = _open_split(
+      root, split, val_fraction, max_volumes, tune_fraction, tune_from)
   images, labels, spacings = [], [], []
   for case in cases:
     image_file, label_file = files[case]
