@@ -196,7 +196,7 @@ def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.Co
     c.method.delta_eps = 1.0
     c.method.eps = 4.0 if method == 'sat' else 0.0
     c.eval.noise_levels = (0., 1., 2., 4., 8.)
-    c.eval.steps = 10
+    c.eval.steps = c.eval.apgd_steps = 10
     # Square's queries are whole-volume forward passes: ~10× the demo's training time on 2
     # cores; the demo runs the gradient attacks (PGD, APGD) and the masking checks.
     c.eval.attacks = ('pgd', 'apgd')
