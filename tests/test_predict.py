@@ -95,14 +95,16 @@ def test_2d_model_predicts_volumes_slice_by_slice(runs, tmp_path):
   assert np.abs(delta[:2]).max() == 0 and np.abs(delta[-2:]).max() == 0
 
 
-def test_cli_bad_input_is_one_error_line(runs, tmp_path):
-  _, workdir = runs['v3']
+def test_bad_input_is_one_error_line(runs, tmp_path):
+  from robust_med.errors import DataError
+  config, workdir = runs['v3']
   empty = tmp_path / 'empty'
   empty.mkdir()
-  for args, needle in (([f'--input={empty}'], 'holds no NIfTI'),
-                       ([f'--input={empty}', '--attack=pgd'], '--eps')):
-    proc = subprocess.run([sys.executable, '-m', 'robust_med.predict', f'--workdir={workdir}',
-                           f'--output={tmp_path / "o"}', *args], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error:') and needle in lines[0], lines
+  with pytest.raises(DataError, match='holds no NIfTI'):
+    predict.predict_volumes(config, str(workdir), str(empty), str(tmp_path / 'o'))
+  proc = subprocess.run([sys.executable, '-m', 'robust_med.predict', f'--workdir={workdir}',
+                         f'--input={empty}', f'--output={tmp_path / "o"}', '--attack=pgd'],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:') and '--eps' in lines[0], lines
