@@ -189,6 +189,15 @@ def base_config() -> ml_collections.ConfigDict:
                                        # (0.05 L∞, 0.1 L2; robust_med/square.py)
   c.eval.square_remaining_only = True  # Square attacks only the samples the attacks before it
                                        # left above the head's floor (AutoAttack's protocol)
+  c.eval.frequency_levels = ()        # VAFA (Hanif et al. 2023) budgets q_max in grey levels,
+                                       # e.g. (10, 20, 40): a curve of its own in the report
+                                       # ('frequency'), beside the Lp curves and not in their
+                                       # worst case (another unit); () = not run
+  c.eval.frequency_block = 8           # VAFA: the side of its DCT blocks (cubes on volumes)
+  c.eval.frequency_steps = 20          # VAFA: signed-gradient steps on the quantization steps
+  c.eval.frequency_grey_level = 0.0    # VAFA: one grey level in input units; 0 = 1/255 of the
+                                       # data range (attack.clip), else of the evaluated images'
+                                       # 0.5–99.5th percentile range
   c.eval.transfer_from = ''            # workdir of a trained run of this head (e.g. a sweep's
                                        # STD): the primary PGD crafted on it and applied to the
                                        # evaluated model, as a curve and a masking check
@@ -281,6 +290,9 @@ RANGES: dict[str, Range] = {
     'eval.every_epochs': Range(0, note='0 = no learning curve'),
     'eval.apgd_steps': AT_LEAST_1, 'eval.apgd_restarts': AT_LEAST_1,
     'eval.apgd_targets': AT_LEAST_1, 'eval.square_queries': AT_LEAST_1,
+    'eval.frequency_levels': AT_LEAST_0, 'eval.frequency_block': AT_LEAST_1,
+    'eval.frequency_steps': AT_LEAST_1,
+    'eval.frequency_grey_level': Range(0, note='0 = 1/255 of the data range'),
     'eval.square_p_init': Range(0, 1, note="0 = the paper's for the norm"),
     'eval.weak_steps': Range(0, note='0 = steps // 5'),
     'eval.huge_eps': Range(0, note='0 = automatic'),

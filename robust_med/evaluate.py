@@ -413,7 +413,39 @@ def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray],
                 'ties: the higher loss'}
   if eval_cfg.masking_checks:
     report.update(masking_checks(evaluator, params, data, eval_cfg, attacks_[0], curves, levels))
+  if eval_cfg.get('frequency_levels', ()):
+    report['frequency'] = frequency_curve(evaluator, params, data, eval_cfg, clip)
   return report
+
+
+def frequency_curve(evaluator: Evaluator, params, data: dict[str, np.ndarray], eval_cfg,
+                    clip=None) -> dict:
+  """The VAFA curve (`vafa.VAFASettings`) at each budget of `eval_cfg.frequency_levels`
+  (q_max, grey levels), with the largest L2 norm each budget allows per sample (input units):
+  its own section of the report, since its budgets are not Lp radii."""
+  from robust_med import vafa
+  grey = float(eval_cfg.get('frequency_grey_level', 0.0) or 0.0)
+  how = 'config.eval.frequency_grey_level'
+  if not grey:
+    if clip:
+      grey, how = (float(clip[1]) - float(clip[0])) / 255, '1/255 of the data range'
+    else:
+      lo, hi = np.percentile(np.asarray(data['image'], np.float64), [0.5, 99.5])
+      grey = float(hi - lo) / 255 or 1 / 255
+      how = "1/255 of the evaluated images' 0.5–99.5th percentile range"
+  block = int(eval_cfg.get('frequency_block', 8))
+  attack = vafa.VAFASettings(steps=int(eval_cfg.get('frequency_steps', 20)), block=block,
+                             grey_level=grey, clip=tuple(clip) if clip else None)
+  levels = sorted(set([0.0, *map(float, eval_cfg.frequency_levels)]))
+  rows = evaluator.curves(params, data, levels, (attack,), desc='frequency',
+                          worst_case=False)[attack.describe()['name']]
+  shape = np.shape(data['image'])[1:]
+  for row in rows:
+    row['q_max'] = row['eps']
+    row['max_l2'] = vafa.max_l2(shape, row['eps'], block, grey)
+  return {'attack': {**attack.describe(), 'grey_level_from': how}, 'results': rows,
+          'note': 'budgets are quantization steps (q_max, grey levels), not comparable with the '
+                  'Lp noise grid; this curve is not part of the worst case'}
 
 
 def per_sample_entry(task, ids, levels, values: dict[str, list[np.ndarray]]) -> dict:

@@ -34,6 +34,7 @@ Floor: imports only `errors` (an attack: it knows nothing of tasks or models).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -109,6 +110,79 @@ def _per_sample(value, x: jax.Array) -> jax.Array:
   return jnp.broadcast_to(v, (x.shape[0],)) if v.ndim == 0 else v
 
 
+@dataclasses.dataclass(frozen=True)
+class VAFASettings:
+  """A configured VAFA attack (the budget q_max is given per call), in the iterative-attack
+  protocol the evaluator runs (`init`, `step`, `result`; the state is the quantization steps q):
+  `VAFASettings(...)(loss_fn, x, q_max)` is `vafa(loss_fn, x, q_max, ...)`."""
+  steps: int = 20
+  block: int | tuple[int, ...] = 8
+  q_min: float = 5.0
+  alpha: float = 0.1
+  grey_level: float = 1 / 255
+  offset: float = 128.0
+  clip: tuple[float, float] | None = None
+  norm = 'quantization'  # Its budget is a quantization step bound, not an Lp radius.
+
+  def __post_init__(self):
+    if self.steps < 1:
+      raise ConfigError(f'VAFA steps={self.steps}: use at least 1 (Hanif et al.: 20).')
+    if not 0 < self.alpha < 1:
+      raise ConfigError(f"VAFA alpha={self.alpha}: use a sharpness in (0, 1) (Hanif et al.'s "
+                        'code: 0.1).')
+    if self.grey_level <= 0:
+      raise ConfigError(f'VAFA grey_level={self.grey_level}: give the size of one grey level in '
+                        "the model's input units (> 0; 1/255 for inputs in [0, 1]).")
+
+  def _coefficients(self, x: jax.Array):
+    block = _block_shape(self.block, x.ndim - 2)
+    return block, block_dct(_pad((x / self.grey_level) - self.offset, block), block)
+
+  def _image(self, x: jax.Array, q: jax.Array, rounding) -> jax.Array:
+    block, coefficients = self._coefficients(x)
+    safe = jnp.maximum(q, 1e-6)
+    y = (block_idct(rounding(coefficients / safe) * safe, block) + self.offset) * self.grey_level
+    y = y[(slice(None), *(slice(0, s) for s in x.shape[1:-1]))]
+    budget = jnp.max(q.reshape(q.shape[0], -1), axis=1) > 0  # q_max = 0: left unchanged
+    y = jnp.where(budget[(slice(None),) + (None,) * (x.ndim - 1)], y, x)
+    return y if self.clip is None else jnp.clip(y, *self.clip)
+
+  def _bounds(self, x: jax.Array, q_max):
+    q_hi = _per_sample(q_max, x)
+    return q_hi, jnp.minimum(q_hi, self.q_min)
+
+  def init(self, loss_fn: LossFn, x: jax.Array, q_max, key=None) -> jax.Array:
+    del loss_fn, key
+    _, coefficients = self._coefficients(x)
+    hi = self._bounds(x, q_max)[0]
+    return jnp.broadcast_to(hi[(slice(None),) + (None,) * (coefficients.ndim - 1)],
+                            coefficients.shape)
+
+  def step(self, loss_fn: LossFn, x: jax.Array, q: jax.Array, q_max, i) -> jax.Array:
+    a = self.alpha * (1.0 - i / self.steps)  # the authors' schedule: 0.1, 0.095, ..., 0.005
+    objective = lambda v: jnp.sum(loss_fn(self._image(x, v, lambda u: soft_round(u, a))))
+    hi, lo = self._bounds(x, q_max)
+    expand = (slice(None),) + (None,) * (q.ndim - 1)
+    return jnp.clip(q + jnp.sign(jax.grad(objective)(q)), lo[expand], hi[expand])
+
+  def result(self, x: jax.Array, q: jax.Array) -> jax.Array:
+    return self._image(x, q, jnp.round)
+
+  def __call__(self, loss_fn: LossFn, x: jax.Array, q_max, key=None) -> jax.Array:
+    q = jax.lax.fori_loop(0, self.steps, lambda t, v: self.step(loss_fn, x, v, q_max, t),
+                          self.init(loss_fn, x, q_max))
+    return self.result(x, q)
+
+  def describe(self) -> dict:
+    return {'name': f'vafa-{self.steps}', 'norm': self.norm, 'steps': self.steps,
+            'budget': 'q_max: the largest quantization step of a block-DCT coefficient, in grey '
+                      'levels',
+            'block': list(self.block) if isinstance(self.block, tuple) else self.block,
+            'q_min': self.q_min, 'alpha': self.alpha, 'grey_level': self.grey_level,
+            'restarts': 1, 'random_start': False,
+            'data_range': list(self.clip) if self.clip else 'unbounded (no clipping)'}
+
+
 def vafa(loss_fn: LossFn, x: jax.Array, q_max, *, block: int | Sequence[int] = 8,
          steps: int = 20, q_min: float = 5.0, alpha: float = 0.1, grey_level: float = 1 / 255,
          offset: float = 128.0, clip: tuple[float, float] | None = None) -> jax.Array:
@@ -116,40 +190,10 @@ def vafa(loss_fn: LossFn, x: jax.Array, q_max, *, block: int | Sequence[int] = 8
   (B,): block-DCT coefficients quantized with per-coefficient steps q in [q_min, q_max] chosen
   by `steps` signed-gradient steps on q (see the module docstring). `q_max` is a scalar or a
   (B,) vector of budgets in grey levels (0: the sample is returned unchanged)."""
-  if steps < 1:
-    raise ConfigError(f'VAFA steps={steps}: use at least 1 (Hanif et al.: 20).')
-  if not 0 < alpha < 1:
-    raise ConfigError(f"VAFA alpha={alpha}: use a sharpness in (0, 1) (Hanif et al.'s code: 0.1).")
-  if grey_level <= 0:
-    raise ConfigError(f'VAFA grey_level={grey_level}: give the size of one grey level in the '
-                      "model's input units (> 0; 1/255 for inputs in [0, 1]).")
-  block = _block_shape(block, x.ndim - 2)
-  q_hi = _per_sample(q_max, x)
-  q_lo = jnp.minimum(q_hi, q_min)
-  spatial = x.shape[1:-1]
-  coefficients = block_dct(_pad((x / grey_level) - offset, block), block)
-  expand = (slice(None),) + (None,) * (coefficients.ndim - 1)
-  hi, lo = q_hi[expand], q_lo[expand]
-
-  def image(q, rounding):
-    safe = jnp.maximum(q, 1e-6)
-    quantized = rounding(coefficients / safe) * safe
-    y = (block_idct(quantized, block) + offset) * grey_level
-    y = y[(slice(None), *(slice(0, s) for s in spatial))]
-    y = jnp.where((q_hi > 0)[(slice(None),) + (None,) * (x.ndim - 1)], y, x)
-    return y if clip is None else jnp.clip(y, *clip)
-
-  def objective(q, a):
-    return jnp.sum(loss_fn(image(q, lambda u: soft_round(u, a))))
-
-  grad = jax.grad(objective)
-
-  def step(t, q):
-    a = alpha * (1.0 - t / steps)  # the authors' schedule: 0.1, 0.095, ..., 0.005 for 20 steps
-    return jnp.clip(q + jnp.sign(grad(q, a)), lo, hi)
-
-  q = jax.lax.fori_loop(0, steps, step, jnp.broadcast_to(hi, coefficients.shape))
-  return image(q, jnp.round)
+  block = block if isinstance(block, (int, float)) else tuple(int(b) for b in block)
+  return VAFASettings(steps=steps, block=block, q_min=q_min, alpha=alpha,
+                      grey_level=grey_level, offset=offset,
+                      clip=tuple(clip) if clip is not None else None)(loss_fn, x, q_max)
 
 
 def max_l2(x_shape: Sequence[int], q_max: float, block: int | Sequence[int],

@@ -160,13 +160,21 @@ def test_synthetic_volume_run_trains_on_patches_and_reports_surface_distances(tm
       'attack.steps': 2, 'num_epochs': 2, 'log_every_steps': 1, 'checkpoint_every_steps': 2,
       'eval.noise_levels': (0.0, 1.0), 'eval.steps': 2, 'eval.apgd_steps': 2,
       'eval.weak_steps': 1, 'eval.batch_size': 8, 'eval.attacks': ('pgd',),
-      'eval.masking_checks': False, 'shift.corruptions': ()})
+      'eval.masking_checks': False, 'shift.corruptions': (),
+      'eval.frequency_levels': (30.0,), 'eval.frequency_steps': 2, 'eval.frequency_block': 4})
   config.lock()
   report = train.train_and_evaluate(config, str(tmp_path))
   clean = report['curves']['pgd-2'][0]
   for key in ('adi', 'tvdi', 'hd95_mm', 'asd_mm', 'hd95_mm/zone1', 'asd_mm/zone2'):
     assert np.isfinite(clean[key]), key
   assert clean['hd95_mm'] >= clean['asd_mm'] >= 0
+  # VAFA's own curve, in its own unit, with the L2 bound each budget allows.
+  freq = report['frequency']
+  assert freq['attack']['name'] == 'vafa-2' and [r['q_max'] for r in freq['results']] == [0, 30]
+  assert freq['results'][0]['adi'] == clean['adi'] and freq['results'][1]['max_l2'] > 0
+  assert np.isfinite(freq['results'][1]['hd95_mm'])
+  saved = json.loads((tmp_path / 'robustness.json').read_text())
+  assert saved['frequency']['results'][1]['q_max'] == 30
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   margins = [r for r in records if r['type'] == 'margins']
   assert margins and sum(margins[-1]['counts']) == config.data.num_train  # one per volume
