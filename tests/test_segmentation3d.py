@@ -188,3 +188,19 @@ def test_real_hippocampus_volumes():
   assert set(np.unique(arrays['label'])) <= {0, 1, 2}
   for i in range(3):
     assert arrays['label'][i].any() and arrays['valid'][i].sum() > 30 ** 3
+
+
+def test_a_2d_checkpoint_is_refused_for_volumes(tmp_path):
+  """Evaluating a 2-D run with data.ndim=3 is one error line naming the difference."""
+  import subprocess
+  import sys
+  from robust_med import train
+  from tiny import tiny_config
+  train.Trainer(tiny_config('std', **{'num_epochs': 1}), str(tmp_path / 'r2')).train()
+  proc = subprocess.run(
+      [sys.executable, '-m', 'robust_med.evaluate', f'--workdir={tmp_path / "r2"}',
+       '--config=configs/hippocampus3d_std.py:synthetic', '--config.data.num_val=8'],
+      capture_output=True, text=True, cwd=data_paths.REPO_ROOT)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:') and 'ndim=3' in lines[0], lines

@@ -215,7 +215,10 @@ class Task(base.Task):
             '--config.data.max_volumes=0 to evaluate every volume')
 
   def data_signature(self, info) -> dict:
-    return {'channels': int(info.channels), 'num_classes': int(info.num_classes)}
+    signature = {'channels': int(info.channels), 'num_classes': int(info.num_classes)}
+    if self.volumes:  # 2-D checkpoints keep the signature they were saved with.
+      signature['ndim'] = 3
+    return signature
 
   def build_model(self, info):
     m = self.config.model
