@@ -86,6 +86,12 @@ def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray]
   return arrays, info
 
 
+def _volume_patch(data_config: Any) -> tuple[int, ...]:
+  """The 3-D patch every volume grid must hold ((1, 1, 1) for a slice-wise 2-D model's)."""
+  patch = tuple(int(s) for s in data_config.get('patch_size', ()))
+  return patch if len(patch) == 3 else (1, 1, 1)
+
+
 def _ndim(data_config: Any) -> int:
   return int(data_config.get('ndim', 2) or 2)
 
@@ -98,7 +104,7 @@ def _load_msd(data_config: Any, split: str) -> tuple[dict[str, np.ndarray], Segm
         data_config.get('root', None), split,
         spacing=tuple(float(s) for s in data_config.get('spacing', ()) or ()),
         volume_shape=tuple(int(s) for s in data_config.get('volume_shape', ()) or ()),
-        min_shape=tuple(int(s) for s in data_config.get('patch_size', (1, 1, 1))),
+        min_shape=_volume_patch(data_config),
         val_fraction=float(data_config.get('val_fraction', 0.2)),
         max_volumes=max_volumes or None, **_tune(data_config))
   return load_msd_slices(

@@ -30,7 +30,7 @@ from robust_med import data as data_lib
 from robust_med import surface_distance
 from robust_med.data import patches as patches_lib
 from robust_med.errors import ConfigError
-from robust_med.models.sliding import SlidingWindow
+from robust_med.models.sliding import SliceWise, SlidingWindow
 from robust_med.models.unet import UNet, unet_features
 from robust_med.ranges import Range
 from robust_med.tasks import base
@@ -139,6 +139,10 @@ class Task(base.Task):
                                           # foreground (nnU-Net's oversample_foreground_percent)
         },
         'model': {
+            'ndim': 0,                    # the U-Net's dims: 0 = the data's; 2 with data.ndim = 3
+                                          # applies a 2-D model slice by slice (along
+                                          # data.slice_axis) to whole volumes, e.g. to evaluate
+                                          # a 2-D run on volumes with a budget per volume
             'sliding_overlap': 0.5,       # volumes: the share of a window its neighbours overlap
             'windows_per_batch': 4,       # volumes: windows run together in the sliding window
         },
@@ -146,25 +150,30 @@ class Task(base.Task):
 
   @classmethod
   def config_ranges(cls) -> dict[str, Any]:
-    return {'data.ndim': Range(2, 3), 'data.spacing': Range(0, open_lo=True),
+    return {'data.ndim': Range(2, 3), 'model.ndim': (0, 2, 3), 'data.spacing': Range(0, open_lo=True),
             'data.volume_shape': Range(1), 'data.foreground_fraction': Range(0, 1),
             'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': Range(1)}
 
   @classmethod
   def check_config(cls, config) -> None:
     d = config.data
+    model_ndim = config.model.get('ndim', 0) or d.get('ndim', 2)
     if d.get('ndim', 2) != 3:
+      if model_ndim != 2:
+        raise ConfigError(f'config.model.ndim = {model_ndim} but the data are 2-D slices: a 3-D '
+                          'model needs volumes (config.data.ndim = 3); set model.ndim to 0.')
       if len(d.patch_size) != 2:
         raise ConfigError(f'config.data.patch_size = {tuple(d.patch_size)}: slices need two '
                           'sizes (or set config.data.ndim = 3 for volumes).')
       return
-    if len(d.patch_size) != 3:
-      raise ConfigError(f'config.data.ndim = 3 but config.data.patch_size = '
-                        f'{tuple(d.patch_size)}: give three sizes, e.g. (32, 48, 32).')
+    if len(d.patch_size) != model_ndim:
+      raise ConfigError(f'config.data.patch_size = {tuple(d.patch_size)} for a {model_ndim}-D '
+                        f'model: give {model_ndim} sizes (the {model_ndim}-D training patch).')
     for key in ('spacing', 'volume_shape'):
       if d[key] and len(d[key]) != 3:
         raise ConfigError(f'config.data.{key} = {tuple(d[key])}: give three sizes or ().')
-    if d.volume_shape and any(v < p for v, p in zip(d.volume_shape, d.patch_size)):
+    if model_ndim == 3 and d.volume_shape and any(
+        v < p for v, p in zip(d.volume_shape, d.patch_size)):
       raise ConfigError(f'config.data.volume_shape = {tuple(d.volume_shape)} is smaller than '
                         f'config.data.patch_size = {tuple(d.patch_size)}: the windows must fit '
                         'in the grid; raise volume_shape or lower patch_size.')
@@ -181,6 +190,10 @@ class Task(base.Task):
   def volumes(self) -> bool:
     return int(self.config.data.get('ndim', 2)) == 3
 
+  @property
+  def model_ndim(self) -> int:
+    return int(self.config.model.get('ndim', 0) or self.config.data.get('ndim', 2))
+
   def splits(self) -> tuple[str, ...]:
     return data_lib.split_names(self.config.data)
 
@@ -194,7 +207,7 @@ class Task(base.Task):
     """Volumes: a patch of `data.patch_size` from each volume of the batch, the last
     `data.foreground_fraction` of them centred on a foreground voxel (`data.patches`). The
     sample keeps its volume's id (its AMAT margin is the volume's)."""
-    if not self.volumes:
+    if not self.volumes or self.model_ndim != 3:  # A slice-wise model trains on whole volumes.
       return batch
     patch = tuple(int(p) for p in self.config.data.patch_size)
     labels = batch['label']
@@ -216,7 +229,7 @@ class Task(base.Task):
 
   def data_signature(self, info) -> dict:
     signature = {'channels': int(info.channels), 'num_classes': int(info.num_classes)}
-    if self.volumes:  # 2-D checkpoints keep the signature they were saved with.
+    if self.model_ndim == 3:  # 2-D models keep the signature they were saved with.
       signature['ndim'] = 3
     return signature
 
@@ -228,6 +241,8 @@ class Task(base.Task):
                 features=unet_features(m.base_width, m.depth, m.max_width))
     if not self.volumes:
       return unet
+    if self.model_ndim == 2:
+      return SliceWise(unet, axis=self.config.data.slice_axis, multiple=2 ** (m.depth - 1))
     return SlidingWindow(unet, self.config.data.patch_size, overlap=m.sliding_overlap,
                          windows_per_batch=m.windows_per_batch)
 
