@@ -57,6 +57,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.records_dir = ''              # grain: folder the records were prepared into by
                                        # python -m robust_med.data.records --records_dir=DIR
   c.data.worker_count = 0              # grain: worker processes decoding batches (0 = none)
+  # Volumes (segmentation: docs/volumes.md).
+  c.data.ndim = 2                      # 2: slices along data.slice_axis | 3: whole volumes
+  c.data.spacing = ()                  # volumes: mm per voxel to resample to (() = as stored,
+                                       # then common to the split)
+  c.data.volume_shape = ()             # volumes: the common padded grid (() = the smallest that
+                                       # holds every volume of the split)
+  c.data.foreground_fraction = 0.33    # volumes: share of each batch's patches centred on
+                                       # foreground (nnU-Net's oversample_foreground_percent)
 
   c.model = ml_collections.ConfigDict()
   c.model.base_width = 16
@@ -65,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.compute_dtype = 'float32'    # or 'bfloat16' (GPU/TPU): the network computes in bf16,
                                        # parameters, losses and attacks stay float32
                                        # (robust_med/precision.py)
+  c.model.ndim = 0                     # the U-Net's dims: 0 = the data's; 2 with data.ndim = 3
+                                       # applies a 2-D model slice by slice (along
+                                       # data.slice_axis) to whole volumes
+  c.model.sliding_overlap = 0.5        # volumes: the share of a window its neighbours overlap
+  c.model.windows_per_batch = 4        # volumes: windows run together in the sliding window
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug |
@@ -266,6 +279,10 @@ RANGES: dict[str, Range] = {
     'data.channels': AT_LEAST_1, 'data.seed': AT_LEAST_0,
     'data.worker_count': Range(0, note='0 = decode in the training process'),
     'data.patch_size': AT_LEAST_1,
+    'data.ndim': Range(2, 3), 'data.spacing': Range(0, open_lo=True),
+    'data.volume_shape': AT_LEAST_1, 'data.foreground_fraction': UNIT,
+    'model.ndim': Range(0, 3, note='0 = the data\'s'),
+    'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': AT_LEAST_1,
     'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
     'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0,
     'method.grad_penalty': AT_LEAST_0, 'method.consistency_views': AT_LEAST_0,

@@ -190,7 +190,7 @@ class Predictor:
 
     @jax.jit
     def run(params, x, valid, clean, key):
-      batch = {'image': x, 'valid': valid}
+      batch = {'image': x, 'in_image': valid}
       loss = lambda z: self.task.divergence(apply(params, within_image(batch, z)), clean)
       return within_image(batch, settings(loss, x, jnp.full((1,), eps, x.dtype), key))
     return run(self.params, x, valid, clean, jax.random.key(seed))

@@ -69,20 +69,20 @@ def test_msd_volumes_resampled_padded_and_masked(msd_volumes):
   arrays, info = data_lib.load_msd_volumes(msd_volumes, 'train', spacing=(1.0, 1.0, 1.0))
   # Case c (5 × 2 mm) is resampled to 10 voxels; the common grid holds both cases.
   assert arrays['image'].shape == (2, 10, 12, 8, 1)
-  assert arrays['valid'].sum(axis=(1, 2, 3)).tolist() == [10 * 12 * 8, 10 * 12 * 8]
+  assert arrays['in_image'].sum(axis=(1, 2, 3)).tolist() == [10 * 12 * 8, 10 * 12 * 8]
   assert info.spacing == (1.0, 1.0, 1.0) and info.cases == ('a', 'c')
   assert arrays['id'].tolist() == [0, 1]
   # Each volume is z-scored over its own voxels; the padding is 0 and outside `valid`.
-  own = arrays['image'][0][arrays['valid'][0]]
+  own = arrays['image'][0][arrays['in_image'][0]]
   assert abs(own.mean()) < 1e-3 and abs(own.std() - 1) < 1e-2
   # Every declared split loads, the unlabelled-upstream 'test' included.
   test, _ = data_lib.load_msd_volumes(msd_volumes, 'test', spacing=(1.0, 1.0, 1.0))
   assert test['image'].shape == (1, 11, 11, 11, 1)
   padded, _ = data_lib.load_msd_volumes(msd_volumes, 'val', volume_shape=(12, 16, 12))
   assert padded['image'].shape == (1, 12, 16, 12, 1)
-  assert padded['valid'].sum() == 9 * 14 * 10
-  assert padded['label'][~padded['valid']].max() == 0
-  assert (padded['image'][~padded['valid']] == 0).all()
+  assert padded['in_image'].sum() == 9 * 14 * 10
+  assert padded['label'][~padded['in_image']].max() == 0
+  assert (padded['image'][~padded['in_image']] == 0).all()
 
 
 def test_msd_volumes_refuse_what_cannot_work(msd_volumes):
@@ -124,7 +124,7 @@ def test_training_batch_cuts_patches_with_foreground_share():
 def test_within_image_keeps_the_padding_clean():
   x = jnp.zeros((2, 4, 4, 4, 1))
   valid = jnp.zeros((2, 4, 4, 4), bool).at[:, :2].set(True)
-  moved = base.within_image({'image': x, 'valid': valid}, x + 1.0)
+  moved = base.within_image({'image': x, 'in_image': valid}, x + 1.0)
   assert float(moved[:, :2].min()) == 1.0 and float(jnp.abs(moved[:, 2:]).max()) == 0.0
   assert base.within_image({'image': x}, x + 1.0) is not None
 
@@ -133,8 +133,8 @@ def test_whole_volume_attack_budget_per_volume_and_padding_untouched():
   config = volume_config(**{'eval.norm': 'l2'})
   task = segmentation.Task(config)
   arrays, info = task.load_split('val')
-  arrays['valid'] = arrays['valid'].copy()
-  arrays['valid'][:, :2] = False  # Pretend the first two planes are padding.
+  arrays['in_image'] = arrays['in_image'].copy()
+  arrays['in_image'][:, :2] = False  # Pretend the first two planes are padding.
   model = task.build_model(info)
   assert isinstance(model, SlidingWindow)
   params = model.init(jax.random.key(0), jnp.asarray(arrays['image'][:1]))['params']
@@ -187,7 +187,7 @@ def test_real_hippocampus_volumes():
   assert info.class_names == ('background', 'Anterior', 'Posterior') or info.num_classes == 3
   assert set(np.unique(arrays['label'])) <= {0, 1, 2}
   for i in range(3):
-    assert arrays['label'][i].any() and arrays['valid'][i].sum() > 30 ** 3
+    assert arrays['label'][i].any() and arrays['in_image'][i].sum() > 30 ** 3
 
 
 def test_a_2d_checkpoint_is_refused_for_volumes(tmp_path):

@@ -4,7 +4,7 @@
 dataset declares) and returns ``(arrays, info)`` where `arrays` holds 'image'
 (N, H, W, C) float32, 'label' (N, H, W) int32, 'id' (int32 arange(N)), 'case_index' and
 'slice_index' (int32), and `info` is a `SegmentationInfo`. With ``data.ndim = 3`` the records are
-whole volumes: 'image' (N, X, Y, Z, C), 'label' (N, X, Y, Z), 'valid' (N, X, Y, Z) bool (the
+whole volumes: 'image' (N, X, Y, Z, C), 'label' (N, X, Y, Z), 'in_image' (N, X, Y, Z) bool (the
 volume's own voxels in a common padded grid), 'id' and 'case_index'. Wrap `arrays` in `ArraySource` and
 iterate it with `batches`; the trainer reads its batches (in a multi-process run each process's
 rows of the same global batches) through `robust_med.data.pipeline`, from memory or records.
@@ -72,7 +72,7 @@ def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray]
     arrays = make_volume_phantoms(num, shape=patch_size, num_classes=num_classes,
                                   channels=channels, seed=seed, spacing=spacing)
     del arrays['spacing']
-    arrays['valid'] = np.ones(arrays['label'].shape, bool)
+    arrays['in_image'] = np.ones(arrays['label'].shape, bool)
   else:
     arrays = make_phantoms(num, patch_size=patch_size, num_classes=num_classes,
                            channels=channels, seed=seed)

@@ -11,7 +11,7 @@ Records are ordered by (case name, slice index) and ``id = arange(N)`` in that o
 `load_msd_volumes` keeps each case whole (the 3-D segmentation head, `data.ndim = 3`): resampled
 to a target spacing (`volumes.resample`: cubic for images, nearest for labels), z-scored per volume
 and channel, and centred in a common grid with zero padding (the z-scored mean, what nnU-Net pads
-with). A `valid` mask marks each volume's own voxels, so that metrics and attacks leave the
+with). An `in_image` mask marks each volume's own voxels, so that metrics and attacks leave the
 padding out (`Task` documents the key). One record per case: ``id = arange(number of cases)``.
 """
 
@@ -408,7 +408,7 @@ def load_msd_volumes(root: str | os.PathLike, split: str, *, spacing: Sequence[f
                      tune_from: str = 'train') -> tuple[dict[str, np.ndarray], SegmentationInfo]:
   """Loads one split as whole volumes.
 
-  Returns ({'image': float32 (N, X, Y, Z, C), 'label': int32 (N, X, Y, Z), 'valid': bool
+  Returns ({'image': float32 (N, X, Y, Z, C), 'label': int32 (N, X, Y, Z), 'in_image': bool
   (N, X, Y, Z), 'id': int32 arange(N), 'case_index': int32 arange(N)}, info). Each case is
   resampled to `spacing` (mm; () keeps each case's own spacing, which must then be common to the
   split), z-scored, and centred in a grid of `volume_shape` (() = the smallest grid that holds
@@ -451,12 +451,12 @@ def load_msd_volumes(root: str | os.PathLike, split: str, *, spacing: Sequence[f
     grid = _grid_shape(shapes, multiple, min_shape)
   n = len(cases)
   arrays = {'image': np.zeros((n, *grid, channels), np.float32),
-            'label': np.zeros((n, *grid), np.int32), 'valid': np.zeros((n, *grid), bool),
+            'label': np.zeros((n, *grid), np.int32), 'in_image': np.zeros((n, *grid), bool),
             'id': np.arange(n, dtype=np.int32), 'case_index': np.arange(n, dtype=np.int32)}
   for i, (image, label) in enumerate(zip(images, labels)):
     arrays['image'][i], region = pad_centred(image, grid)
     arrays['label'][i] = pad_centred(label, grid)[0]
-    arrays['valid'][i][region] = True
+    arrays['in_image'][i][region] = True
   common = tuple(float(np.mean([s[a] for s in spacings])) for a in range(3))
   seg_info = SegmentationInfo(name=str(info['name']), num_classes=len(class_names),
                               class_names=tuple(class_names), channels=channels,

@@ -20,7 +20,7 @@ class Task(abc.ABC):
 
   Every batch is a dict with at least `'image'` (B, *spatial, C) float32 — (B, H, W, C) images or
   (B, X, Y, Z, C) volumes — and `'id'` (B,) int32; the rest (labels, boxes, landmarks) is the
-  head's business, but for one key: an optional `'valid'` (B, *spatial) bool marks the pixels
+  head's business, but for one key: an optional `'in_image'` (B, *spatial) bool marks the pixels
   that belong to each sample (records padded to a common grid: 0 on the padding). Attacks, in
   evaluation and in training, cannot change the others (`within_image`); the head's metrics
   should leave them out. Everything the trainer jits (`loss_terms`, `eval_stats`) is pure.
@@ -271,10 +271,10 @@ class Task(abc.ABC):
 
 def within_image(batch: Batch, x: jax.Array) -> jax.Array:
   """`x` (an attacked version of `batch['image']`) with the pixels outside each sample
-  (`batch['valid']` False: padding) reset to the clean image, so that a perturbation acts only on
+  (`batch['in_image']` False: padding) reset to the clean image, so that a perturbation acts only on
   the sample's own pixels and its norm there is at most the attack's; `x` itself when the batch
-  has no 'valid'. Pure and differentiable (no gradient reaches the padding)."""
-  valid = batch.get('valid') if hasattr(batch, 'get') else None
+  has no 'in_image'. Pure and differentiable (no gradient reaches the padding)."""
+  valid = batch.get('in_image') if hasattr(batch, 'get') else None
   if valid is None:
     return x
   clean = batch['image']

@@ -3,7 +3,7 @@
 The model is an nnU-Net-style U-Net; on volumes the metrics add each volume's HD95 and average
 surface distance.
 
-Volumes (`data.ndim = 3`): each record is a whole volume in a common padded grid with a `valid`
+Volumes (`data.ndim = 3`): each record is a whole volume in a common padded grid with an `in_image`
 mask. Training batches are patches of `data.patch_size` cut on the host (`training_batch`,
 nnU-Net's rule: the last `data.foreground_fraction` of each batch centred on foreground); the
 model is the U-Net wrapped in `models.sliding.SlidingWindow`, so that evaluation, attacks and ξ
@@ -19,7 +19,7 @@ Metrics (as in Ma & Liang, AMAT):
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,6 @@ from robust_med.data import patches as patches_lib
 from robust_med.errors import ConfigError
 from robust_med.models.sliding import SliceWise, SlidingWindow
 from robust_med.models.unet import UNet, unet_features
-from robust_med.ranges import Range
 from robust_med.tasks import base
 
 _SPATIAL = lambda a: tuple(range(1, a.ndim - 1))  # The spatial axes of (B, *spatial, K).
@@ -127,37 +126,11 @@ class Task(base.Task):
   loss_term_names = ('ce', 'dice')
 
   @classmethod
-  def default_config(cls) -> dict[str, dict[str, Any]]:
-    return {
-        'data': {
-            'ndim': 2,                    # 2: slices along data.slice_axis | 3: whole volumes
-            'spacing': (),                # volumes: mm per voxel to resample to (() = as stored,
-                                          # then common to the split)
-            'volume_shape': (),           # volumes: the common padded grid (() = the smallest
-                                          # that holds every volume of the split)
-            'foreground_fraction': 0.33,  # volumes: share of each batch's patches centred on
-                                          # foreground (nnU-Net's oversample_foreground_percent)
-        },
-        'model': {
-            'ndim': 0,                    # the U-Net's dims: 0 = the data's; 2 with data.ndim = 3
-                                          # applies a 2-D model slice by slice (along
-                                          # data.slice_axis) to whole volumes, e.g. to evaluate
-                                          # a 2-D run on volumes with a budget per volume
-            'sliding_overlap': 0.5,       # volumes: the share of a window its neighbours overlap
-            'windows_per_batch': 4,       # volumes: windows run together in the sliding window
-        },
-    }
-
-  @classmethod
-  def config_ranges(cls) -> dict[str, Any]:
-    return {'data.ndim': Range(2, 3), 'model.ndim': (0, 2, 3), 'data.spacing': Range(0, open_lo=True),
-            'data.volume_shape': Range(1), 'data.foreground_fraction': Range(0, 1),
-            'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': Range(1)}
-
-  @classmethod
   def check_config(cls, config) -> None:
     d = config.data
     model_ndim = config.model.get('ndim', 0) or d.get('ndim', 2)
+    if model_ndim == 1:
+      raise ConfigError('config.model.ndim = 1: use 0 (the data\'s dims), 2 or 3.')
     if d.get('ndim', 2) != 3:
       if model_ndim != 2:
         raise ConfigError(f'config.model.ndim = {model_ndim} but the data are 2-D slices: a 3-D '
@@ -200,7 +173,7 @@ class Task(base.Task):
   def load_split(self, split: str):
     arrays, info = data_lib.load_split(self.config.data, split)
     self.info = info
-    keys = ('image', 'label', 'id') + (('valid',) if self.volumes else ())
+    keys = ('image', 'label', 'id') + (('in_image',) if self.volumes else ())
     return {k: arrays[k] for k in keys}, info
 
   def training_batch(self, batch, rng):
@@ -216,7 +189,7 @@ class Task(base.Task):
     starts = patches_lib.sample_starts(shapes, foreground, patch, range(len(labels)),
                                        self.config.data.foreground_fraction, rng)
     out = dict(batch)
-    for key in ('image', 'label', 'valid'):
+    for key in ('image', 'label', 'in_image'):
       out[key] = np.stack([patches_lib.crop(a, s, patch) for a, s in zip(batch[key], starts)])
     return out
 
@@ -247,13 +220,13 @@ class Task(base.Task):
                          windows_per_batch=m.windows_per_batch)
 
   def loss_terms(self, outputs, batch):
-    labels, valid = batch['label'], batch.get('valid')
+    labels, valid = batch['label'], batch.get('in_image')
     return {'ce': cross_entropy_loss(outputs, labels, valid),
             'dice': soft_dice_loss(outputs, labels, valid=valid)}
 
   def eval_stats(self, outputs, batch):
     pred = jnp.argmax(outputs, axis=-1)
-    valid = batch.get('valid')
+    valid = batch.get('in_image')
     if valid is not None:
       pred = jnp.where(valid, pred, 0)
     stats = confusion_counts(pred, batch['label'], outputs.shape[-1])
