@@ -62,7 +62,7 @@ class Evaluator:
     self._init = jax.jit(self._init_impl, static_argnames=('attack',))
     self._chunk = jax.jit(self._chunk_impl, static_argnames=('attack', 'steps'))
     self._loop = jax.jit(self._loop_impl)
-    # The attacked input, with any padding (batch['valid']) left clean: `within_image`.
+    # The attacked input, with any padding (batch['in_image']) left clean: `within_image`.
     self._result = jax.jit(lambda batch, x, state, *, attack: within_image(
         batch, attack.result(x, state)), static_argnames=('attack',))
 

@@ -40,42 +40,34 @@ import numpy as np
 from scipy import ndimage
 
 from robust_med import cli, errors, sharding
+from robust_med.data.msd import fit_slices, pad_centred, zscore
 from robust_med.reports import write_json
 
 ATTACKS = ('none', 'pgd')
 
 
-def _zscore(image: np.ndarray) -> np.ndarray:
-  flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
-  std = flat.std(axis=0)
-  return ((image - flat.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
-
-
 def _fit(array: np.ndarray, shape, order: int, resize: bool):
-  """`array` (S, A, B[, C]) fitted to (S, *shape) — zoomed (`resize`) or centre padded/cropped —
-  and the function that maps a (S, *shape[, K]) result back onto (S, A, B[, K])."""
+  """`array` (S, A, B[, C]) fitted to (S, *shape) exactly as the slice loader fits training
+  slices (`msd.fit_slices`: zoomed with `resize`, else centre padded/cropped), and the function
+  that maps a (S, *shape[, K]) result back onto (S, A, B[, K])."""
+  shape = tuple(int(s) for s in shape)
+  fitted = fit_slices(array, shape, resize=resize, order=order)
   size = array.shape[1:3]
-  if resize:
-    factors = [1.0, shape[0] / size[0], shape[1] / size[1]] + [1.0] * (array.ndim - 3)
-    fitted = ndimage.zoom(array, factors, order=order, grid_mode=True, mode='nearest')
-
+  if resize and size != shape:
     def back(out, order=0):
       f = [1.0, size[0] / shape[0], size[1] / shape[1]] + [1.0] * (out.ndim - 3)
-      return ndimage.zoom(out, f, order=order, grid_mode=True, mode='nearest')
+      return ndimage.zoom(out, f, order=order)
     return fitted, back
-  pads, crops, places = [(0, 0)], [slice(None)], [slice(None)]
+  pads, places = [], [slice(None)]
   for n, s in zip(size, shape):
-    lo = max(s - n, 0) // 2  # Padding before (the slice is smaller than the patch) ...
-    pads.append((lo, max(s - n, 0) - lo))
+    pads.append(max(s - n, 0) // 2)  # Padding before (a slice smaller than the patch) ...
     start = max(n - s, 0) // 2  # ... or the start of the crop (larger).
-    crops.append(slice(start, start + s))
     places.append(slice(start, start + min(n, s)))
-  fitted = np.pad(array, pads + [(0, 0)] * (array.ndim - 3))[tuple(crops)]
 
   def back(out, order=0):
     del order
-    inner = out[(slice(None),) + tuple(slice(lo, lo + min(n, s)) for (lo, _), n, s in
-                                       zip(pads[1:], size, shape))]
+    inner = out[(slice(None),) + tuple(slice(lo, lo + min(n, s))
+                                       for lo, n, s in zip(pads, size, shape))]
     full = np.zeros((out.shape[0], *size, *out.shape[3:]), out.dtype)
     full[tuple(places)] = inner
     return full
@@ -137,6 +129,7 @@ class Predictor:
     probe = np.zeros((1, *self.patch, self.channels), np.float32)
     self.model, self.params, self.meta, self.step = evaluate.restore_model(
         self.task, workdir, info, probe, self.mesh, step, what='The input volumes')
+    self._compiled = {}
 
   def preprocess(self, volume) -> tuple[np.ndarray, tuple[float, ...]]:
     """The volume as the model's input (X', Y', Z', C) z-scored, and its spacing."""
@@ -151,14 +144,13 @@ class Predictor:
     spacing = tuple(volume.spacing)
     if self.spacing:
       image, spacing = volumes.resample(image, spacing, self.spacing, order=3)
-    return _zscore(image), spacing
+    return zscore(image), spacing
 
   def volume_fn(self, grid_shape):
     """(apply, to_model, from_model): `apply(params, v)` maps model inputs (1, *M) to logits,
     `to_model` a volume (X, Y, Z, C) to that input, `from_model` logits back to (X, Y, Z, K)."""
     model = self.model
     if self.ndim == 3:
-      from robust_med.data.msd import pad_centred
       target = tuple(max(n, p) for n, p in zip(grid_shape, self.patch))
       _, region = pad_centred(np.zeros(grid_shape, np.uint8), target)
       to_model = lambda v: pad_centred(v, target)[0][None]
@@ -180,20 +172,27 @@ class Predictor:
       return out.reshape(1, v.shape[1], *out.shape[1:])
     return apply, to_model, from_model
 
-  def attack(self, apply, x, valid, clean, eps: float, norm: str, steps: int, seed: int):
-    """PGD on the divergence from `clean`; the padding (`valid` False) is never changed."""
-    from robust_med import attacks
-    from robust_med.tasks.base import within_image
-    a = self.config.attack
-    settings = attacks.PGDSettings(norm=norm, steps=steps, step_size_factor=a.step_size_factor,
-                                   random_start=a.random_start, clip=None)
+  def functions(self, grid_shape, norm: str, steps: int):
+    """For volumes of `grid_shape` (built once per grid, so a folder of equal grids compiles
+    once): `predict(params, x)` → logits, `to_model`, `from_model` (`volume_fn`), and
+    `attack(params, x, in_image, clean, eps, key)`: PGD on the divergence from `clean`, the
+    padding (`in_image` False) never changed."""
+    key = (tuple(grid_shape), norm, int(steps))
+    if key not in self._compiled:
+      from robust_med import attacks
+      from robust_med.tasks.base import within_image
+      apply, to_model, from_model = self.volume_fn(grid_shape)
+      a = self.config.attack
+      settings = attacks.PGDSettings(norm=norm, steps=steps, step_size_factor=a.step_size_factor,
+                                     random_start=a.random_start, clip=None)
 
-    @jax.jit
-    def run(params, x, valid, clean, key):
-      batch = {'image': x, 'in_image': valid}
-      loss = lambda z: self.task.divergence(apply(params, within_image(batch, z)), clean)
-      return within_image(batch, settings(loss, x, jnp.full((1,), eps, x.dtype), key))
-    return run(self.params, x, valid, clean, jax.random.key(seed))
+      @jax.jit
+      def attack(params, x, in_image, clean, eps, key):
+        batch = {'image': x, 'in_image': in_image}
+        loss = lambda z: self.task.divergence(apply(params, within_image(batch, z)), clean)
+        return within_image(batch, settings(loss, x, jnp.full((1,), eps, x.dtype), key))
+      self._compiled[key] = (jax.jit(apply), to_model, from_model, attack)
+    return self._compiled[key]
 
 
 def predict_volumes(config, workdir: str, inputs: str, output: str, *, step: int | None = None,
@@ -226,10 +225,9 @@ def predict_volumes(config, workdir: str, inputs: str, output: str, *, step: int
   for path in files:
     volume = volumes.read_volume(path)
     image, spacing = predictor.preprocess(volume)
-    apply, to_model, from_model = predictor.volume_fn(image.shape[:3])
+    fn, to_model, from_model, attack_fn = predictor.functions(image.shape[:3], norm, steps)
     x = jnp.asarray(to_model(image))
-    valid = jnp.asarray(to_model(np.ones(image.shape[:3] + (1,), np.float32))[..., 0] > 0.5)
-    fn = jax.jit(apply)
+    in_image = jnp.asarray(to_model(np.ones(image.shape[:3] + (1,), np.float32))[..., 0] > 0.5)
     clean = fn(predictor.params, x)
     name = path.name[:-len('.nii.gz')] if path.name.lower().endswith('.nii.gz') else path.stem
     label = np.argmax(from_model(clean), axis=-1).astype(np.uint8)
@@ -238,7 +236,7 @@ def predict_volumes(config, workdir: str, inputs: str, output: str, *, step: int
     entry['files']['pred'] = str(volumes.write_like(out_dir / f'{name}_pred.nii.gz',
                                                     _to_grid(label, volume.shape), volume))
     if attack != 'none':
-      x_adv = predictor.attack(apply, x, valid, clean, eps, norm, steps, config.seed)
+      x_adv = attack_fn(predictor.params, x, in_image, clean, eps, jax.random.key(config.seed))
       adv_label = np.argmax(from_model(fn(predictor.params, x_adv)), axis=-1).astype(np.uint8)
       entry['files']['pred_attacked'] = str(volumes.write_like(
           out_dir / f'{name}_pred_attacked.nii.gz', _to_grid(adv_label, volume.shape), volume))
@@ -251,7 +249,7 @@ def predict_volumes(config, workdir: str, inputs: str, output: str, *, step: int
         grid_ref = volumes.Volume(volume.path, np.broadcast_to(np.float32(0), image.shape[:3]),
                                   spacing, _resampled_affine(volume.affine, volume.spacing,
                                                              spacing), volume.header)
-      adv_image = image + _delta_on_grid(delta, from_model, image.shape)
+      adv_image = image + np.asarray(from_model(delta))  # Padding/crop undone, slices restacked.
       for key, array in (('attacked', adv_image), ('perturbation', adv_image - image)):
         array = array[..., 0] if array.shape[-1] == 1 else array
         entry['files'][key] = str(volumes.write_like(out_dir / f'{name}_{key}.nii.gz',
@@ -260,16 +258,6 @@ def predict_volumes(config, workdir: str, inputs: str, output: str, *, step: int
     print(f'{path} → {", ".join(Path(f).name for f in entry["files"].values())}')
   write_json(str(out_dir / 'predictions.json'), record)
   return record
-
-
-def _delta_on_grid(delta: np.ndarray, from_model, shape) -> np.ndarray:
-  """The perturbation of the model's input mapped onto the volume's grid (X, Y, Z, C): the padding
-  cropped off, slices restacked (a 2-D model's resized slices zoomed back, linearly)."""
-  out = np.asarray(from_model(delta))
-  if out.shape != tuple(shape):
-    raise errors.UserError(f'the perturbation came back with shape {out.shape} instead of '
-                           f'{tuple(shape)}: report this as a bug.')
-  return out
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from robust_med import predict, train
+from robust_med.data import msd
 from test_segmentation3d import volume_config
 from tiny import tiny_config
 
@@ -50,7 +51,7 @@ def test_3d_prediction_on_the_input_grid_matches_the_model(runs, tmp_path):
   assert label.dtype == np.uint8 and label.max() < 3
   # The same as the model applied to the z-scored volume by the evaluator's route.
   p = predict.Predictor(config, str(workdir))
-  z = predict._zscore(arrays['image'][0])
+  z = msd.zscore(arrays['image'][0])
   logits = p.model.apply({'params': p.params}, jnp.asarray(z[None]))
   assert np.array_equal(label, np.argmax(np.asarray(logits)[0], -1))
   assert json.loads((tmp_path / 'out' / 'predictions.json').read_text())['step'] == p.step

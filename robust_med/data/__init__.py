@@ -69,7 +69,7 @@ def _load_synthetic(data_config: Any, split: str) -> tuple[dict[str, np.ndarray]
     from robust_med.data.synthetic_volumes import make_volume_phantoms
     spacing = tuple(float(s) for s in data_config.get('spacing', ()) or (1.0, 1.0, 1.0))
     patch_size = tuple(int(s) for s in data_config.get('volume_shape', ()) or (32, 40, 32))
-    arrays = make_volume_phantoms(num, shape=patch_size, num_classes=num_classes,
+    arrays = make_volume_phantoms(num, shape=patch_size, num_classes=num_classes,  # The grid.
                                   channels=channels, seed=seed, spacing=spacing)
     del arrays['spacing']
     arrays['in_image'] = np.ones(arrays['label'].shape, bool)

@@ -257,7 +257,7 @@ def _as_channels_last(image: np.ndarray, case: str) -> np.ndarray:
                   '(X, Y, Z) or 4-D (X, Y, Z, modalities); check the file')
 
 
-def _zscore(image: np.ndarray) -> np.ndarray:
+def zscore(image: np.ndarray) -> np.ndarray:
   """Per-channel z-score over the whole volume (X, Y, Z, C); constant channels become 0."""
   flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
   mean, std = flat.mean(axis=0), flat.std(axis=0)
@@ -279,9 +279,10 @@ def _check_label(label: np.ndarray, case: str, class_names: Sequence[str]) -> np
 
 
 def _load_case(case: str, files: tuple[Path, Path], class_names: Sequence[str],
-               channels: int) -> tuple[np.ndarray, np.ndarray]:
-  """Normalised image (X, Y, Z, C) float32 and label (X, Y, Z) int32 of one case."""
-  image = _as_channels_last(_read_nifti(files[0], case), case)
+               channels: int, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Normalised image (X, Y, Z, C) float32 and label (X, Y, Z) int32 of one case (`image`: its
+  voxels when the caller has read them already)."""
+  image = _as_channels_last(_read_nifti(files[0], case) if image is None else image, case)
   label = _read_nifti(files[1], case)
   if label.ndim == 4 and label.shape[3] == 1:
     label = label[..., 0]
@@ -294,10 +295,10 @@ def _load_case(case: str, files: tuple[Path, Path], class_names: Sequence[str],
   if not np.issubdtype(image.dtype, np.integer) and not np.isfinite(image).all():
     raise DataError(f'case {case}: image has {np.size(image) - np.isfinite(image).sum()} '
                     'NaN/inf voxels: fix or re-export the file, or drop the case from dataset.json')
-  return _zscore(image), _check_label(label, case, class_names)
+  return zscore(image), _check_label(label, case, class_names)
 
 
-def _fit(slices: np.ndarray, patch_size: tuple[int, int], *, resize: bool,
+def fit_slices(slices: np.ndarray, patch_size: tuple[int, int], *, resize: bool,
          order: int) -> np.ndarray:
   """Resizes (or centre pads with 0 / centre crops) (S, A, B, ...) slices to patch_size."""
   if resize and slices.shape[1:3] != patch_size:
@@ -360,8 +361,8 @@ def load_msd_slices(root: str | os.PathLike, split: str, *,
   images, labels, case_index, slice_index = [], [], [], []
   for index, case in enumerate(cases):
     image, label = _load_case(case, files[case], class_names, channels)
-    image = _fit(np.moveaxis(image, slice_axis, 0), patch_size, resize=resize, order=1)
-    label = _fit(np.moveaxis(label, slice_axis, 0), patch_size, resize=resize, order=0)
+    image = fit_slices(np.moveaxis(image, slice_axis, 0), patch_size, resize=resize, order=1)
+    label = fit_slices(np.moveaxis(label, slice_axis, 0), patch_size, resize=resize, order=0)
     keep = label.reshape(len(label), -1).any(axis=1) if foreground_only else slice(None)
     keep = np.arange(len(label))[keep]
     images.append(image[keep])
@@ -424,12 +425,12 @@ def load_msd_volumes(root: str | os.PathLike, split: str, *, spacing: Sequence[f
     image_file, label_file = files[case]
     if not image_file.is_file():
       _read_nifti(image_file, case)  # Raises the DataError that names the missing file.
-    volume = volumes.read_volume(image_file)
-    image, label = _load_case(case, files[case], class_names, channels)
+    volume = volumes.read_volume(image_file)  # The voxels with their stored spacing.
+    image, label = _load_case(case, files[case], class_names, channels, volume.array)
     if spacing:
       image, new_spacing = volumes.resample(image, volume.spacing, spacing, order=3)
       label, _ = volumes.resample(label, volume.spacing, spacing, order=0)
-      image = _zscore(image)  # Cubic resampling moves the mean and spread a little.
+      image = zscore(image)  # Cubic resampling moves the mean and spread a little.
     else:
       new_spacing = volume.spacing
     images.append(image)

@@ -177,8 +177,8 @@ def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.Co
     c.eval.steps = 20
     c.eval.max_samples = 16
   elif variant == 'synthetic':
-    # Offline demo on 3-D phantoms (z-scored per volume like the MSD volumes), a few minutes on
-    # 2 CPU cores; the noise grid is the demo's own.
+    # Offline demo on 3-D phantoms (z-scored per volume like the MSD volumes), about 9 minutes
+    # on 2 CPU cores (docs/volumes.md); the noise grid is the demo's own.
     c.eval.square_queries = DEMO_SQUARE_QUERIES
     c.data.name = 'synthetic'
     c.data.root = ''
@@ -199,8 +199,8 @@ def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.Co
     c.method.eps = 4.0 if method == 'sat' else 0.0
     c.eval.noise_levels = (0., 1., 2., 4., 8.)
     c.eval.steps = c.eval.apgd_steps = 10
-    # Square's queries are whole-volume forward passes: ~10× the demo's training time on 2
-    # cores; the demo runs the gradient attacks (PGD, APGD) and the masking checks.
+    # Square's queries are whole-volume forward passes, 500 per level and batch: the demo runs
+    # the gradient attacks (PGD, APGD) and the masking checks; add 'square' to run it.
     c.eval.attacks = ('pgd', 'apgd')
     c.log_every_steps = 8
     c.checkpoint_every_steps = 32

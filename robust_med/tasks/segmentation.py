@@ -185,7 +185,12 @@ class Task(base.Task):
     patch = tuple(int(p) for p in self.config.data.patch_size)
     labels = batch['label']
     shapes = [labels.shape[1:]] * len(labels)
-    foreground = [patches_lib.foreground_voxels(label) for label in labels]
+    # Each training volume's foreground voxels, found once (the labels never change).
+    known = self.__dict__.setdefault('_foreground', {})
+    for i, label in zip(batch['id'], labels):
+      if int(i) not in known:
+        known[int(i)] = patches_lib.foreground_voxels(label)
+    foreground = [known[int(i)] for i in batch['id']]
     starts = patches_lib.sample_starts(shapes, foreground, patch, range(len(labels)),
                                        self.config.data.foreground_fraction, rng)
     out = dict(batch)
