@@ -424,7 +424,7 @@ def evaluated_with(run_dir: str, config) -> bool:
   with open(os.path.join(run_dir, 'robustness.json')) as f:
     report = json.load(f)
   if 'eval_settings' in report:
-    return report['eval_settings'] == json.loads(config.eval.to_json_best_effort())
+    return same_eval_settings(report['eval_settings'], config)
   from robust_med import evaluate
   names = [a.describe()['name'] for a in evaluate.evaluation_attacks(config.eval)]
   if config.eval.get('transfer_from', ''):
@@ -432,6 +432,17 @@ def evaluated_with(run_dir: str, config) -> bool:
   levels = sorted(set([0.0, *map(float, config.eval.noise_levels)]))
   return ([a['name'] for a in report.get('attacks') or [report['attack']]] == names and
           [r['eps'] for r in report['results']] == levels)
+
+
+def same_eval_settings(stored: dict, config) -> bool:
+  """Whether a report's `eval_settings` are `config.eval`'s. A setting the report lacks counts as
+  the same when `config` has its default value: a newer robust_med added it, and its default
+  leaves the evaluation as it was."""
+  from robust_med import config_base
+  current = json.loads(config.eval.to_json_best_effort())
+  defaults = json.loads(config_base.task_config(config.task).eval.to_json_best_effort())
+  return (set(stored) <= set(current) and all(stored[k] == current[k] for k in stored) and
+          all(k in defaults and current[k] == defaults[k] for k in set(current) - set(stored)))
 
 
 # Settings that do not change a trained model: a sweep resumed with other values of these (or
