@@ -42,9 +42,9 @@ setup(
         # the CPU wheel of this machine rather than a multi-GB CUDA build). torchattacks itself
         # declares torchvision, which it does not need for PGD/APGD. ART (the
         # adversarial-robustness-toolbox), the other library compared, needs only numpy, scipy,
-        # scikit-learn, six and tqdm:
+        # scikit-learn, six and tqdm; MONAI (the 3-D U-Net compared) needs only torch and numpy:
         #   pip install -e '.[bench]' && pip install --no-deps torchattacks
-        'bench': ['torch>=2.4,<=2.13.0', 'adversarial-robustness-toolbox>=1.17'],
+        'bench': ['torch>=2.4,<=2.13.0', 'adversarial-robustness-toolbox>=1.17', 'monai>=1.3'],
         # nbclient, nbformat and ipykernel execute the colab/ notebooks in the tests; pycocotools
         # is the reference the detection mAP is checked against, scikit-learn the reference for
         # AUC and balanced accuracy; pydicom reads the DICOM test fixture; tensorboard's event

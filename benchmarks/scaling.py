@@ -47,7 +47,7 @@ def worker(devices: int, steps: int, batch_size: int, out: str) -> None:
   model = task.build_model(info)
   mesh = sharding.make_mesh(devices)
   tx = train.make_optimizer(c.optimizer, 1000)
-  state = train.init_state(model, tx, data['image'], num_train=len(data['id']), num_terms=2,
+  state = train.init_state(model, tx, data['image'], num_train=len(data['id']), num_xi=2,
                            initial_margin=c.method.delta_eps, seed=0, mesh=mesh)
   state = state.replace(xi=jax.device_put(jnp.full((2,), 0.5), sharding.replicated(mesh)))
   step = train.jit_train_step(train.make_train_step(

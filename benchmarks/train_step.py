@@ -97,7 +97,7 @@ def compiled_step(args, method: str):
   mesh = sharding.make_mesh(config.mesh.num_devices)
   tx = train.make_optimizer(config.optimizer, 1000)
   terms = len(task.loss_term_names)
-  state = train.init_state(model, tx, data['image'], num_train=len(data['id']), num_terms=terms,
+  state = train.init_state(model, tx, data['image'], num_train=len(data['id']), num_xi=terms,
                            initial_margin=1.0, seed=0, mesh=mesh)
   state = state.replace(xi=jax.device_put(jnp.full((terms,), 0.5), sharding.replicated(mesh)))
   jitted = train.jit_train_step(

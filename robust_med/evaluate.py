@@ -29,7 +29,7 @@ from robust_med import report as report_page
 from robust_med import tensorboard_log
 from robust_med.reports import metric_label, save_figure, write_json
 from robust_med import data as data_lib
-from robust_med.data.source import evaluation_subset
+from robust_med.data.source import evaluation_subset, in_order
 from robust_med.tasks.base import within_image
 
 
@@ -339,14 +339,15 @@ def worst_per_sample(task, stats: list[dict[str, np.ndarray]]) -> tuple[dict, np
   return {k: np.stack([s[k] for s in stats])[index, cols] for k in stats[0]}, index
 
 
-def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int) -> dict:
+def per_sample_outputs(fn, arrays, mesh, batch_size: int) -> dict:
   """Runs `fn(batch_index, device_batch) -> {name: (B, ...)}` over `arrays` in order, on the
-  mesh, and returns the outputs concatenated over the whole set, padding dropped. A set smaller
-  than one batch runs as one batch of its own size (rounded up to the device count), not padded
-  to `batch_size`."""
+  mesh, and returns the outputs concatenated over the whole set, padding dropped. `arrays`: a
+  split's columns, or a source read batch by batch (`data.source.in_order`: records on disk). A
+  set smaller than one batch runs as one batch of its own size (rounded up to the device count),
+  not padded to `batch_size`."""
   n = mesh.devices.size
-  batch_size = min(sharding.round_up(batch_size, n), sharding.round_up(len(arrays['id']), n))
-  source = data_lib.ArraySource(arrays)
+  source = arrays if hasattr(arrays, 'read') else data_lib.ArraySource(arrays)
+  batch_size = min(sharding.round_up(batch_size, n), sharding.round_up(len(source), n))
   out: dict[str, list[np.ndarray]] = {}
 
   def fetch(pending):  # Blocks on that batch only; the next one is already dispatched.
@@ -355,8 +356,7 @@ def per_sample_outputs(fn, arrays: dict[str, np.ndarray], mesh, batch_size: int)
       out.setdefault(k, []).append(np.asarray(v)[:valid])
 
   pending = None
-  for b, batch in enumerate(data_lib.batches(source, batch_size, shuffle=False,
-                                              drop_remainder=False)):
+  for b, batch in enumerate(in_order(source, batch_size)):
     batch, valid = sharding.pad_batch(batch, batch_size)
     outputs = fn(b, sharding.put_batch(batch, mesh))
     if pending is not None:

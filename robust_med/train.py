@@ -212,11 +212,11 @@ class Trainer:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
       raise UserError(f'--workdir={workdir} is a file: pass a folder (new, or a run to resume).')
     self.task = get_task_class(config.task)(config)
-    self.train_data, self.info = self.task.load_split(config.data.train_split)
+    self.train_data, self.info, self.num_train, self.input_example = self._training_split()
     self.eval_data, self.eval_info = self.task.load_split(config.data.eval_split)
     # The run's config as given (config.json) and with its budgets in the model's units.
     self.given_config = config
-    self.config = config = units.resolve(config, self.train_data['image'].shape[1:])
+    self.config = config = units.resolve(config, self.input_example.shape[1:])
     self.model = precision.build_model(self.task, self.info)
     self.mesh = sharding.make_mesh(config.mesh.num_devices)
     self.offline_record = None
@@ -226,11 +226,11 @@ class Trainer:
       from robust_med import offline_augmentation
       self.train_data, self.offline_record = offline_augmentation.augment_training_set(
           config, self.task, self.info, self.train_data, self.mesh)
+      self.num_train = len(self.train_data['id'])  # The copies join the originals.
     n_dev = self.mesh.devices.size
     if config.batch_size % n_dev:
       raise ConfigError(f'config.batch_size = {config.batch_size} is not divisible by the '
                         f'{n_dev} devices of the mesh: use a multiple of {n_dev}.')
-    self.num_train = len(self.train_data['id'])
     check_training_size(self.num_train, config.batch_size, config.data.train_split)
     self.steps_per_epoch = self.num_train // config.batch_size
     self.total_steps = self.steps_per_epoch * config.num_epochs
@@ -267,8 +267,33 @@ class Trainer:
               'docs/fidelity.md)', file=sys.stderr)
     self._curve_evaluator = self._curve_data = None
 
+  def _training_split(self):
+    """(arrays, info, N, one zero input) of the training split. From memory: the loaded
+    arrays. From records (config.data.pipeline = 'grain'): no arrays — N, the input's shape and
+    the info come from the records' header, and the batches and ξ's pass read the records as
+    they go, so the split is never held in memory."""
+    config = self.config
+    split = config.data.train_split
+    if config.data.get('pipeline', 'memory') == 'grain':
+      from robust_med.data import records  # Local import: needs tfds.
+      head = records.header(config, split)
+      info = head.info
+      if info is None:  # The head's info is not a dataclass: its loader says it.
+        _, info = self.task.load_split(split)
+      dtype, shape = head.columns['image']
+      return None, info, head.num_records, np.zeros((1, *shape), dtype)
+    arrays, info = self.task.load_split(split)
+    return arrays, info, len(arrays['id']), np.zeros_like(arrays['image'][:1])
+
+  def _training_source(self):
+    """The training split for a pass over it in order (ξ): the arrays, or its records."""
+    if self.train_data is not None:
+      return self.train_data
+    from robust_med.data import pipeline  # Local import: needs grain.
+    return pipeline.records_source(self.config, self.config.data.train_split)
+
   def fresh_state(self) -> TrainState:
-    return init_state(self.model, self.tx, self.train_data['image'], num_train=self.num_train,
+    return init_state(self.model, self.tx, self.input_example, num_train=self.num_train,
                       num_xi=len(methods.xi_names(self.task.loss_term_names,
                                                   self.config.method.xi_mode)),
                       initial_margin=self.config.method.delta_eps, seed=self.config.seed,
@@ -309,7 +334,7 @@ class Trainer:
           mngr, step, params, fix='ξ needs an STD run of the same model: set '
           'config.method.xi_checkpoint to one.')
       mngr.close()
-    terms = per_sample_clean_terms(self.task, self.model, params, self.train_data, self.mesh,
+    terms = per_sample_clean_terms(self.task, self.model, params, self._training_source(), self.mesh,
                                    self.config.eval.batch_size, mc.xi_mode == 'score')
     scores = terms.pop('xi_score', None)
     return methods.estimate_xi(terms, mc.xi_stat, mc.xi_mode, scores)
@@ -339,6 +364,8 @@ class Trainer:
       epoch, skip = divmod(step, self.steps_per_epoch)
       t_epoch = time.time()
       for batch in self._epoch_batches(epoch, skip):
+        if step >= self.total_steps:  # A run cut short (total_steps lowered) stops mid-epoch.
+          break
         if not xi_ready and step >= self.warmup_steps:
           xi, xi_ready = self.measure_xi(state.params), True
           state = state.replace(xi=sharding.put_global(jnp.asarray(xi),

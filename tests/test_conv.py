@@ -17,6 +17,10 @@ DN = ('NHWC', 'HWIO', 'NHWC')
 @pytest.mark.parametrize('x_shape, k_shape, strides, padding, rhs_dilation, lhs_dilation', [
     ((2, 7, 6, 5, 2), (3, 3, 3, 2, 3), (1, 1, 1), 'SAME', None, None),  # volumes (3-D U-Net)
     ((2, 7, 6, 5, 2), (3, 3, 3, 2, 3), (2, 2, 2), 'SAME', None, None),
+    ((2, 8, 6, 5, 2), (3, 2, 3, 2, 3), (2, 1, 2), 'VALID', None, None),
+    ((2, 7, 6, 5, 2), (3, 3, 1, 2, 3), (3, 1, 1), ((2, 0), (1, 1), (0, 1)), None, None),
+    ((1, 4, 6, 5, 2), (1, 1, 1, 2, 4), (1, 1, 1), 'SAME', None, None),
+    ((2, 7, 6, 5, 2), (3, 3, 3, 2, 3), (1, 1, 1), 'SAME', (2, 1, 1), None),  # lax's 3-D path
     ((2, 9, 9, 3), (3, 3, 3, 4), (1, 1), 'SAME', None, None),
     ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), 'SAME', None, None),
     ((2, 8, 8, 3), (2, 2, 3, 4), (2, 2), 'VALID', None, None),
@@ -42,7 +46,10 @@ def test_values_and_both_gradients_equal_lax(x_shape, k_shape, strides, padding,
                                     dimension_numbers=dn)
   got_y = conv.conv_general_dilated(x, k, strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers=dn)
-  np.testing.assert_array_equal(np.asarray(got_y), np.asarray(want_y))
+  if len(x_shape) == 4:
+    np.testing.assert_array_equal(np.asarray(got_y), np.asarray(want_y))
+  else:  # Volumes on CPU: a 2-D convolution over stacked depth taps, another summation order.
+    np.testing.assert_allclose(np.asarray(got_y), np.asarray(want_y), rtol=1e-5, atol=1e-5)
   want = jax.jit(jax.grad(loss(lax.conv_general_dilated), (0, 1)))(x, k)
   got = jax.jit(jax.grad(loss(conv.conv_general_dilated), (0, 1)))(x, k)
   for g, w in zip(got, want):
@@ -103,3 +110,17 @@ def test_input_gradient_in_a_loop_keeps_the_forward_kernel_layout():
   labels = re.findall(r'dim_labels=(\w+)_(\w+)->', hlo)
   assert labels, 'no convolution found in the compiled loop'
   assert all(kernel[-2:] == 'io' for _, kernel in labels), labels
+
+
+def test_volumes_run_as_2d_convolutions_on_cpu():
+  """XLA:CPU's 3-D convolutions are slow: on CPU, forward and both gradients of a 3-D `Conv`
+  are 2-D convolutions (over stacked depth taps)."""
+  x = jnp.ones((2, 6, 6, 6, 2))
+  model = conv.Conv(3, (3, 3, 3), strides=(2, 2, 2))
+  params = model.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda p, x: jnp.sum(model.apply(p, x) ** 2), (0, 1)))(params, x))
+  specs = re.findall(r'lhs_spec=\(([^)]*)\)', jaxpr)
+  assert len(specs) >= 3  # forward, input gradient, kernel gradient
+  if jax.default_backend() == 'cpu':
+    assert all(len(spec.split(',')) == 4 for spec in specs), specs  # N, C and two spatial axes

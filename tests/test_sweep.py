@@ -180,6 +180,14 @@ def test_other_evaluation_settings_re_evaluate_the_finished_runs(tmp_path):
   settings = json.loads(config.eval.to_json_best_effort())
   (run / 'robustness.json').write_text(json.dumps({'eval_settings': settings}))
   assert sweep.evaluated_with(str(run), config) and not sweep.evaluated_with(str(run), other)
+  # A report written before robust_med had a setting: the same when the config has its default
+  # (an upgrade re-evaluates nothing), not when the config sets another value.
+  older = {k: v for k, v in settings.items() if k != 'frequency_levels'}
+  (run / 'robustness.json').write_text(json.dumps({'eval_settings': older}))
+  vafa = tiny_config('amat', **{'eval.frequency_levels': (0.1,)})
+  assert sweep.evaluated_with(str(run), config) and not sweep.evaluated_with(str(run), vafa)
+  (run / 'robustness.json').write_text(json.dumps({'eval_settings': {**settings, 'gone': 1}}))
+  assert not sweep.evaluated_with(str(run), config)  # a setting this robust_med lacks
   # A report that does not record them is judged by its attacks and levels (not by config.json,
   # which a re-evaluation rewrites before it finishes).
   attacks_ = [{'name': a.describe()['name']} for a in evaluate.evaluation_attacks(config.eval)]

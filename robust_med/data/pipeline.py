@@ -156,11 +156,23 @@ class _RecordsSource:
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
     return list(self.source.__getitems__(list(indices)))
 
+  def read(self, index: Sequence[int]) -> dict[str, np.ndarray]:
+    """The records at positions `index`, stacked into columns (`data.source.in_order`)."""
+    rows = self.__getitems__([int(i) for i in index])
+    return {key: np.stack([row[key] for row in rows]) for key in rows[0]} if rows else {}
+
   def __getstate__(self):
     return {k: (None if k == '_source' else v) for k, v in self.__dict__.items()}
 
   def __repr__(self) -> str:
     return f'_RecordsSource({self._builder_dir}, split={self._split!r}, len={self._len})'
+
+
+def records_source(config, split: str, records_dir: str | None = None) -> _RecordsSource:
+  """Random access to the prepared records of `split` (``len``, ``read(positions)``), read from
+  disk as asked: what a run iterates instead of holding the split in memory."""
+  records_dir = config.data.get('records_dir', '') if records_dir is None else records_dir
+  return _RecordsSource(config, split, records_dir)
 
 
 class BatchStream(grain.DatasetIterator):

@@ -12,21 +12,29 @@ protos that tensorflow_datasets ships, and `as_data_source` decodes with numpy.
 writes DIR/robust_med_records/1.0.0/. Training reads it through grain when
 ``config.data.pipeline = 'grain'`` and ``config.data.records_dir = DIR`` (robust_med.data.pipeline).
 The data settings that shaped the records are stored with them (`record_settings`); reading them
-with a config whose settings differ is refused, naming the keys.
+with a config whose settings differ is refused, naming the keys. Beside them, `splits.json` keeps
+what a run needs to start without reading a split (`header`): each split's record count, its
+columns' dtypes and per-record shapes, and the head's data info (`Task.load_split`'s second value,
+a dataclass) — so a trainer reading records never holds a whole split in memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from robust_med import reports
 from robust_med.errors import ConfigError, DataError
 
 NAME = 'robust_med_records'
 VERSION = '1.0.0'
+SPLITS_FILE = 'splits.json'  # Per split: record count, column spec and the head's data info.
 # Data keys that say where or how the records are read, not what they hold: a records folder
 # serves a config whatever their values (config.data.root included, so that records prepared on
 # one machine train on another that lacks the raw files).
@@ -96,6 +104,45 @@ def _column_spec(arrays: Mapping[str, np.ndarray]) -> dict:
   return {k: (np.asarray(v).dtype.str, tuple(np.shape(v)[1:])) for k, v in arrays.items()}
 
 
+def _column_json(arrays: Mapping[str, np.ndarray]) -> dict:
+  return {k: {'dtype': dtype, 'shape': list(shape)}
+          for k, (dtype, shape) in _column_spec(arrays).items()}
+
+
+def encode_info(info: Any) -> dict | None:
+  """A head's data info (a dataclass of numbers, strings and tuples of them) as JSON: its class
+  and fields. None for anything else (a run then reads the split's info from the head's loader)."""
+  if not dataclasses.is_dataclass(info) or isinstance(info, type):
+    return None
+  cls = type(info)
+  return {'class': f'{cls.__module__}:{cls.__qualname__}',
+          'fields': json.loads(json.dumps(dataclasses.asdict(info)))}
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def decode_info(encoded: dict | None) -> Any:
+  """The info `encode_info` wrote (lists back to tuples), or None."""
+  if not encoded:
+    return None
+  module, _, name = encoded['class'].partition(':')
+  cls = importlib.import_module(module)
+  for part in name.split('.'):
+    cls = getattr(cls, part)
+  return cls(**{k: _tuples(v) for k, v in encoded['fields'].items()})
+
+
+class SplitHeader(NamedTuple):
+  """What a run needs of a split without reading it: its record count, each column's
+  (dtype, per-record shape), and the head's data info (None when the head's info is not a
+  dataclass)."""
+  num_records: int
+  columns: dict[str, tuple[np.dtype, tuple[int, ...]]]
+  info: Any
+
+
 def _builder_class():
   """`RobustMedRecords`, defined on first use so that importing this module needs no tfds."""
   global _BUILDER
@@ -125,6 +172,7 @@ def _builder_class():
         raise DataError(f'the {config.task!r} head declares no splits for data.name='
                         f'{config.data.get("name")!r}: nothing to prepare.')
       self._loaded: dict[str, dict[str, np.ndarray]] = {}
+      self.split_headers: dict[str, dict] = {}  # Filled as each split is read.
       kwargs.setdefault('file_format', 'array_record')
       super().__init__(**kwargs)
 
@@ -132,8 +180,11 @@ def _builder_class():
       if split in self._loaded:
         return self._loaded.pop(split)  # Held only until its examples are written.
       from robust_med.data.source import ArraySource
-      arrays, _ = self._task.load_split(split)
-      return ArraySource(arrays).arrays  # Checks the 'id' column and the lengths.
+      arrays, info = self._task.load_split(split)
+      arrays = ArraySource(arrays).arrays  # Checks the 'id' column and the lengths.
+      self.split_headers[split] = {'num_records': len(arrays['id']),
+                                   'columns': _column_json(arrays), 'info': encode_info(info)}
+      return arrays
 
     def _info(self):
       first = self._splits[0]
@@ -193,7 +244,8 @@ def prepare(config, records_dir: str, *, splits: Sequence[str] | None = None,
     stored = _read_metadata(path)
     diff = _differences(stored.get('settings', {}), record_settings(config))
     missing = [s for s in wanted if s not in stored.get('splits', ())]
-    if not diff and not missing:  # Already there: nothing to load or write.
+    if not diff and not missing:  # Already there: nothing to write but missing headers.
+      _complete_headers(config, path, wanted)
       return _counts(path)
     if not overwrite:
       what = (f'other settings (they differ in {", ".join(diff)})' if diff
@@ -206,7 +258,33 @@ def prepare(config, records_dir: str, *, splits: Sequence[str] | None = None,
   builder = _builder_class()(config=config, splits=wanted, data_dir=records_dir)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=root or None, download_mode=mode))
+  reports.write_json(os.path.join(path, SPLITS_FILE), builder.split_headers)
   return _counts(path)
+
+
+def _complete_headers(config, path: str, splits: Sequence[str]) -> None:
+  """Writes the headers of records prepared before `SPLITS_FILE` existed (from the loader)."""
+  headers = _read_headers(path)
+  if all(s in headers for s in splits):
+    return
+  from robust_med.data.source import ArraySource
+  from robust_med.tasks import get_task_class  # Local import keeps this module light.
+  task = get_task_class(config.task)(config)
+  for split in splits:
+    if split not in headers:
+      arrays, info = task.load_split(split)
+      arrays = ArraySource(arrays).arrays
+      headers[split] = {'num_records': len(arrays['id']), 'columns': _column_json(arrays),
+                        'info': encode_info(info)}
+  reports.write_json(os.path.join(path, SPLITS_FILE), headers)
+
+
+def _read_headers(path: str) -> dict:
+  try:
+    with open(os.path.join(path, SPLITS_FILE)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
 
 
 def _counts(path: str) -> dict[str, int]:
@@ -259,6 +337,24 @@ def open_split(config, split: str, records_dir: str | None = None):
     raise DataError(f'unknown split {split!r}: the records in {records_dir} have the splits '
                     f'{splits}.')
   return builder.as_data_source(split)
+
+
+def header(config, split: str, records_dir: str | None = None) -> SplitHeader:
+  """The `SplitHeader` of `split`, read from the records' `SPLITS_FILE` alone (no record is
+  read). Checks the settings and the split as `open_split` does."""
+  records_dir = config.data.get('records_dir', '') if records_dir is None else records_dir
+  source = open_split(config, split, records_dir)
+  entry = _read_headers(records_path(records_dir)).get(split)
+  if entry is None:
+    raise DataError(f'the records in {records_dir} have no {SPLITS_FILE} entry for split '
+                    f'{split!r} (prepared by an older robust_med): run python -m '
+                    f'robust_med.data.records ... --records_dir={records_dir} again to add it.')
+  if int(entry['num_records']) != len(source):
+    raise DataError(f'{SPLITS_FILE} in {records_dir} says split {split!r} has '
+                    f'{entry["num_records"]} records but it holds {len(source)}: prepare the '
+                    'records again (python -m robust_med.data.records ... --overwrite).')
+  columns = {k: (np.dtype(v['dtype']), tuple(v['shape'])) for k, v in entry['columns'].items()}
+  return SplitHeader(len(source), columns, decode_info(entry.get('info')))
 
 
 def read_arrays(config, split: str, records_dir: str | None = None) -> dict[str, np.ndarray]:

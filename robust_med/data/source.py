@@ -27,6 +27,10 @@ class ArraySource:
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {key: value[index] for key, value in self.arrays.items()}
 
+  def read(self, index: np.ndarray) -> dict[str, np.ndarray]:
+    """The records at positions `index`, stacked into columns."""
+    return {key: value[index] for key, value in self.arrays.items()}
+
   def __repr__(self) -> str:
     columns = ', '.join(f'{k}: {v.dtype}{list(v.shape[1:])}' for k, v in self.arrays.items())
     return f'ArraySource(len={len(self)}, {columns})'
@@ -88,6 +92,17 @@ def batches(source: ArraySource, batch_size: int, *, shuffle: bool, seed: int = 
   for b in range(num_batches(len(order), batch_size, drop_remainder)):
     index = order[b * batch_size:(b + 1) * batch_size]
     yield {key: value[index] for key, value in arrays.items()}
+
+
+def in_order(source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every record of `source` in order, in batches of `batch_size` (the last one smaller): the
+  same batches as ``batches(source, batch_size, shuffle=False, drop_remainder=False)``. `source`
+  is anything with ``len()`` and ``read(positions) -> columns`` (an `ArraySource`, or a split's
+  records read from disk, `robust_med.data.pipeline.records_source`)."""
+  _check_batch_size(batch_size)
+  n = len(source)
+  for start in range(0, n, batch_size):
+    yield source.read(np.arange(start, min(n, start + batch_size)))
 
 
 def evaluation_subset(arrays: dict, max_samples: int) -> dict:

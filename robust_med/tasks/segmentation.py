@@ -155,9 +155,6 @@ class Task(base.Task):
                         'only and the data are volumes (config.data.ndim = 3): turn it off '
                         '(methods that need two augmented views, such as rtda, do not apply '
                         'to volumes yet).')
-    if d.get('pipeline', 'memory') != 'memory':
-      raise ConfigError(f"config.data.pipeline = {d.pipeline!r}: volumes are read into memory "
-                        "for now; set config.data.pipeline='memory'.")
 
   @property
   def volumes(self) -> bool:
