@@ -124,3 +124,26 @@ def test_volumes_run_as_2d_convolutions_on_cpu():
   assert len(specs) >= 3  # forward, input gradient, kernel gradient
   if jax.default_backend() == 'cpu':
     assert all(len(spec.split(',')) == 4 for spec in specs), specs  # N, C and two spatial axes
+
+
+@pytest.mark.parametrize('shape, window', [((2, 5, 6, 3), (2, 2)), ((2, 3, 4, 5, 3), (2, 2, 2)),
+                                           ((1, 4, 3, 2), (3, 1))])
+def test_conv_transpose_equals_flax_with_the_same_parameters(shape, window):
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours, theirs = conv.ConvTranspose(4, window, strides=window), nn.ConvTranspose(
+      4, window, strides=window)
+  params = ours.init(jax.random.key(1), x)
+  want_params = theirs.init(jax.random.key(1), x)  # Same names, shapes and initial values.
+  assert jax.tree.structure(params) == jax.tree.structure(want_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  params = jax.tree.map(lambda p: p + 0.1, params)  # A non-zero bias too.
+  np.testing.assert_allclose(np.asarray(ours.apply(params, x)),
+                             np.asarray(theirs.apply(params, x)), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
+  got = jax.grad(loss(ours), (0, 1))(params, x)
+  want = jax.grad(loss(theirs), (0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='kernel size = strides'):
+    conv.ConvTranspose(4, (3, 3), strides=(2, 2)).init(jax.random.key(1), x[..., :3, :3, :])

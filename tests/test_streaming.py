@@ -10,6 +10,7 @@ import pytest
 
 from robust_med import config_base, train
 from robust_med.data import pipeline, records
+from robust_med.errors import DataError
 from robust_med.tasks import get_task_class, segmentation
 
 from tiny import set_keys
@@ -40,7 +41,7 @@ def test_the_header_is_the_loaders_count_columns_and_info(tmp_path):
   # Records prepared before the header file existed get it on the next prepare, without a rewrite.
   path = records.records_path(str(tmp_path))
   (tmp_path / 'robust_med_records' / '1.0.0' / records.SPLITS_FILE).unlink()
-  with pytest.raises(Exception, match='no splits.json entry'):
+  with pytest.raises(DataError, match='no splits.json entry'):
     records.header(config, 'train')
   records.prepare(config, str(tmp_path))
   assert records.header(config, 'train').num_records == 16

@@ -158,3 +158,39 @@ class Conv(nn.Conv):
   """`flax.linen.Conv` (same parameters and names) with `conv_general_dilated` above."""
   conv_general_dilated: object = conv_general_dilated
 
+
+
+class ConvTranspose(nn.Module):
+  """`flax.linen.ConvTranspose` with kernel size = strides (a U-Net's up-sampling: each input
+  voxel becomes a block of output voxels), same parameters, names and initialisation, computed
+  as one matrix product: out[s·i + t] = x[i] · K[s − 1 − t] (flax's transposed convolution flips
+  the kernel). XLA:CPU ran flax's form as a dilated convolution whose gradient was about 10×
+  slower in 2-D (forward and backward of 16×64×64×32 → 16: 0.45 s vs 0.04 s) and whose 3-D
+  forward was about 90× slower. Same values up to float rounding. Padding is that of 'SAME' and
+  'VALID' alike (with kernel = strides both give s × the input size)."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  use_bias: bool = True
+  kernel_init: object = nn.initializers.lecun_normal()
+  bias_init: object = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    window = tuple(int(k) for k in self.kernel_size)
+    strides = tuple(int(s) for s in (self.strides or window))
+    nd = len(window)
+    if strides != window or x.ndim != nd + 2:
+      raise ValueError(f'ConvTranspose here takes kernel size = strides and (B, *{nd} spatial, '
+                       f'C) inputs; got kernel {window}, strides {strides}, input {x.shape}: '
+                       'use flax.linen.ConvTranspose.')
+    kernel = self.param('kernel', self.kernel_init, window + (x.shape[-1], self.features))
+    kernel = jnp.flip(kernel, axis=tuple(range(nd))).astype(x.dtype)
+    # x (B, *S, C) · K (*T, C, F) → (B, S0, T0, S1, T1, ..., F) → (B, S0·T0, S1·T1, ..., F).
+    letters = 'dhwe'[:nd], 'pqrs'[:nd]
+    spatial = ''.join(a + b for a, b in zip(*letters))
+    y = jnp.einsum(f'n{letters[0]}c,{letters[1]}cf->n{spatial}f', x, kernel)
+    y = y.reshape(x.shape[0], *[s * t for s, t in zip(x.shape[1:-1], window)], self.features)
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,)).astype(x.dtype)
+    return y

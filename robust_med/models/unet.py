@@ -16,7 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from robust_med.models.conv import Conv
+from robust_med.models.conv import Conv, ConvTranspose
 
 
 class ConvBlock(nn.Module):
@@ -62,7 +62,7 @@ def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
     skips.append(x)
   nd = x.ndim - 2
   for f, skip in zip(reversed(features[:-1]), reversed(skips[:-1])):
-    x = nn.ConvTranspose(f, (2,) * nd, strides=(2,) * nd)(x)
+    x = ConvTranspose(f, (2,) * nd, strides=(2,) * nd)(x)
     x = jax.numpy.concatenate([x, skip], axis=-1)
     x = ConvBlock(f)(x)
     x = ConvBlock(f)(x)
