@@ -334,8 +334,8 @@ class Trainer:
           mngr, step, params, fix='ξ needs an STD run of the same model: set '
           'config.method.xi_checkpoint to one.')
       mngr.close()
-    terms = per_sample_clean_terms(self.task, self.model, params, self._training_source(), self.mesh,
-                                   self.config.eval.batch_size, mc.xi_mode == 'score')
+    terms = per_sample_clean_terms(self.task, self.model, params, self._training_source(),
+                                   self.mesh, self.config.eval.batch_size, mc.xi_mode == 'score')
     scores = terms.pop('xi_score', None)
     return methods.estimate_xi(terms, mc.xi_stat, mc.xi_mode, scores)
 
