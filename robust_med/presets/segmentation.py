@@ -177,7 +177,7 @@ def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.Co
     c.eval.steps = 20
     c.eval.max_samples = 16
   elif variant == 'synthetic':
-    # Offline demo on 3-D phantoms (z-scored per volume like the MSD volumes), about 9 minutes
+    # Offline demo on 3-D phantoms (z-scored per volume like the MSD volumes), about 1.5 minutes
     # on 2 CPU cores (docs/volumes.md); the noise grid is the demo's own.
     c.eval.square_queries = DEMO_SQUARE_QUERIES
     c.data.name = 'synthetic'
