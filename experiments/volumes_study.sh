@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 32: 3-D vs 2-D segmentation of MSD Hippocampus volumes under attack, the budget per
+# volume. The 3-D U-Nets (STD, SAT ε = 20, AMAT; configs/hippocampus3d_*.py:cpu) are trained and
+# evaluated by one sweep on whole volumes; the 2-D U-Nets of the hippocampus study (trained on
+# slices, `verdict_reruns.sh hippocampus`) are evaluated on the same validation volumes slice by
+# slice (`--config.model.ndim=2`), each volume attacked as one sample with the same L2 budgets in
+# the same units (z-scored volume, `units.budgets=model`), the same attacks (PGD-20, APGD-20,
+# VAFA at two DCT budgets) and the same 16 volumes. Per-volume Dice (ADI), HD95 and ASD per level
+# in each robustness.json; the comparison table is `experiments/volumes_table.py OUT`.
+#
+#   bash experiments/volumes_study.sh [DATA_ROOT] [OUT] [TWO_D_SWEEP]
+#
+# Resumable: the sweep skips finished runs; a 2-D evaluation with a report is skipped.
+set -euo pipefail
+data=${1:-../shared/data}
+out=${2:-runs/volumes_study}
+twod=${3:-runs/verdicts/hippocampus}
+levels='(0.,5.,10.,20.,40.,80.)'
+same_eval=(--config.eval.noise_levels="$levels" --config.eval.steps=20 --config.eval.apgd_steps=20
+           --config.eval.attacks='("pgd","apgd")' --config.eval.max_samples=16
+           --config.eval.frequency_levels='(0.05,0.1)' --config.progress_bar=False)
+python -m robust_med.sweep --config=configs/hippocampus3d_amat.py:cpu --sat_eps=20 \
+  --config.data.root="$data/msd_hippocampus" --workdir="$out/3d" "${same_eval[@]}"
+for run in std sat_eps5 sat_eps10 amat; do
+  [ -f "$out/2d/$run/robustness.json" ] && continue
+  [ -d "$twod/$run/checkpoints" ] || { echo "no 2-D run $twod/$run: skipped" >&2; continue; }
+  python -m robust_med.evaluate --workdir="$twod/$run" --split=val --out="$out/2d/$run" \
+    --config.data.root="$data/msd_hippocampus" --config.data.ndim=3 --config.model.ndim=2 \
+    --config.data.spacing='(1.,1.,1.)' --config.units.budgets=model \
+    --config.eval.transfer_from='' "${same_eval[@]}"
+done
+echo "wrote $out/3d (summary.md) and $out/2d/<run>/robustness.json"

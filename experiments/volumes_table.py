@@ -1,0 +1,50 @@
+"""The 3-D vs 2-D table of `volumes_study.sh`: per model, per-volume ADI and HD95 under the
+worst case at each L2 budget (per volume), and the ADI lost per unit of budget up to each level.
+
+  python experiments/volumes_table.py runs/volumes_study          # 3d/<run>, 2d/<run>
+  python experiments/volumes_table.py LABEL=path/robustness.json ...
+
+Reports whose budgets are not in the same units (the 2-D evaluation with units.budgets=model, the
+3-D one in the model's own units) or whose grids differ are refused.
+"""
+import glob
+import json
+import os
+import sys
+
+
+def reports(args):
+  if len(args) == 1 and os.path.isdir(args[0]):
+    paths = sorted(glob.glob(os.path.join(args[0], '[23]d', '*', 'robustness.json')))
+    return [(os.path.relpath(os.path.dirname(p), args[0]), p) for p in paths]
+  return [tuple(a.split('=', 1)) for a in args]
+
+
+def main(args):
+  rows, grid = [], None
+  for label, path in reports(args):
+    with open(path) as f:
+      report = json.load(f)
+    curve = report['curves']['worst-case']
+    eps = [round(r['eps'], 6) for r in curve]
+    if grid is None:
+      grid = eps
+    if eps != grid:
+      sys.exit(f'error: {path} has the budgets {eps}, not {grid}: evaluate every model on one grid '
+               '(volumes_study.sh does).')
+    clean = curve[0]['adi']
+    rows.append([label, report.get('num_samples', '')] +
+                [f'{r["adi"]:.3f} / {r["hd95_mm"]:.1f}' for r in curve] +
+                [f'{(clean - curve[-1]["adi"]) / curve[-1]["eps"]:.4f}' if curve[-1]['eps'] else ''])
+  if not rows:
+    sys.exit('error: no robustness.json found: run experiments/volumes_study.sh first.')
+  head = ['model', 'volumes'] + [f'ε = {e:g}' for e in grid] + ['ADI lost per unit ε (0 → max)']
+  print('| ' + ' | '.join(head) + ' |')
+  print('|' + '---|' * len(head))
+  for row in rows:
+    print('| ' + ' | '.join(str(c) for c in row) + ' |')
+  print('\nCells: worst-case ADI / HD95 (mm) per volume; ε is L2 over each whole volume.')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
