@@ -45,6 +45,8 @@ def test_the_header_is_the_loaders_count_columns_and_info(tmp_path):
     records.header(config, 'train')
   records.prepare(config, str(tmp_path))
   assert records.header(config, 'train').num_records == 16
+  with pytest.raises(DataError, match='cannot rebuild'):  # e.g. a head's info class renamed
+    records.decode_info({'class': 'robust_med.data.msd:NoSuchInfo', 'fields': {}})
   assert path.endswith('1.0.0')
 
 

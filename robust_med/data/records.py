@@ -128,10 +128,15 @@ def decode_info(encoded: dict | None) -> Any:
   if not encoded:
     return None
   module, _, name = encoded['class'].partition(':')
-  cls = importlib.import_module(module)
-  for part in name.split('.'):
-    cls = getattr(cls, part)
-  return cls(**{k: _tuples(v) for k, v in encoded['fields'].items()})
+  try:
+    cls = importlib.import_module(module)
+    for part in name.split('.'):
+      cls = getattr(cls, part)
+    return cls(**{k: _tuples(v) for k, v in encoded['fields'].items()})
+  except (ImportError, AttributeError, TypeError) as e:
+    raise DataError(f'the records\' data info is a {encoded["class"]} that this robust_med cannot '
+                    f'rebuild ({e}): prepare the records again with this version (python -m '
+                    'robust_med.data.records ... --overwrite).') from None
 
 
 class SplitHeader(NamedTuple):
