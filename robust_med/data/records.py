@@ -219,7 +219,8 @@ def _builder_class():
         raise DataError(f'split {split!r} differs from split {self._splits[0]!r} in column(s) '
                         f'{diff} ({ {k: spec.get(k) for k in diff} } vs '
                         f'{ {k: self._spec.get(k) for k in diff} }): records need one dtype and '
-                        'per-record shape per column; make the head\'s load_split consistent.')
+                        'per-record shape per column; make the head\'s load_split consistent '
+                        '(for volumes: one grid for every split, data.volume_shape).')
       for i in range(len(arrays['id'])):
         yield i, {key: value[i] for key, value in arrays.items()}
 

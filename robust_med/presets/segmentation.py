@@ -140,7 +140,10 @@ VOLUME_DATASETS = {
     'hippocampus': dict(folder='Task04_Hippocampus', channels=1, num_classes=3,
                         spacing=(1.0, 1.0, 1.0), patch_size=(40, 56, 40), batch_size=8,
                         noise_levels=(0., 5., 10., 20., 40., 80.), delta_eps=5., sat_eps=20.,
-                        cpu_patch_size=(32, 48, 32)),
+                        cpu_patch_size=(32, 48, 32),
+                        # One grid for every split (the largest of train and val at 1 mm is
+                        # 43×59×47), so that records of all splits share their shapes.
+                        volume_shape=(48, 64, 48)),
 }
 
 
@@ -159,6 +162,7 @@ def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.Co
   c.data.task_folder = d['folder']
   c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, d['folder'])
   c.data.spacing = d['spacing']
+  c.data.volume_shape = d['volume_shape']
   c.data.patch_size = d['patch_size']
   c.method.name = method
   c.method.delta_eps = d['delta_eps']
