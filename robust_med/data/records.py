@@ -109,6 +109,12 @@ def _column_json(arrays: Mapping[str, np.ndarray]) -> dict:
           for k, (dtype, shape) in _column_spec(arrays).items()}
 
 
+def _split_header(arrays: Mapping[str, np.ndarray], info: Any) -> dict:
+  """A split's `SPLITS_FILE` entry: record count, column spec and encoded data info."""
+  return {'num_records': len(arrays['id']), 'columns': _column_json(arrays),
+          'info': encode_info(info)}
+
+
 def encode_info(info: Any) -> dict | None:
   """A head's data info (a dataclass of numbers, strings and tuples of them) as JSON: its class
   and fields. None for anything else (a run then reads the split's info from the head's loader)."""
@@ -187,8 +193,7 @@ def _builder_class():
       from robust_med.data.source import ArraySource
       arrays, info = self._task.load_split(split)
       arrays = ArraySource(arrays).arrays  # Checks the 'id' column and the lengths.
-      self.split_headers[split] = {'num_records': len(arrays['id']),
-                                   'columns': _column_json(arrays), 'info': encode_info(info)}
+      self.split_headers[split] = _split_header(arrays, info)
       return arrays
 
     def _info(self):
@@ -280,8 +285,7 @@ def _complete_headers(config, path: str, splits: Sequence[str]) -> None:
     if split not in headers:
       arrays, info = task.load_split(split)
       arrays = ArraySource(arrays).arrays
-      headers[split] = {'num_records': len(arrays['id']), 'columns': _column_json(arrays),
-                        'info': encode_info(info)}
+      headers[split] = _split_header(arrays, info)
   reports.write_json(os.path.join(path, SPLITS_FILE), headers)
 
 
