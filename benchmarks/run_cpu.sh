@@ -26,6 +26,7 @@ python benchmarks/scaling.py --json="$out/scaling.json"
 python benchmarks/volume_memory.py --out="$out/volume_memory.json"
 python benchmarks/volume_memory.py --volume_shape=32,48,32 --out="$out/volume_memory_32x48x32.json"
 python benchmarks/monai_unet3d.py --json="$out/monai_unet3d.json"
+python benchmarks/patch_attack_cost.py --steps=2 --batch=2 --json="$out/patch_attack_cost.json"
 python benchmarks/square_cost.py --queries=500,1000 --json="$out/square_cost.json"
 python benchmarks/evaluation.py --ensemble=square --json="$out/eval_ensemble_square.json"
 python benchmarks/evaluation.py --ensemble=square,transfer --square_queries=1000 \

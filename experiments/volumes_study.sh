@@ -6,7 +6,8 @@
 # slice (`--config.model.ndim=2`), each volume attacked as one sample with the same L2 budgets in
 # the same units (z-scored volume, `units.budgets=model`), the same attacks (PGD-20, APGD-20,
 # VAFA at two DCT budgets) and the same 16 volumes. Per-volume Dice (ADI), HD95 and ASD per level
-# in each robustness.json; the comparison table is `experiments/volumes_table.py OUT`.
+# in each robustness.json; then PGD-20 through the sliding window against the per-patch PGD-20
+# on the 3-D models. The comparison tables are `experiments/volumes_table.py OUT`.
 #
 #   bash experiments/volumes_study.sh [DATA_ROOT] [OUT] [TWO_D_SWEEP]
 #
@@ -29,4 +30,14 @@ for run in std sat_eps5 sat_eps10 amat; do
     --config.data.spacing='(1.,1.,1.)' --config.units.budgets=model \
     --config.eval.transfer_from='' "${same_eval[@]}"
 done
-echo "wrote $out/3d (summary.md) and $out/2d/<run>/robustness.json"
+# The cheaper per-patch variant beside the whole-volume PGD, on the 3-D models (the 2-D models
+# have no training patch to tile by): its own reports, so the 3-D vs 2-D worst cases above stay
+# over the same attacks.
+for run in std sat_eps20 amat; do
+  [ -f "$out/3d_patch/$run/robustness.json" ] && continue
+  python -m robust_med.evaluate --workdir="$out/3d/$run" --split=val --out="$out/3d_patch/$run" \
+    --config.data.root="$data/msd_hippocampus" --config.eval.transfer_from='' \
+    --config.eval.masking_checks=False "${same_eval[@]}" --config.eval.frequency_levels='()' \
+    --config.eval.attacks='("pgd","pgd_patch")'
+done
+echo "wrote $out/3d (summary.md), $out/2d/<run> and $out/3d_patch/<run>/robustness.json"

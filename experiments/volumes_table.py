@@ -44,6 +44,20 @@ def main(args):
   for row in rows:
     print('| ' + ' | '.join(str(c) for c in row) + ' |')
   print('\nCells: worst-case ADI / HD95 (mm) per volume; ε is L2 over each whole volume.')
+  patch = (sorted(glob.glob(os.path.join(args[0], '3d_patch', '*', 'robustness.json')))
+           if len(args) == 1 and os.path.isdir(args[0]) else [])
+  if patch:
+    print('\n| 3-D model | attack | ' + ' | '.join(f'ε = {e:g}' for e in grid) + ' |')
+    print('|' + '---|' * (2 + len(grid)))
+  for path in patch:
+    with open(path) as f:
+      curves = json.load(f)['curves']
+    for name in [n for n in curves if n.startswith(('pgd-', 'patch-pgd-'))]:
+      label = os.path.basename(os.path.dirname(path))
+      print(f'| {label} | {name} | ' + ' | '.join(f'{r["adi"]:.3f}' for r in curves[name]) + ' |')
+  if patch:
+    print('\nCells: ADI per volume under PGD through the sliding window and under the per-patch '
+          'PGD (each tile attacked alone, the same per-volume budget).')
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import ml_collections
 from robust_med import ranges
 from robust_med.errors import ConfigError
 
-EVAL_ATTACKS = ('pgd', 'apgd', 'apgd_t', 'square')
+EVAL_ATTACKS = ('pgd', 'apgd', 'apgd_t', 'square', 'pgd_patch')
 DATA_PIPELINES = ('memory', 'grain')
 PROTOCOLS = ('robust_med', 'paper')
 DEFAULT_DATA_HOME = os.environ.get('ROBUST_MED_DATA', os.path.expanduser('~/robust_med_data'))
@@ -190,7 +190,12 @@ def base_config() -> ml_collections.ConfigDict:
                                        # ('val' records in metrics.jsonl: the learning curve)
   # Attacks run at every level; the report has each curve and their per-sample worst case.
   c.eval.attacks = ('pgd', 'apgd')     # 'pgd' (always; the primary curve), 'apgd', 'apgd_t',
-                                       # 'square'; AutoAttack's order: pgd,apgd,apgd_t,square
+                                       # 'square', 'pgd_patch'; AutoAttack's order:
+                                       # pgd,apgd,apgd_t,square
+  c.eval.patch_attack_size = ()       # 'pgd_patch': PGD on each non-overlapping tile of this
+                                       # size alone, the budget split over the tiles (the cheap
+                                       # variant of a whole-volume attack: robust_med/patchwise.py);
+                                       # () = the model's training patch (sliding-window models)
   c.eval.apgd_steps = 100              # APGD iterations (Croce & Hein 2020; no step size to tune)
   c.eval.apgd_restarts = 1
   c.eval.apgd_targets = 9              # 'apgd_t' (heads with targets: classification): APGD-T
@@ -460,6 +465,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.norm in ('linf', 'l2'), f"config.eval.attacks has 'square' but "
          f'config.eval.norm is {config.eval.norm!r}: Square is implemented for linf and l2 only; '
          'drop it or use one of those.')
+  patch = tuple(config.eval.get('patch_attack_size', ()))
+  need(all(isinstance(p, int) and p >= 1 for p in patch),
+       f'config.eval.patch_attack_size = {patch}: give positive integer tile sizes, one per '
+       "spatial dim (e.g. (32, 48, 32)), or () for the model's training patch.")
   if 'apgd_t' in config.eval.attacks:
     need(task.has_attack_targets and 'dlr' in task.attack_objectives,
          f"config.eval.attacks has 'apgd_t' but the {config.task!r} head defines no target "

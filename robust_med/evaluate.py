@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from robust_med import attacks, cli, errors, gradient_masking, methods, precision, sharding
+from robust_med import attacks, cli, errors, gradient_masking, methods, patchwise, precision
+from robust_med import sharding
 from robust_med import report as report_page
 from robust_med import tensorboard_log
 from robust_med.reports import metric_label, save_figure, write_json
@@ -46,7 +47,8 @@ class Evaluator:
     # Gradient-free attacks only on the samples the attacks before them left above the head's
     # floor (AutoAttack's protocol; `curves`).
     self.square_remaining_only = square_remaining_only
-    self.attacks = tuple(attack) if isinstance(attack, (list, tuple)) else (attack,)
+    self.attacks = tuple(self.resolve(a) for a in (
+        attack if isinstance(attack, (list, tuple)) else (attack,)))
     self.attack = self.attacks[0]
     self.seed = seed
     n = mesh.devices.size
@@ -65,6 +67,12 @@ class Evaluator:
     # The attacked input, with any padding (batch['in_image']) left clean: `within_image`.
     self._result = jax.jit(lambda batch, x, state, *, attack: within_image(
         batch, attack.result(x, state)), static_argnames=('attack',))
+    self._tile = jax.jit(patchwise.tile_batch, static_argnums=1)
+    self._untile = jax.jit(patchwise.from_tiles, static_argnums=1)
+
+  def resolve(self, attack):
+    """`attack` with what it takes from the model filled in (a per-patch attack's patch)."""
+    return attack.resolve(self.model) if isinstance(attack, patchwise.PerPatch) else attack
 
   def _loss_fn(self, params, batch, attack=None):
     """The per-sample objective `attack` maximises: the task's loss, or the head's
@@ -115,9 +123,11 @@ class Evaluator:
     loss)."""
     attack = attack or self.attack
     x = batch['image']
-    if eps == 0:
+    if np.all(np.asarray(eps) == 0):
       return x
-    eps_v = jnp.full(x.shape[:1], eps, x.dtype)
+    if isinstance(attack, patchwise.PerPatch):
+      return self._perturb_per_patch(params, batch, eps, key, attack)
+    eps_v = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
     restarts = range(getattr(attack, 'restarts', 1))
     runs = [(r, None) for r in restarts]
     if getattr(attack, 'targets', 0):
@@ -152,6 +162,19 @@ class Evaluator:
       best_stats = {name: np.where(worse.reshape((-1,) + (1,) * (v.ndim - 1)), stats[name], v)
                     for name, v in best_stats.items()}
     return best
+
+  def _perturb_per_patch(self, params, batch, eps, key, attack: patchwise.PerPatch) -> jax.Array:
+    """`attack.base` on each tile of the batch alone, the samples' budgets split over their
+    tiles (`robust_med.patchwise`); the tiles put back, padding left clean."""
+    attack = self.resolve(attack)
+    x = batch['image']
+    spatial = x.shape[1:1 + len(attack.patch)]
+    tiles = patchwise.tiles_per_sample(spatial, attack.patch)
+    tiled = self._tile(batch, attack.patch)
+    eps_t = patchwise.tile_budgets(jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1]),
+                                   tiled[patchwise.MASK], tiles, attack.norm)
+    x_adv = self.perturb(params, tiled, eps_t, key, attack.base)
+    return within_image(batch, self._untile(x_adv, spatial))
 
   def _worse(self, stats, than) -> np.ndarray:
     """Per sample, whether `stats` is worse than `than` by the worst-case rule."""
@@ -378,6 +401,9 @@ def evaluation_attacks(eval_cfg, clip=None) -> list:
            'apgd_t': lambda: dataclasses.replace(apgd.APGDSettings.from_config(eval_cfg, clip=clip),
                                                  objective='dlr',
                                                  targets=eval_cfg.get('apgd_targets', 9)),
+           'pgd_patch': lambda: patchwise.PerPatch(
+               attacks.PGDSettings.from_config(eval_cfg, clip=clip),
+               tuple(eval_cfg.get('patch_attack_size', ()))),
            'square': lambda: square.SquareSettings(
                queries=eval_cfg.get('square_queries', 1000),
                p_init=eval_cfg.get('square_p_init', 0.0), clip=clip, norm=eval_cfg.norm)}
@@ -394,7 +420,7 @@ def robustness_report(evaluator: Evaluator, params, data: dict[str, np.ndarray],
   task = evaluator.task
   metric = task.primary_metric
   levels = sorted(set([0.0, *map(float, eval_cfg.noise_levels)]))
-  attacks_ = evaluation_attacks(eval_cfg, clip)
+  attacks_ = [evaluator.resolve(a) for a in evaluation_attacks(eval_cfg, clip)]
   if transfer is not None:
     attacks_.append(transfer(attacks_[0]))
   per_sample: dict[str, list[np.ndarray]] = {}
