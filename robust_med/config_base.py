@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug |
-                                       # fgsm_both_aug | rtda
+                                       # fgsm_both_aug | rtda | vaft
   c.method.eps = 0.0                   # sat, rtda and the FGSM augmentations: the fixed budget ε
                                        # (rtda: 0 = no adversarial term)
   c.method.augment = False             # any method: train on batches augmented by the head's
@@ -95,6 +95,14 @@ def base_config() -> ml_collections.ConfigDict:
                                        # from the trained model in fgsm_checkpoint and added to
                                        # the training set, which then trains with STD's loss)
   c.method.fgsm_checkpoint = ''        # fgsm_source=offline: workdir of the trained model
+  c.method.q_max = 20.0                # vaft: VAFA's budget, the largest quantization step of a
+                                       # block-DCT coefficient in grey levels (the authors' 20)
+  c.method.vafa_steps = 20             # vaft: VAFA's signed-gradient steps (the authors' 20)
+  c.method.vafa_block = (32,)          # vaft: DCT block side(s) (the authors' VAFT command: 32³)
+  c.method.vafa_grey_level = 0.0       # vaft: one grey level in input units; 0 = 1/255 of
+                                       # attack.clip's range, else of each batch's 0.5-99.5th
+                                       # percentile range
+  c.method.frequency_consistency = 1.0  # vaft: λ of the frequency consistency (the authors' 1)
   c.method.delta_eps = 1.0             # amat: Δε, margin growth step and initial margin
   c.method.xi_stat = 'mean'            # amat: 'mean' | 'mean+2std' of the clean training losses
   c.method.xi_mode = 'per_term'        # amat: what must pass ξ: 'per_term' (every loss term its
@@ -289,7 +297,9 @@ RANGES: dict[str, Range] = {
     'model.ndim': Range(0, 3, note='0 = the data\'s'),
     'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': AT_LEAST_1,
     'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
-    'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0,
+    'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0, 'method.q_max': AT_LEAST_0,
+    'method.vafa_steps': AT_LEAST_1, 'method.vafa_grey_level': AT_LEAST_0,
+    'method.frequency_consistency': AT_LEAST_0,
     'method.grad_penalty': AT_LEAST_0, 'method.consistency_views': AT_LEAST_0,
     'method.consistency_adv': AT_LEAST_0, 'method.xi_warmup_epochs': AT_LEAST_0,
     'method.max_margin': Range(0, note='0 = no clamp'),
@@ -465,6 +475,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.norm in ('linf', 'l2'), f"config.eval.attacks has 'square' but "
          f'config.eval.norm is {config.eval.norm!r}: Square is implemented for linf and l2 only; '
          'drop it or use one of those.')
+  if config.method.name == 'vaft':
+    block = tuple(config.method.vafa_block)
+    need(len(block) >= 1 and all(isinstance(b, int) and b >= 1 for b in block),
+         f'config.method.vafa_block = {block}: give one positive integer block side (e.g. (32,)) '
+         'or one per spatial dim.')
   patch = tuple(config.eval.get('patch_attack_size', ()))
   need(all(isinstance(p, int) and p >= 1 for p in patch),
        f'config.eval.patch_attack_size = {patch}: give positive integer tile sizes, one per '

@@ -23,6 +23,8 @@ one on the head's score) and `key` a PRNG key. Methods without margins return th
 * `fgsm_aug`: (L(x) + L(x + ε·sign∇L)) / 2; `inverse_fgsm_aug`: (L(x) + L(x − ε·sign∇L)) / 2; and
   `fgsm_both_aug`: (L(x) + L(x + ε·sign∇L) + L(x − ε·sign∇L)) / 3 ("adversarial attack driven data
   augmentation for accurate and robust medical image segmentation").
+* `vaft`: L(x) + L(x̃) + λ·(normalised L1 distance of the outputs' DCTs), x̃ = VAFA(x, q_max), the
+  frequency-domain adversarial training of Hanif et al. (MICCAI 2023; see `Vaft`).
 * `rtda` (robust training with data augmentation): any of PGD adversarial training (ε > 0), an
   input-gradient penalty λ_gr·‖∇ₓL(x)‖₂² (double backprop), and symmetric-KL consistency between
   the predictions on two augmented views (λ_views) and on the clean and adversarial inputs
@@ -364,7 +366,77 @@ class Rtda:
     return loss, margins, {'loss': loss, **metrics}
 
 
-METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda')
+def frequency_distance(out_a, out_b) -> jax.Array:
+  """Per sample (B,), ‖DCT(a) − DCT(b)‖₁ / ‖DCT(a)‖₁ of two models' outputs: the orthonormal
+  DCT-II over each output array's spatial axes (those between the batch and the last), summed
+  over every array of the outputs (a pytree: a deep-supervised U-Net's scales too). VAFT's
+  frequency consistency (Hanif et al. 2023, Eq. 4)."""
+  from jax.scipy import fft as jfft
+  num, den = 0.0, 0.0
+  for a, b in zip(jax.tree.leaves(out_a), jax.tree.leaves(out_b)):
+    axes = tuple(range(1, a.ndim - 1))
+    if axes:
+      a, b = jfft.dctn(a, axes=axes, norm='ortho'), jfft.dctn(b, axes=axes, norm='ortho')
+    summed = lambda v: jnp.sum(jnp.abs(v).reshape(v.shape[0], -1), axis=1)
+    num, den = num + summed(a - b), den + summed(a)
+  return num / jnp.maximum(den, 1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vaft:
+  """Volumetric adversarial frequency training (Hanif et al., MICCAI 2023, Eq. 3-4; the authors'
+  code: asif-hanif/vafa trainer.py, `train_epoch_freq_reg`), per sample i:
+
+    L_i = L(x_i) + L(x̃_i) + λ_fc·‖DCT(f(x_i)) − DCT(f(x̃_i))‖₁ / ‖DCT(f(x_i))‖₁
+
+  with x̃ = VAFA(x, q_max) (`robust_med.vafa`: block-DCT coefficients quantized with adversarial
+  steps in [q_min, q_max] grey levels) and the DCT taken over each output's whole spatial extent
+  (the authors' code: one 96³ block, their whole patch). One grey level is `grey_level` in input
+  units, or, when 0, 1/255 of the clip range (`clip`), else of each batch's 0.5–99.5th
+  percentile range (z-scored volumes have no fixed range; the evaluation's frequency attack uses
+  the same rule on the evaluated images). Differences from the authors' code: the consistency is
+  normalised per sample (theirs: over the batch), the attack maximises the loss alone (theirs
+  adds 1 − SSIM), and the loss is the batch mean.
+  """
+  q_max: float
+  attack: Any  # vafa.VAFASettings with grey_level 1: the method rescales the input per batch
+  grey_level: float = 0.0
+  consistency: float = 1.0
+  uses_margins = False
+  needs_xi = False
+
+  def _grey(self, x):
+    if self.grey_level > 0:
+      return jnp.asarray(self.grey_level, x.dtype)
+    if self.attack.clip is not None:
+      return jnp.asarray((self.attack.clip[1] - self.attack.clip[0]) / 255, x.dtype)
+    lo, hi = jnp.percentile(jax.lax.stop_gradient(x), jnp.asarray([0.5, 99.5]))
+    spread = (hi - lo) / 255
+    return jnp.where(spread > 0, spread, 1 / 255).astype(x.dtype)
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi, key
+    if objective.outputs is None or objective.terms_of is None:
+      raise ValueError('vaft needs Objective.outputs and Objective.terms_of.')
+    grey = self._grey(x)
+    # VAFA on the input in grey levels (its grey_level is 1), the loss on the model's units.
+    attack = self.attack
+    if attack.clip is not None:
+      attack = dataclasses.replace(attack, clip=tuple(c / grey for c in attack.clip))
+    x_adv = jax.lax.stop_gradient(
+        attack(lambda z: objective.attack_loss(z * grey), x / grey, self.q_max) * grey)
+    out, out_adv = objective.outputs(x), objective.outputs(x_adv)
+    clean, noisy = objective.terms_of(out), objective.terms_of(out_adv)
+    distance = frequency_distance(out, out_adv)
+    per_sample = total(clean) + total(noisy) + self.consistency * distance
+    loss = jnp.mean(per_sample)
+    metrics = {'loss': loss, **_term_metrics('clean', clean), **_term_metrics('noisy', noisy),
+               'frequency_consistency': jnp.mean(distance),
+               'perturbation_l2': jnp.mean(attacks.perturbation_norm(x_adv - x, 'l2'))}
+    return loss, margins, metrics
+
+
+METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda', 'vaft')
 # The FGSM augmentations and the one-step attacks each adds to the clean batch.
 AUGMENTATION_ATTACKS = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
                         'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
@@ -388,6 +460,14 @@ def build_method(method_config, attack_config):
     return Rtda(eps=method_config.eps, attack=settings, grad_penalty=method_config.grad_penalty,
                 consistency_views=method_config.consistency_views,
                 consistency_adv=method_config.consistency_adv)
+  if name == 'vaft':
+    from robust_med import vafa
+    block = tuple(int(b) for b in method_config.vafa_block)
+    return Vaft(q_max=method_config.q_max, grey_level=method_config.vafa_grey_level,
+                consistency=method_config.frequency_consistency,
+                attack=vafa.VAFASettings(steps=method_config.vafa_steps,
+                                         block=block if len(block) > 1 else block[0],
+                                         grey_level=1.0, clip=settings.clip))
   if name in AUGMENTATION_ATTACKS and method_config.get('fgsm_source', 'online') == 'offline':
     return Std()  # The copies are in the training set already (robust_med.offline_augmentation).
   if name in AUGMENTATION_ATTACKS:
