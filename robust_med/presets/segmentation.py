@@ -210,6 +210,11 @@ def volume_config(dataset: str, method: str, arg: str = '') -> ml_collections.Co
     c.checkpoint_every_steps = 32
   if method in methods.AUGMENTATION_ATTACKS:
     c.method.eps = 0.05 if variant == 'synthetic' else 0.1  # L∞ budget in z-score units.
+  if method == 'vaft' and variant:
+    # The authors' VAFT command (q_max 20, 20 steps, 32³ blocks on 96³ patches) scaled to the
+    # smaller patches: blocks of half the patch's smallest side, as many steps as the PGD.
+    c.method.vafa_block = (min(c.data.patch_size) // 2,)
+    c.method.vafa_steps = c.attack.steps
   paper = {k: v for k, v in paper_settings(dataset, method, variant).items()
            if not k.startswith('units.')}
   for key in ('method.xi_checkpoint', 'method.fgsm_checkpoint'):
