@@ -17,9 +17,10 @@ data=${1:-../shared/data}
 out=${2:-runs/volumes_study}
 twod=${3:-runs/verdicts/hippocampus}
 levels='(0.,5.,10.,20.,40.,80.)'
-same_eval=(--config.eval.noise_levels="$levels" --config.eval.steps=20 --config.eval.apgd_steps=20
-           --config.eval.attacks='("pgd","apgd")' --config.eval.max_samples=16
-           --config.eval.frequency_levels='(0.05,0.1)' --config.progress_bar=False)
+grid=(--config.eval.noise_levels="$levels" --config.eval.steps=20 --config.eval.apgd_steps=20
+      --config.eval.max_samples=16 --config.progress_bar=False)
+same_eval=("${grid[@]}" --config.eval.attacks='("pgd","apgd")'
+           --config.eval.frequency_levels='(0.05,0.1)')
 python -m robust_med.sweep --config=configs/hippocampus3d_amat.py:cpu --sat_eps=20 \
   --config.data.root="$data/msd_hippocampus" --workdir="$out/3d" "${same_eval[@]}"
 for run in std sat_eps5 sat_eps10 amat; do
@@ -37,7 +38,7 @@ for run in std sat_eps20 amat; do
   [ -f "$out/3d_patch/$run/robustness.json" ] && continue
   python -m robust_med.evaluate --workdir="$out/3d/$run" --split=val --out="$out/3d_patch/$run" \
     --config.data.root="$data/msd_hippocampus" --config.eval.transfer_from='' \
-    --config.eval.masking_checks=False "${same_eval[@]}" --config.eval.frequency_levels='()' \
+    --config.eval.masking_checks=False "${grid[@]}" --config.eval.frequency_levels='()' \
     --config.eval.attacks='("pgd","pgd_patch")'
 done
 echo "wrote $out/3d (summary.md), $out/2d/<run> and $out/3d_patch/<run>/robustness.json"
