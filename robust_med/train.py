@@ -89,7 +89,9 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None):
 
   With `augment` (`augment.AugmentSettings`) the batch is first augmented by `task.augment`
   (clipped to `value_range`), and the methods get a second augmented view of the same samples.
+  The model applied is the head's `training_model` (e.g. with deep supervision's outputs).
   """
+  model = task.training_model(model)
 
   def step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
@@ -153,6 +155,10 @@ def per_sample_clean_terms(task, model, params, arrays, mesh, batch_size: int,
 
   In a multi-process run the outputs are replicated, so that every process can read them."""
   replicate = {'out_shardings': sharding.replicated(mesh)} if sharding.is_multiprocess() else {}
+  # The train step's model, so ξ is in the units of the terms it is compared with (deep
+  # supervision's weighted terms on 2-D inputs; on whole volumes the sliding window gives the
+  # logits alone, as the ξ of a patch-trained model is measured on whole volumes anyway).
+  model = task.training_model(model)
 
   def terms(p, b):
     out = model.apply({'params': p}, b['image'])

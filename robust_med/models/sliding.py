@@ -38,6 +38,7 @@ class SlidingWindow:
   def apply(self, variables, x, *args, **kwargs):
     if self._is_patch(x):
       return self.model.apply(variables, x, *args, **kwargs)
+    kwargs.pop('aux', None)  # Deep supervision's outputs are per patch: stitch the logits only.
     return sliding_window(lambda p: self.model.apply(variables, p, *args, **kwargs), x,
                           self.patch, overlap=self.overlap,
                           windows_per_batch=self.windows_per_batch, remat=self.remat)
@@ -74,6 +75,7 @@ class SliceWise:
   def apply(self, variables, x, *args, **kwargs):
     if x.ndim != 5:  # Already slices (e.g. a 2-D training batch).
       return self.model.apply(variables, x, *args, **kwargs)
+    kwargs.pop('aux', None)  # Whole volumes: the logits only (deep supervision is per slice).
     flat, pads, (b, s, a, a2) = self._slices(x)
     out = self.model.apply(variables, flat, *args, **kwargs)
     out = out[:, pads[0][0]:pads[0][0] + a, pads[1][0]:pads[1][0] + a2]

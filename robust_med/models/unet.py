@@ -45,16 +45,32 @@ class UNet(nn.Module):
   """
   num_classes: int
   features: Sequence[int] = (16, 32, 64, 128)
+  #: nnU-Net's deep supervision: this many extra 1×1 heads on the decoder's coarser levels
+  #: (1/2, 1/4, ... of the resolution; at most depth − 2: never the bottleneck). With
+  #: `aux=True` the call returns {'logits': full resolution, 'deep': (coarser, ...)}.
+  deep_supervision: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return Conv(self.num_classes, (1,) * (x.ndim - 2))(unet_trunk(x, self.features))
+  def __call__(self, x: jax.Array, aux: bool = False):
+    nd = x.ndim - 2
+    levels = []
+    logits = Conv(self.num_classes, (1,) * nd)(unet_trunk(x, self.features, levels))
+    if not self.deep_supervision or not (aux or self.is_initializing()):
+      return logits
+    if self.deep_supervision > len(self.features) - 2:
+      raise ValueError(f'deep_supervision={self.deep_supervision} needs a U-Net of depth '
+                       f'{self.deep_supervision + 2} or more (this one: {len(self.features)}).')
+    # levels[-1] is full resolution, levels[-1 - s] is 1/2^s of it.
+    deep = tuple(Conv(self.num_classes, (1,) * nd, name=f'deep_{s}')(levels[-1 - s])
+                 for s in range(1, self.deep_supervision + 1))
+    return {'logits': logits, 'deep': deep} if aux else logits
 
 
-def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
+def unet_trunk(x: jax.Array, features: Sequence[int], levels: list | None = None) -> jax.Array:
   """The encoder-decoder body shared by every U-Net here: full-resolution features of width
   `features[0]`. Called inside a compact `__call__`, its layers belong to the calling module (so a
-  plain U-Net's parameter names do not change)."""
+  plain U-Net's parameter names do not change). `levels`, when given, receives each decoder
+  stage's output, coarsest first (the last is the returned full-resolution features)."""
   skips = []
   for level, f in enumerate(features):
     x = ConvBlock(f, strides=1 if level == 0 else 2)(x)
@@ -66,6 +82,8 @@ def unet_trunk(x: jax.Array, features: Sequence[int]) -> jax.Array:
     x = jax.numpy.concatenate([x, skip], axis=-1)
     x = ConvBlock(f)(x)
     x = ConvBlock(f)(x)
+    if levels is not None:
+      levels.append(x)
   return x
 
 

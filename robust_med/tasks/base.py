@@ -86,6 +86,12 @@ class Task(abc.ABC):
   def build_model(self, info: Any) -> nn.Module:
     """The Flax model for data described by `info`."""
 
+  def training_model(self, model):
+    """The model the train step applies (its loss and its attacks): `model` by default. A head
+    whose training sees more outputs than evaluation (the segmentation head's deep supervision)
+    returns a wrapper with the same parameters."""
+    return model
+
   def training_batch(self, batch: dict[str, np.ndarray],
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
     """The batch the train step sees, made on the host from the records of a training batch

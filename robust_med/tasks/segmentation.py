@@ -30,6 +30,7 @@ from robust_med import data as data_lib
 from robust_med import surface_distance
 from robust_med.data import patches as patches_lib
 from robust_med.errors import ConfigError
+from robust_med.ranges import Range
 from robust_med.models.sliding import SliceWise, SlidingWindow
 from robust_med.models.unet import UNet, unet_features
 from robust_med.tasks import base
@@ -114,6 +115,45 @@ def surface_metrics(hd95: np.ndarray, asd: np.ndarray,
   return out
 
 
+def logits_of(outputs):
+  """The full-resolution logits of a U-Net's outputs (deep supervision's dict, or the array)."""
+  return outputs['logits'] if isinstance(outputs, dict) else outputs
+
+
+def deep_supervision_weights(n: int) -> np.ndarray:
+  """nnU-Net's weights of the full-resolution output and `n` coarser ones: 1, 1/2, 1/4, ...
+  normalised to sum 1."""
+  w = 0.5 ** np.arange(n + 1)
+  return w / w.sum()
+
+
+def downsample_labels(labels: jax.Array, scale: int) -> jax.Array:
+  """Every 2^scale-th voxel along each spatial axis of (B, *spatial): the label map on the grid
+  of a decoder level 2^scale coarser (nearest neighbour; nnU-Net also downsamples the
+  segmentation by nearest neighbour for deep supervision). With SAME-padded stride-2
+  convolutions that level has ⌈size / 2^scale⌉ voxels per axis, as this slice does."""
+  step = 2 ** scale
+  return labels[(slice(None),) + (slice(None, None, step),) * (labels.ndim - 1)]
+
+
+class DeepSupervised:
+  """`model` applied with its deep-supervision outputs (`aux=True`): the training model of a
+  U-Net with `model.deep_supervision` > 0. Same parameters; every other attribute is the
+  model's."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def init(self, *args, **kwargs):
+    return self.model.init(*args, **kwargs)
+
+  def apply(self, variables, x, *args, **kwargs):
+    return self.model.apply(variables, x, *args, aux=True, **kwargs)
+
+  def __getattr__(self, name: str):
+    return getattr(self.model, name)
+
+
 class Task(base.Task):
   """Semantic segmentation of 2-D slices or of 3-D volumes (MSD volumes or the synthetic
   phantoms)."""
@@ -126,7 +166,21 @@ class Task(base.Task):
   loss_term_names = ('ce', 'dice')
 
   @classmethod
+  def default_config(cls):
+    # nnU-Net's deep supervision: extra outputs on the decoder's coarser levels, in training only.
+    return {'model': {'deep_supervision': 0}}
+
+  @classmethod
+  def config_ranges(cls):
+    return {'model.deep_supervision': Range(0, note='0 = off; at most model.depth - 2')}
+
+  @classmethod
   def check_config(cls, config) -> None:
+    ds = config.model.get('deep_supervision', 0)
+    if ds and (not isinstance(ds, int) or ds > config.model.depth - 2):
+      raise ConfigError(f'config.model.deep_supervision = {ds}: give an integer from 0 to '
+                        f'model.depth - 2 = {config.model.depth - 2} (the decoder levels below '
+                        'full resolution, never the bottleneck), or raise model.depth.')
     d = config.data
     model_ndim = config.model.get('ndim', 0) or d.get('ndim', 2)
     if model_ndim == 1:
@@ -213,7 +267,8 @@ class Task(base.Task):
     self.class_names = tuple(info.class_names[1:])
     self.spacing = tuple(getattr(info, 'spacing', ()) or ())
     unet = UNet(num_classes=info.num_classes,
-                features=unet_features(m.base_width, m.depth, m.max_width))
+                features=unet_features(m.base_width, m.depth, m.max_width),
+                deep_supervision=int(m.get('deep_supervision', 0)))
     if not self.volumes:
       return unet
     if self.model_ndim == 2:
@@ -221,12 +276,31 @@ class Task(base.Task):
     return SlidingWindow(unet, self.config.data.patch_size, overlap=m.sliding_overlap,
                          windows_per_batch=m.windows_per_batch)
 
+  def training_model(self, model):
+    """With `model.deep_supervision` > 0, the U-Net with its coarser outputs (`DeepSupervised`);
+    on whole volumes (the ξ pass, evaluation) the sliding window stitches the logits alone."""
+    return DeepSupervised(model) if self.config.model.get('deep_supervision', 0) else model
+
   def loss_terms(self, outputs, batch):
+    """Per sample: cross-entropy and soft Dice of the logits; with deep supervision's outputs,
+    each term is nnU-Net's weighted sum over the scales (`deep_supervision_weights`), the labels
+    and the valid mask subsampled to each scale's grid."""
     labels, valid = batch['label'], batch.get('in_image')
-    return {'ce': cross_entropy_loss(outputs, labels, valid),
-            'dice': soft_dice_loss(outputs, labels, valid=valid)}
+    if not isinstance(outputs, dict):
+      return {'ce': cross_entropy_loss(outputs, labels, valid),
+              'dice': soft_dice_loss(outputs, labels, valid=valid)}
+    scales = (outputs['logits'], *outputs['deep'])
+    weights = deep_supervision_weights(len(scales) - 1)
+    terms = {'ce': 0.0, 'dice': 0.0}
+    for s, (w, logits) in enumerate(zip(weights, scales)):
+      y = downsample_labels(labels, s)
+      v = None if valid is None else downsample_labels(valid, s)
+      terms['ce'] = terms['ce'] + w * cross_entropy_loss(logits, y, v)
+      terms['dice'] = terms['dice'] + w * soft_dice_loss(logits, y, valid=v)
+    return terms
 
   def eval_stats(self, outputs, batch):
+    outputs = logits_of(outputs)
     pred = jnp.argmax(outputs, axis=-1)
     valid = batch.get('in_image')
     if valid is not None:
@@ -243,6 +317,7 @@ class Task(base.Task):
     """Each sample's hard Dice 2TP / (2TP + FP + FN + 1e-8), the largest over the foreground
     classes: the test the AMAT authors' nnU-Net code applies to noisy samples (SarielMa/amat_conf,
     nnUNetTrainer.getOnlineDiceMax used by nnUNetTrainerV2.classify_model_adv_output_seg)."""
+    outputs = logits_of(outputs)
     c = confusion_counts(jnp.argmax(outputs, axis=-1), batch['label'], outputs.shape[-1])
     tp, fp, fn = (c[k].astype(jnp.float32) for k in ('tp', 'fp', 'fn'))
     return jnp.max(2 * tp / (2 * tp + fp + fn + 1e-8), axis=-1)
@@ -270,7 +345,7 @@ class Task(base.Task):
 
   def divergence(self, outputs_a, outputs_b):
     """Symmetric KL of the per-pixel class distributions, averaged over the pixels."""
-    return base.symmetric_kl(outputs_a, outputs_b)
+    return base.symmetric_kl(logits_of(outputs_a), logits_of(outputs_b))
 
   def section(self, item):
     """Volumes: the slice along the last axis with the most foreground."""

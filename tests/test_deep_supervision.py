@@ -1,0 +1,112 @@
+"""nnU-Net's deep supervision in the U-Net and the segmentation head: the coarser outputs, their
+weighted loss terms, the training model that asks for them, and a run that trains with them."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_med import config_base
+from robust_med.errors import ConfigError
+from robust_med.models.sliding import SlidingWindow
+from robust_med.models.unet import UNet
+from robust_med.tasks import segmentation
+from test_segmentation3d import volume_config
+
+
+def _paths(tree):
+  return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize('shape, features, n', [((2, 16, 16, 1), (4, 8, 16, 32), 2),
+                                                ((2, 8, 8, 8, 1), (4, 8, 16), 1)])
+def test_coarser_outputs_and_unchanged_parameters(shape, features, n):
+  x = jax.random.normal(jax.random.key(1), shape)
+  plain = UNet(num_classes=3, features=features)
+  deep = UNet(num_classes=3, features=features, deep_supervision=n)
+  p0 = plain.init(jax.random.key(0), x)['params']
+  p1 = deep.init(jax.random.key(0), x)['params']
+  # The plain U-Net's parameters keep their names and values; the heads are added beside them.
+  assert _paths(p1) - _paths(p0) == {f"['deep_{s}']['{k}']" for s in range(1, n + 1)
+                                     for k in ('kernel', 'bias')}
+  for path in _paths(p0):
+    get = lambda t: [v for q, v in jax.tree_util.tree_leaves_with_path(t)
+                     if jax.tree_util.keystr(q) == path][0]
+    np.testing.assert_array_equal(get(p0), get(p1))
+  out = deep.apply({'params': p1}, x, aux=True)
+  spatial = shape[1:-1]
+  assert out['logits'].shape == (2, *spatial, 3)
+  assert [o.shape for o in out['deep']] == [(2, *(v // 2 ** s for v in spatial), 3)
+                                            for s in range(1, n + 1)]
+  np.testing.assert_array_equal(deep.apply({'params': p1}, x), out['logits'])
+  np.testing.assert_array_equal(plain.apply({'params': p0}, x), out['logits'])
+
+
+def test_loss_terms_are_nnunets_weighted_sum_over_scales():
+  task = segmentation.Task(config_base.task_config('segmentation'))
+  rng = np.random.default_rng(0)
+  labels = jnp.asarray(rng.integers(0, 3, (2, 8, 8)))
+  valid = jnp.asarray(rng.random((2, 8, 8)) > 0.2)
+  scales = [jnp.asarray(rng.normal(size=(2, 8 // 2 ** s, 8 // 2 ** s, 3)), jnp.float32)
+            for s in range(3)]
+  got = task.loss_terms({'logits': scales[0], 'deep': tuple(scales[1:])},
+                        {'label': labels, 'in_image': valid})
+  weights = np.array([4, 2, 1]) / 7
+  np.testing.assert_allclose(segmentation.deep_supervision_weights(2), weights)
+  for name in ('ce', 'dice'):
+    want = 0.0
+    for w, s in zip(weights, range(3)):
+      sub = {'label': labels[:, ::2 ** s, ::2 ** s], 'in_image': valid[:, ::2 ** s, ::2 ** s]}
+      want = want + w * np.asarray(task.loss_terms(scales[s], sub)[name])
+    assert got[name].shape == (2,)
+    np.testing.assert_allclose(np.asarray(got[name]), want, rtol=1e-5)
+  # Evaluation and ξ read the full-resolution logits of either form.
+  batch = {'label': labels}
+  np.testing.assert_array_equal(task.xi_score({'logits': scales[0], 'deep': ()}, batch),
+                                task.xi_score(scales[0], batch))
+
+
+def test_the_training_model_asks_for_them_on_patches_only():
+  config = volume_config(**{'model.depth': 3, 'model.deep_supervision': 1})
+  task = segmentation.Task(config)
+  arrays, info = task.load_split('val')
+  model = task.build_model(info)
+  assert isinstance(model, SlidingWindow)
+  train_model = task.training_model(model)
+  x = jnp.asarray(arrays['image'][:2])
+  params = model.init(jax.random.key(0), x)['params']
+  patch = x[:, :8]
+  out = train_model.apply({'params': params}, patch)
+  assert set(out) == {'logits', 'deep'} and out['deep'][0].shape == (2, 4, 8, 8, 3)
+  whole = train_model.apply({'params': params}, x)  # stitched: the logits alone
+  np.testing.assert_array_equal(whole, model.apply({'params': params}, x))
+  assert segmentation.Task(volume_config()).training_model(model) is model  # off by default
+
+
+def test_a_3d_run_trains_with_deep_supervision(tmp_path):
+  from robust_med import train
+  config = volume_config(**{
+      'model.depth': 3, 'model.deep_supervision': 1, 'method.name': 'sat', 'method.eps': 1.0,
+      'attack.steps': 2, 'num_epochs': 1, 'log_every_steps': 1, 'checkpoint_every_steps': 2,
+      'eval.noise_levels': (0.0, 1.0), 'eval.steps': 1, 'eval.attacks': ('pgd',),
+      'eval.masking_checks': False, 'shift.corruptions': (), 'eval.batch_size': 8})
+  config.lock()
+  report = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  steps = [r for r in records if r.get('type') == 'train']
+  assert steps and all(np.isfinite(r['loss']) for r in steps)
+  assert np.isfinite(report['curves']['pgd-1'][1]['adi'])
+
+
+@pytest.mark.parametrize('value', [2, -1])
+def test_impossible_deep_supervision_is_a_config_error(value):
+  c = volume_config(**{'model.depth': 3})
+  c.model.deep_supervision = value
+  with pytest.raises(ConfigError, match='deep_supervision'):
+    config_base.validate(c)
+  c = config_base.task_config('classification')
+  c.model.deep_supervision = 1
+  with pytest.raises(ConfigError, match='deep_supervision'):  # other heads have no such key
+    config_base.validate(c)
