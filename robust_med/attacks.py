@@ -411,6 +411,19 @@ jax.tree_util.register_dataclass(PGDSettings, data_fields=['steps', 'step_size_f
                                  meta_fields=['norm', 'random_start', 'clip', 'unroll'])
 
 
+class OnBase:
+  """Mixin of an attack that runs another, `base` (a transfer attack, a per-patch attack): it
+  has the base's steps and norm."""
+
+  @property
+  def steps(self) -> int:
+    return self.base.steps
+
+  @property
+  def norm(self) -> str:
+    return self.base.norm
+
+
 @dataclasses.dataclass(frozen=True)
 class RandomNoise:
   """Random noise of norm exactly ε per sample, as an attack with no steps: the baseline every

@@ -307,7 +307,7 @@ def is_white_box(attack) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TransferAttack:
+class TransferAttack(attacks.OnBase):
   """A transfer attack: `base` (the evaluation's PGD) crafted on another model — the source,
   run by its own `evaluator` with its `params`, e.g. a sweep's STD — and applied to the model
   evaluated. A model whose gradients mislead white-box attacks (gradient masking) is often
@@ -318,14 +318,6 @@ class TransferAttack:
   evaluator: 'Evaluator'
   params: object
   source: str  # the source run's workdir
-
-  @property
-  def steps(self) -> int:
-    return self.base.steps
-
-  @property
-  def norm(self) -> str:
-    return self.base.norm
 
   def describe(self) -> dict:
     d = self.base.describe()

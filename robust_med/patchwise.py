@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_med import attacks
 from robust_med.errors import ConfigError
 
 MASK = 'in_image'  # The batch key of the perturbable-voxel mask (tasks.base.within_image's).
@@ -102,21 +103,13 @@ def tile_budgets(eps: jax.Array, mask_tiles: jax.Array, tiles: int, norm: str) -
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PerPatch:
+class PerPatch(attacks.OnBase):
   """`base` (an iterative attack: PGD, APGD) run on each `patch`-sized tile on its own, with the
   sample's budget split over the tiles (module docstring). `patch` () means the model's own
   training patch (a sliding-window model's `patch`). The evaluator runs it
   (`evaluate.Evaluator.perturb`)."""
   base: Any
   patch: tuple[int, ...] = ()
-
-  @property
-  def steps(self) -> int:
-    return self.base.steps
-
-  @property
-  def norm(self) -> str:
-    return self.base.norm
 
   @property
   def clip(self):
