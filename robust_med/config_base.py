@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ndim = 0                     # the U-Net's dims: 0 = the data's; 2 with data.ndim = 3
                                        # applies a 2-D model slice by slice (along
                                        # data.slice_axis) to whole volumes
+  c.model.deep_supervision = 0         # U-Nets (segmentation): nnU-Net's extra outputs on this
+                                       # many coarser decoder levels, in training; 0 = off
   c.model.sliding_overlap = 0.5        # volumes: the share of a window its neighbours overlap
   c.model.windows_per_batch = 4        # volumes: windows run together in the sliding window
 
@@ -295,7 +297,7 @@ RANGES: dict[str, Range] = {
     'data.ndim': Range(2, 3), 'data.spacing': Range(0, open_lo=True),
     'data.volume_shape': AT_LEAST_1, 'data.foreground_fraction': UNIT,
     'model.ndim': Range(0, 3, note='0 = the data\'s'),
-    'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': AT_LEAST_1,
+    'model.deep_supervision': AT_LEAST_0, 'model.sliding_overlap': Range(0, 1, open_hi=True), 'model.windows_per_batch': AT_LEAST_1,
     'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
     'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0, 'method.q_max': AT_LEAST_0,
     'method.vafa_steps': AT_LEAST_1, 'method.vafa_grey_level': AT_LEAST_0,
@@ -475,6 +477,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval.norm in ('linf', 'l2'), f"config.eval.attacks has 'square' but "
          f'config.eval.norm is {config.eval.norm!r}: Square is implemented for linf and l2 only; '
          'drop it or use one of those.')
+  need(not config.model.deep_supervision or task.supports_deep_supervision,
+       f'config.model.deep_supervision = {config.model.deep_supervision} but the '
+       f'{config.task!r} head\'s model has no deep supervision (the segmentation U-Net has): '
+       'set it to 0.')
   if config.method.name == 'vaft':
     block = tuple(config.method.vafa_block)
     need(len(block) >= 1 and all(isinstance(b, int) and b >= 1 for b in block),

@@ -47,6 +47,8 @@ class Task(abc.ABC):
   #: whether `attack_target` picks target classes for targeted attacks (APGD-T).
   attack_objectives: tuple[str, ...] = ()
   has_attack_targets: bool = False
+  #: Whether the head's model has nnU-Net's deep supervision (`config.model.deep_supervision`).
+  supports_deep_supervision: bool = False
 
   @classmethod
   def default_config(cls) -> dict[str, dict[str, Any]]:

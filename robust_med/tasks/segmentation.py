@@ -30,7 +30,6 @@ from robust_med import data as data_lib
 from robust_med import surface_distance
 from robust_med.data import patches as patches_lib
 from robust_med.errors import ConfigError
-from robust_med.ranges import Range
 from robust_med.models.sliding import SliceWise, SlidingWindow
 from robust_med.models.unet import UNet, unet_features
 from robust_med.tasks import base
@@ -165,14 +164,7 @@ class Task(base.Task):
   sample_metric_floor = 0.0
   loss_term_names = ('ce', 'dice')
 
-  @classmethod
-  def default_config(cls):
-    # nnU-Net's deep supervision: extra outputs on the decoder's coarser levels, in training only.
-    return {'model': {'deep_supervision': 0}}
-
-  @classmethod
-  def config_ranges(cls):
-    return {'model.deep_supervision': Range(0, note='0 = off; at most model.depth - 2')}
+  supports_deep_supervision = True
 
   @classmethod
   def check_config(cls, config) -> None:
