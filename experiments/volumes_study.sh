@@ -5,8 +5,8 @@
 # slices, `verdict_reruns.sh hippocampus`) are evaluated on the same validation volumes slice by
 # slice (`--config.model.ndim=2`), each volume attacked as one sample with the same L2 budgets in
 # the same units (z-scored volume, `units.budgets=model`), the same attacks (PGD-20, APGD-20,
-# VAFA at two DCT budgets) and the same 16 volumes. Per-volume Dice (ADI), HD95 and ASD per level
-# in each robustness.json; then PGD-20 through the sliding window against the per-patch PGD-20
+# VAFA at q_max 10 and 20 grey levels, 20 being the authors' budget) and the same 16 volumes.
+# Per-volume Dice (ADI), HD95 and ASD per level in each robustness.json; then PGD-20 through the sliding window against the per-patch PGD-20
 # on the 3-D models. The comparison tables are `experiments/volumes_table.py OUT`.
 #
 #   bash experiments/volumes_study.sh [DATA_ROOT] [OUT] [TWO_D_SWEEP]
@@ -20,7 +20,7 @@ levels='(0.,5.,10.,20.,40.,80.)'
 grid=(--config.eval.noise_levels="$levels" --config.eval.steps=20 --config.eval.apgd_steps=20
       --config.eval.max_samples=16 --config.progress_bar=False)
 same_eval=("${grid[@]}" --config.eval.attacks='("pgd","apgd")'
-           --config.eval.frequency_levels='(0.05,0.1)')
+           --config.eval.frequency_levels='(10.,20.)')
 python -m robust_med.sweep --config=configs/hippocampus3d_amat.py:cpu --sat_eps=20 \
   --config.data.root="$data/msd_hippocampus" --workdir="$out/3d" "${same_eval[@]}"
 for run in std sat_eps5 sat_eps10 amat; do
