@@ -6,8 +6,8 @@
 # slice (`--config.model.ndim=2`), each volume attacked as one sample with the same L2 budgets in
 # the same units (z-scored volume, `units.budgets=model`), the same attacks (PGD-20, APGD-20,
 # VAFA at q_max 10 and 20 grey levels, 20 being the authors' budget) and the same 16 volumes.
-# Per-volume Dice (ADI), HD95 and ASD per level in each robustness.json; then PGD-20 through the sliding window against the per-patch PGD-20
-# on the 3-D models. The comparison tables are `experiments/volumes_table.py OUT`.
+# Per-volume Dice (ADI), HD95 and ASD per level in each robustness.json; then PGD-20 through
+# the sliding window against the per-patch PGD-20 on the 3-D models. The comparison tables are `experiments/volumes_table.py OUT`.
 #
 #   bash experiments/volumes_study.sh [DATA_ROOT] [OUT] [TWO_D_SWEEP]
 #
