@@ -85,18 +85,23 @@ def test_the_training_model_asks_for_them_on_patches_only():
   assert segmentation.Task(volume_config()).training_model(model) is model  # off by default
 
 
-def test_a_3d_run_trains_with_deep_supervision(tmp_path):
+def test_a_3d_vaft_run_trains_with_deep_supervision(tmp_path):
+  """One run for two of issue 32's pieces: VAFT (tests/test_vaft.py has its loss) on a U-Net
+  with deep supervision, whose outputs (a dict) every part of the method handles."""
   from robust_med import train
   config = volume_config(**{
-      'model.depth': 3, 'model.deep_supervision': 1, 'method.name': 'sat', 'method.eps': 1.0,
-      'attack.steps': 2, 'num_epochs': 1, 'log_every_steps': 1, 'checkpoint_every_steps': 2,
-      'eval.noise_levels': (0.0, 1.0), 'eval.steps': 1, 'eval.attacks': ('pgd',),
-      'eval.masking_checks': False, 'shift.corruptions': (), 'eval.batch_size': 8})
+      'model.depth': 3, 'model.deep_supervision': 1, 'method.name': 'vaft',
+      'method.vafa_steps': 2, 'method.vafa_block': (8,), 'num_epochs': 1, 'log_every_steps': 1,
+      'checkpoint_every_steps': 2, 'eval.noise_levels': (0.0, 1.0), 'eval.steps': 1,
+      'eval.attacks': ('pgd',), 'eval.masking_checks': False, 'shift.corruptions': (),
+      'eval.batch_size': 8})
   config.lock()
   report = train.train_and_evaluate(config, str(tmp_path))
+  assert report['method'] == 'vaft'
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   steps = [r for r in records if r.get('type') == 'train']
-  assert steps and all(np.isfinite(r['loss']) for r in steps)
+  assert steps and all(np.isfinite(r['loss']) and r['frequency_consistency'] > 0 and
+                       r['perturbation_l2'] > 0 for r in steps)
   assert np.isfinite(report['curves']['pgd-1'][1]['adi'])
 
 

@@ -1,8 +1,7 @@
 """VAFT (methods.Vaft): frequency-domain adversarial training — the loss, its frequency
-consistency, VAFA's budget in grey levels, and a training run on volumes."""
+consistency, VAFA's budget in grey levels (a training run on volumes: test_deep_supervision.py)."""
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
@@ -80,22 +79,6 @@ def test_vaft_loss_and_vafa_in_grey_levels():
   lo, hi = np.percentile(np.asarray(x), [0.5, 99.5])
   assert float(methods.Vaft(q_max=1.0, attack=attack)._grey(x)) == pytest.approx(
       (hi - lo) / 255, rel=1e-4)
-
-
-def test_vaft_trains_a_3d_unet_on_volumes(tmp_path):
-  from robust_med import train
-  config = volume_config(**{
-      'method.name': 'vaft', 'method.vafa_steps': 2, 'method.vafa_block': (8,),
-      'method.q_max': 20.0, 'num_epochs': 1, 'log_every_steps': 1, 'checkpoint_every_steps': 2,
-      'eval.noise_levels': (0.0, 1.0), 'eval.steps': 1, 'eval.attacks': ('pgd',),
-      'eval.masking_checks': False, 'shift.corruptions': (), 'eval.batch_size': 8})
-  config.lock()
-  report = train.train_and_evaluate(config, str(tmp_path))
-  assert report['method'] == 'vaft'
-  steps = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-  steps = [r for r in steps if r.get('type') == 'train']
-  assert steps and all(np.isfinite(r['loss']) and r['frequency_consistency'] > 0 for r in steps)
-  assert all(r['noisy/ce'] >= 0 and r['perturbation_l2'] > 0 for r in steps)
 
 
 @pytest.mark.parametrize('key, value', [('method.vafa_block', (0,)), ('method.q_max', -1.0),
