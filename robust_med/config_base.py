@@ -301,6 +301,7 @@ RANGES: dict[str, Range] = {
     'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
     'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0, 'method.q_max': AT_LEAST_0,
     'method.vafa_steps': AT_LEAST_1, 'method.vafa_grey_level': AT_LEAST_0,
+    'method.vafa_block': AT_LEAST_1,
     'method.frequency_consistency': AT_LEAST_0,
     'method.grad_penalty': AT_LEAST_0, 'method.consistency_views': AT_LEAST_0,
     'method.consistency_adv': AT_LEAST_0, 'method.xi_warmup_epochs': AT_LEAST_0,

@@ -105,11 +105,87 @@ def test_a_3d_vaft_run_trains_with_deep_supervision(tmp_path):
   assert np.isfinite(report['curves']['pgd-1'][1]['adi'])
 
 
+def _one_train_step(config, method_name):
+  """The task, the training model, the initial parameters, a training batch and the metrics
+  of one jitted train step of `method_name` on `config` (one device)."""
+  from robust_med import methods, sharding, train
+  task = segmentation.Task(config)
+  data, info = task.load_split('train')
+  model = task.build_model(info)
+  batch = task.training_batch({k: v[:8] for k, v in data.items()}, np.random.default_rng(0))
+  tx = train.make_optimizer(config.optimizer, 10)
+  mesh = sharding.make_mesh(1)
+  state = train.init_state(model, tx, batch['image'], num_train=len(data['id']),
+                           num_xi=len(task.loss_term_names), initial_margin=0.5, seed=0,
+                           mesh=mesh)
+  params = jax.device_get(state.params)  # the step donates the state
+  state = state.replace(xi=jnp.full_like(state.xi, 10.0))  # AMAT's thresholds, measured or not
+  method = methods.build_method(config.method, config.attack)
+  step = train.jit_train_step(train.make_train_step(task, model, method, tx), state, mesh)
+  _, metrics = step(state, sharding.put_batch(batch, mesh))
+  return task, task.training_model(model), params, batch, metrics
+
+
+@pytest.mark.parametrize('method, ndim', [('std', 2)])  # the 3-D run above covers VAFT
+def test_every_method_trains_on_the_weighted_terms(method, ndim):
+  """The train step applies the head's training model: its loss is the weighted sum over the
+  scales (checked exactly for STD), finite for the methods with attacks, on slices and on patches
+  of volumes."""
+  overrides = {'model.depth': 3, 'model.deep_supervision': 1, 'method.name': method,
+               'method.eps': 0.5, 'method.delta_eps': 0.5, 'attack.steps': 2}
+  if ndim == 2:
+    config = config_base.task_config('segmentation')
+    config.data.name, config.data.patch_size = 'synthetic', (16, 16)
+    config.data.num_train, config.data.num_val = 8, 8
+    config.model.base_width = 4
+    from tiny import set_keys
+    set_keys(config, overrides)
+  else:
+    config = volume_config(**overrides)
+  config_base.validate(config)
+  task, train_model, params, batch, metrics = _one_train_step(config, method)
+  assert np.isfinite(float(metrics['loss']))
+  out = train_model.apply({'params': params}, jnp.asarray(batch['image']))
+  assert isinstance(out, dict)  # training batches are patches: the coarser outputs are there
+  if method == 'std':
+    terms = task.loss_terms(out, batch)
+    np.testing.assert_allclose(float(metrics['loss']), float(jnp.mean(terms['ce'] + terms['dice'])),
+                               rtol=1e-5)
+    plain = task.loss_terms(out['logits'], batch)
+    assert abs(float(jnp.mean(plain['ce'] + plain['dice'])) - float(metrics['loss'])) > 1e-4
+  if method == 'amat':
+    assert 'grow_fraction' in metrics
+
+
+def test_xi_is_measured_in_the_units_of_the_training_terms():
+  """On 2-D data the ξ pass (`per_sample_clean_terms`) sees the training model's weighted terms,
+  the ones AMAT compares with ξ."""
+  from robust_med import sharding, train
+  config = config_base.task_config('segmentation')
+  config.data.name, config.data.patch_size = 'synthetic', (16, 16)
+  config.data.num_train, config.data.num_val = 8, 8
+  config.model.base_width, config.model.depth, config.model.deep_supervision = 4, 4, 2
+  task = segmentation.Task(config)
+  data, info = task.load_split('train')
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), jnp.asarray(data['image'][:1]))['params']
+  got = train.per_sample_clean_terms(task, model, params, data, sharding.make_mesh(1), 8)
+  want = task.loss_terms(task.training_model(model).apply({'params': params},
+                                                          jnp.asarray(data['image'])), data)
+  for name in task.loss_term_names:
+    np.testing.assert_allclose(got[name], np.asarray(want[name]), rtol=1e-5)
+
+
 @pytest.mark.parametrize('value', [2, -1])
 def test_impossible_deep_supervision_is_a_config_error(value):
   c = volume_config(**{'model.depth': 3})
   c.model.deep_supervision = value
   with pytest.raises(ConfigError, match='deep_supervision'):
+    config_base.validate(c)
+  # A 2-D model on volumes trains slice by slice on whole volumes: no coarser outputs to use.
+  c = volume_config(**{'model.depth': 3, 'model.ndim': 2, 'data.patch_size': (16, 16)})
+  c.model.deep_supervision = 1
+  with pytest.raises(ConfigError, match='slice by slice'):
     config_base.validate(c)
   c = config_base.task_config('classification')
   c.model.deep_supervision = 1

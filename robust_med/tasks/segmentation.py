@@ -152,6 +152,9 @@ class DeepSupervised:
   def __getattr__(self, name: str):
     return getattr(self.model, name)
 
+  def __repr__(self) -> str:
+    return f'DeepSupervised({self.model!r})'
+
 
 class Task(base.Task):
   """Semantic segmentation of 2-D slices or of 3-D volumes (MSD volumes or the synthetic
@@ -185,6 +188,11 @@ class Task(base.Task):
         raise ConfigError(f'config.data.patch_size = {tuple(d.patch_size)}: slices need two '
                           'sizes (or set config.data.ndim = 3 for volumes).')
       return
+    if model_ndim == 2 and ds:
+      raise ConfigError(f'config.model.deep_supervision = {ds} with a 2-D model on volumes '
+                        '(model.ndim = 2, data.ndim = 3): it trains slice by slice on whole '
+                        'volumes, where the coarser outputs are not used; set '
+                        'model.deep_supervision = 0, or model.ndim = 0 for a 3-D U-Net.')
     if len(d.patch_size) != model_ndim:
       raise ConfigError(f'config.data.patch_size = {tuple(d.patch_size)} for a {model_ndim}-D '
                         f'model: give {model_ndim} sizes (the {model_ndim}-D training patch).')
@@ -352,6 +360,7 @@ class Task(base.Task):
     same colours."""
     import matplotlib.pyplot as plt
     base.show_image(ax, image)
+    outputs = logits_of(outputs)
     num_classes = outputs.shape[-1]
     colors = plt.get_cmap('tab10')(np.arange(num_classes) % 10)
     pred = np.argmax(np.asarray(outputs), axis=-1)
