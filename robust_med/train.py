@@ -383,8 +383,6 @@ class Trainer:
                           **{f'xi/{k}': float(v)
                              for k, v in zip(names, methods.xi_display(xi, mode))}})
         fn = std_step if step < self.warmup_steps else main_step
-        batch = self.task.training_batch(
-            batch, np.random.default_rng(np.random.SeedSequence([config.seed, step])))
         state, metrics = fn(state, self._put_batch(batch))
         step += 1
         pending.append(metrics)
@@ -419,12 +417,13 @@ class Trainer:
   def _epoch_batches(self, epoch: int, skip: int = 0):
     """The epoch's training batches after the first `skip`: whole batches in one process; in a
     multi-process run only this process's rows of each (the same) global batch. From memory, or
-    with config.data.pipeline = 'grain' from the prepared records (the same batches)."""
+    with config.data.pipeline = 'grain' from the prepared records (the same batches), as the
+    head's `training_batch` makes them (e.g. patches), cut where grain reads."""
     from robust_med.data import pipeline  # grain is imported only by runs that train.
     rows = (sharding.local_rows(self.mesh, self.config.batch_size) if sharding.is_multiprocess()
             else None)
     return pipeline.train_batches(self.config, epoch=epoch, skip=skip, arrays=self.train_data,
-                                  rows=rows)
+                                  rows=rows, transform=self.task.training_batch)
 
   def _put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     if not sharding.is_multiprocess():

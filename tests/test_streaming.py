@@ -82,30 +82,32 @@ def test_a_split_larger_than_the_memory_cap_trains_from_records(tmp_path, monkey
 
 
 def test_streamed_volumes_resume_mid_epoch_to_the_same_batches_and_patches(tmp_path):
+  """The head's patches are cut where grain reads (here in a worker process too), from
+  (seed, step): the memory path, a worker and a resumed stream give the same patches."""
   config = volume_config(tmp_path, 24, **{'data.num_val': 8})
   records.prepare(config, str(tmp_path))
   task = get_task_class('segmentation')(config)
   arrays, _ = task.load_split('train')
+  kw = dict(process_index=0, process_count=1, transform=task.training_batch)
 
-  def patches(stream):
-    return [task.training_batch(b, np.random.default_rng(np.random.SeedSequence([config.seed,
-                                                                                    s])))
-            for s, b in zip(range(stream.step, stream.stop_step), stream)]
-
-  whole = patches(pipeline.train_stream(config, process_index=0, process_count=1))
-  memory = patches(pipeline.train_stream(config, pipeline='memory', arrays=arrays,
-                                         process_index=0, process_count=1))
+  whole = list(pipeline.train_stream(config, **kw))
+  memory = list(pipeline.train_stream(config, pipeline='memory', arrays=arrays, **kw))
+  with pipeline.train_stream(config, worker_count=1, **kw) as stream:
+    worker = list(stream)
   assert len(whole) == 6  # 3 batches of 8 per epoch, 2 epochs.
-  stream = pipeline.train_stream(config, process_index=0, process_count=1)
+  stream = pipeline.train_stream(config, **kw)
   for _ in range(4):  # Into the middle of the second epoch.
     next(stream)
   state = stream.get_state()
-  resumed = pipeline.train_stream(config, process_index=0, process_count=1)
+  resumed = pipeline.train_stream(config, **kw)
   resumed.set_state(state)
-  rest = patches(resumed)
-  for got, want, mem in zip(whole[4:] + whole, rest + whole, memory[4:] + memory):
-    assert sorted(got) == sorted(want) == sorted(mem)
+  rest = list(resumed)
+  for got, want, mem, work in zip(whole[4:] + whole, rest + whole, memory[4:] + memory,
+                                  worker[4:] + worker):
+    assert sorted(got) == sorted(want) == sorted(mem) == sorted(work)
     for key in want:
-      assert np.array_equal(got[key], want[key]) and np.array_equal(mem[key], want[key]), key
-  assert whole[0]['image'].shape == (8, 16, 16, 16, 1)  # Patches, cut after streaming.
+      assert all(np.array_equal(x[key], want[key]) for x in (got, mem, work)), key
+  assert whole[0]['image'].shape == (8, 16, 16, 16, 1)  # Patches of the 32³ volumes.
   assert whole[0]['in_image'].all()
+  raw = next(pipeline.train_stream(config, process_index=0, process_count=1))
+  assert raw['image'].shape == (8, 32, 32, 32, 1)  # Without a transform: the volumes.

@@ -20,11 +20,16 @@ of one epoch. Both return a `BatchStream`, a grain `DatasetIterator`: `get_state
 `grain.checkpoint.CheckpointSave(stream)` / `CheckpointRestore(stream)` put its position into an
 Orbax checkpoint. The order is a function of (seed, step) alone, so the training step a checkpoint
 already stores is enough to resume: ``train_stream(config, ..., start_step=step)``.
+
+A `transform(batch, rng)` (the trainer passes the head's `Task.training_batch`, e.g. random
+patches of volumes) runs on each batch where it is read: in grain's reading threads or
+``worker_count`` worker processes, or in the training process for the memory path. Its `rng` is
+drawn from (seed, global step), so both paths, and a resumed run, cut the same patches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -175,12 +180,32 @@ def records_source(config, split: str, records_dir: str | None = None) -> _Recor
   return _RecordsSource(config, split, records_dir)
 
 
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+  """The generator of global step `step`'s transform (patches): a function of (seed, step)."""
+  return np.random.default_rng(np.random.SeedSequence([int(seed), int(step)]))
+
+
+class StepTransform:
+  """grain's `map_with_index` of a stream's batches: element s (global step s) becomes
+  `transform(batch, step_rng(seed, s))`. Picklable, for grain's worker processes."""
+
+  def __init__(self, transform: Transform, seed: int):
+    self.transform, self.seed = transform, int(seed)
+
+  def __call__(self, step: int, batch: dict) -> dict:
+    return self.transform(batch, step_rng(self.seed, step))
+
+
 class BatchStream(grain.DatasetIterator):
   """Batches of global steps [start_step, stop_step) of a run, this process's rows of each, from
   memory or from records through grain. A grain `DatasetIterator`: `get_state()` is a JSON-able
   dict {'step': next global step, ...} and `set_state` continues from one; pass the stream to
   `grain.checkpoint.CheckpointSave` / `CheckpointRestore` to keep it in an Orbax checkpoint.
-  Close it (or use it as a context manager) to stop grain's worker processes."""
+  Close it (or use it as a context manager) to stop grain's worker processes. `transform`: see
+  the module's docstring (default: batches as read)."""
 
   def __init__(self, config, *, arrays: Mapping[str, np.ndarray] | None = None,
                split: str | None = None, start_step: int = 0, stop_step: int | None = None,
@@ -188,8 +213,10 @@ class BatchStream(grain.DatasetIterator):
                seed: int | None = None, rows: Sequence[int] | None = None,
                process_index: int | None = None, process_count: int | None = None,
                pipeline: str | None = None, records_dir: str | None = None,
-               worker_count: int | None = None, shuffle: bool = True):
+               worker_count: int | None = None, shuffle: bool = True,
+               transform: Transform | None = None):
     super().__init__()
+    self.transform = transform
     self._grain_iter = None  # Set first: close() runs even when the checks below raise.
     data = config.data
     self.pipeline = data.get('pipeline', 'memory') if pipeline is None else pipeline
@@ -239,7 +266,10 @@ class BatchStream(grain.DatasetIterator):
     """The grain MapDataset of this process's batches of the whole run (element s = step s)."""
     records = grain.MapDataset.source(self._records)
     ordered = EpochOrderDataset(records, self.order, self.stop_step)
-    return ordered.batch(len(self.rows), drop_remainder=True)
+    batched = ordered.batch(len(self.rows), drop_remainder=True)
+    if self.transform is None:
+      return batched
+    return batched.map_with_index(StepTransform(self.transform, self.seed))
 
   def _start_grain(self, start: int, state: dict | None = None) -> None:
     self._close_grain()
@@ -259,6 +289,8 @@ class BatchStream(grain.DatasetIterator):
       raise StopIteration
     if self.pipeline == 'memory':
       batch = self._memory_batch(self.step)
+      if self.transform is not None:
+        batch = self.transform(batch, step_rng(self.seed, self.step))
     else:
       if self._grain_iter is None:
         self._start_grain(self.step)

@@ -96,9 +96,10 @@ class Task(abc.ABC):
 
   def training_batch(self, batch: dict[str, np.ndarray],
                      rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The batch the train step sees, made on the host from the records of a training batch
-    (e.g. a random patch of each volume); `rng` is drawn from (config.seed, step), so a resumed
-    run sees the same batches. Keep `id` (the margins are indexed by it). Default: unchanged."""
+    """The batch the train step sees, made from the records of a training batch (e.g. a random
+    patch of each volume) where the data pipeline reads them (grain's threads or worker
+    processes, so it must pickle); `rng` is drawn from (config.seed, step), so a resumed run
+    sees the same batches. Keep `id` (the margins are indexed by it). Default: unchanged."""
     del rng
     return batch
 

@@ -4,7 +4,7 @@ The model is an nnU-Net-style U-Net; on volumes the metrics add each volume's HD
 surface distance.
 
 Volumes (`data.ndim = 3`): each record is a whole volume in a common padded grid with an `in_image`
-mask. Training batches are patches of `data.patch_size` cut on the host (`training_batch`,
+mask. Training batches are patches of `data.patch_size` cut by the data pipeline (`training_batch`,
 nnU-Net's rule: the last `data.foreground_fraction` of each batch centred on foreground); the
 model is the U-Net wrapped in `models.sliding.SlidingWindow`, so that evaluation, attacks and ξ
 see whole volumes through overlapping Gaussian-weighted windows, and an attack's budget is per
