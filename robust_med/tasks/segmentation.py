@@ -143,9 +143,6 @@ class DeepSupervised:
   def __init__(self, model):
     self.model = model
 
-  def init(self, *args, **kwargs):
-    return self.model.init(*args, **kwargs)
-
   def apply(self, variables, x, *args, **kwargs):
     return self.model.apply(variables, x, *args, aux=True, **kwargs)
 
