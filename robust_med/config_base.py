@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
                                        # (rtda: 0 = no adversarial term)
   c.method.augment = False             # any method: train on batches augmented by the head's
                                        # Task.augment with the `augment` section's strengths
+  c.method.noise_sigma = 0.0           # any method: Gaussian noise of this std (model input
+                                       # units) added to every training input before the method
+                                       # sees it, the training randomized smoothing wants
+                                       # (robust_med.certify with --sigma = this); 0 = off
   c.method.grad_penalty = 0.0          # rtda: λ of the input-gradient penalty ‖∇ₓL‖₂²
   c.method.consistency_views = 0.0     # rtda: λ of the symmetric KL between two augmented views
   c.method.consistency_adv = 0.0       # rtda: λ of the symmetric KL between clean and adversarial
@@ -301,6 +305,7 @@ RANGES: dict[str, Range] = {
     'model.windows_per_batch': AT_LEAST_1,
     'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
     'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0, 'method.q_max': AT_LEAST_0,
+    'method.noise_sigma': AT_LEAST_0,
     'method.vafa_steps': AT_LEAST_1, 'method.vafa_grey_level': AT_LEAST_0,
     'method.vafa_block': AT_LEAST_1,
     'method.frequency_consistency': AT_LEAST_0,

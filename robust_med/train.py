@@ -84,11 +84,14 @@ def init_state(model, tx, sample_image: np.ndarray, *, num_train: int, num_xi: i
   return sharding.put_global(state, state_shardings(state, mesh))
 
 
-def make_train_step(task, model, method, tx, augment=None, value_range=None):
+def make_train_step(task, model, method, tx, augment=None, value_range=None, *,
+                    noise_sigma: float = 0.0):
   """The pure train step `(state, batch) -> (state, metrics)` of `method` on `task`.
 
   With `augment` (`augment.AugmentSettings`) the batch is first augmented by `task.augment`
   (clipped to `value_range`), and the methods get a second augmented view of the same samples.
+  With `noise_sigma` > 0 Gaussian noise of that std is then added to each image (not clipped, not
+  on padding), the training of a randomized-smoothing base model (Cohen et al. 2019).
   The model applied is the head's `training_model` (e.g. with deep supervision's outputs).
   """
   model = task.training_model(model)
@@ -106,6 +109,10 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None):
       # with the image (then both are drawn independently).
       shared = geometry_key if task.outputs_move_with_image else None
       second_view = lambda k: task.augment(original, k, augment, shared, value_range)['image']
+    if noise_sigma > 0:
+      key, noise_key = jax.random.split(key)
+      noise = jax.random.normal(noise_key, batch['image'].shape, batch['image'].dtype)
+      batch = {**batch, 'image': within_image(batch, batch['image'] + noise_sigma * noise)}
 
     def attack_terms(x):  # Parameters held constant: attacks only move the input (not padding).
       return task.loss_terms(model.apply({'params': state.params}, within_image(batch, x)), batch)
@@ -354,10 +361,13 @@ class Trainer:
       reports.write_json(os.path.join(self.workdir, 'config.json'),
                          json.loads(self.given_config.to_json_best_effort()))
     self.tb.text('config', '```\n' + self.given_config.to_json_best_effort(indent=2) + '\n```', 0)
+    sigma = float(config.method.get('noise_sigma', 0.0))
     main_step = jit_train_step(make_train_step(self.task, self.model, self.method, self.tx,
-                                               *augment_settings(config)), state, self.mesh)
+                                               *augment_settings(config), noise_sigma=sigma),
+                               state, self.mesh)
     std_step = (jit_train_step(make_train_step(self.task, self.model, self.std_method, self.tx,
-                                               *augment_settings(config)), state, self.mesh)
+                                               *augment_settings(config), noise_sigma=sigma),
+                               state, self.mesh)
                 if self.warmup_steps else None)
     step = int(state.step)
     xi_ready = not (self.method.needs_xi and np.isnan(jax.device_get(state.xi)).any())

@@ -264,6 +264,51 @@ class Task(abc.ABC):
     del outputs, target
     raise ConfigError(f'The {self.name!r} head defines no saliency score (Task.saliency_score).')
 
+  # --- Certification (robust_med.certify) -----------------------------------------------------
+
+  #: How randomized smoothing aggregates the head's answers (`smoothing_answers`) over noisy
+  #: copies of an input: 'vote' (discrete answers: the most frequent, with Cohen et al.'s or
+  #: SegCertify's certificates), 'median' (real answers: Chiang et al.'s median smoothing), or ''
+  #: (the head defines no certificate).
+  smoothing: str = ''
+  #: What `certified_metric` gives per sample, for reports.
+  certified_metric_name: str = ''
+
+  def smoothing_answers(self, outputs: Any) -> jax.Array:
+    """The answers the smoothed model aggregates, from the model's outputs for a batch: with
+    smoothing 'vote', integers in [0, `num_answers`) of shape (B, *E) (a class per image or per
+    pixel); with 'median', real values (B, *E) (coordinates). Pure."""
+    del outputs
+    raise self._not_certifiable()
+
+  def num_answers(self, outputs: Any) -> int:
+    """How many distinct answers a 'vote' head gives, for these outputs (e.g. the classes)."""
+    del outputs
+    raise self._not_certifiable()
+
+  def answer_mask(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """(N, *E) bool: which answers of each sample belong to it (a 'vote' head's elements tested
+    together; e.g. not the padding of `in_image`); None: all of them (the default)."""
+    return arrays.get('in_image') if hasattr(arrays, 'get') else None
+
+  def certified_metric(self, certified: Mapping[str, np.ndarray],
+                       arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The primary metric per sample (N,) that the smoothed model is guaranteed to reach under
+    every perturbation within one radius, in the metric's direction (a lower bound when higher is
+    better, an upper bound otherwise), from `certified`: with smoothing 'vote', 'answer' (N, *E)
+    with `smoothing.ABSTAIN` where no answer is certified (an abstained answer counts as wrong),
+    and 'num_answers' (C);
+    with 'median', 'lower' and 'upper' (N, *E), bounds of each answer. The same call with
+    the uncertified smoothed answers (lower = upper = the median) gives the smoothed model's own
+    metric. `arrays`: the split's records."""
+    del certified, arrays
+    raise self._not_certifiable()
+
+  def _not_certifiable(self) -> ConfigError:
+    return ConfigError(f'The {self.name!r} head defines no certificate (Task.smoothing, '
+                       'smoothing_answers and certified_metric): certify a classification, '
+                       'segmentation or landmark model.')
+
   # --- Distribution shift ---------------------------------------------------------------------
 
   def shifted_splits(self, split: str) -> dict[str, dict[str, np.ndarray]]:

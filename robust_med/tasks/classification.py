@@ -234,6 +234,20 @@ class Task(base.Task):
     """The logit (before the softmax) of the target class."""
     return jnp.take_along_axis(outputs, target[:, None], axis=-1)[:, 0]
 
+  smoothing = 'vote'
+  certified_metric_name = 'certified accuracy: the class is certified and correct'
+
+  def smoothing_answers(self, outputs):
+    """The predicted class (B,)."""
+    return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
+
+  def num_answers(self, outputs) -> int:
+    return int(outputs.shape[-1])
+
+  def certified_metric(self, certified, arrays):
+    """1 where the certified class is the true one (an abstention counts as wrong), else 0."""
+    return (np.asarray(certified['answer']) == np.asarray(arrays['label'])).astype(np.float64)
+
   def metric_floor(self) -> float:
     """An unbounded attack can misclassify every image: accuracy 0."""
     return 0.0

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from robust_med import data as data_lib
+from robust_med import smoothing as smoothing_lib
 from robust_med import surface_distance
 from robust_med.data import patches as patches_lib
 from robust_med.errors import ConfigError
@@ -327,6 +328,39 @@ class Task(base.Task):
     present = (denom > 0).sum(axis=1)
     dice_sum = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).sum(axis=1)
     return np.where(present > 0, dice_sum / np.maximum(present, 1), 1.0)
+
+  smoothing = 'vote'
+  certified_metric_name = ('certified per-sample mean Dice: each class counts its abstained '
+                           'pixels as errors (a miss where the pixel is that class, a false alarm '
+                           'elsewhere)')
+
+  def smoothing_answers(self, outputs):
+    """The predicted class of each pixel or voxel (B, *spatial)."""
+    return jnp.argmax(logits_of(outputs), axis=-1).astype(jnp.int32)
+
+  def num_answers(self, outputs) -> int:
+    return int(logits_of(outputs).shape[-1])
+
+  def certified_metric(self, certified, arrays):
+    """The per-sample mean Dice (`sample_scores`) that holds whatever the abstained pixels become:
+    for each foreground class, an abstained pixel is a false negative where the label is that
+    class and a false positive elsewhere. A lower bound of each class's Dice, and so of their
+    mean (each class's worst case is taken separately). Padding (`in_image` False) is left out."""
+    answer = np.asarray(certified['answer'])
+    labels = np.asarray(arrays['label'])
+    valid = self.answer_mask(arrays)
+    valid = np.ones(labels.shape, bool) if valid is None else np.asarray(valid, bool)
+    abstained = answer == smoothing_lib.ABSTAIN
+    axes = tuple(range(1, labels.ndim))
+    tp, fp, fn = [], [], []
+    for c in range(1, int(certified['num_answers'])):
+      is_c = (labels == c) & valid
+      said_c = ((answer == c) | abstained) & valid
+      tp.append(np.sum(is_c & (answer == c), axis=axes))
+      fp.append(np.sum(~is_c & said_c, axis=axes))
+      fn.append(np.sum(is_c & (answer != c), axis=axes))
+    stack = lambda v: np.stack(v, axis=1) if v else np.zeros((len(labels), 0))
+    return self.sample_scores({'tp': stack(tp), 'fp': stack(fp), 'fn': stack(fn)})
 
   def summarize(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     names = getattr(self, 'class_names', ())

@@ -1,0 +1,356 @@
+"""Certified robustness by randomized smoothing, a lower bound beside the attacks' upper bound.
+
+Any head that says what its certified metric is (`Task.smoothing`) can be certified:
+
+  python -m robust_med.certify --workdir=DIR [--split=val] [--config.data.root=PATH] \
+      [--sigma=0.25] [--n=1000] [--n0=100] [--alpha=0.001] [--radii=0,0.25,0.5] [--out=DIR2]
+
+restores the parameters of DIR's checkpoint and certifies the smoothed model (the base model's
+answers aggregated over Gaussian noise of std σ: `robust_med.smoothing`) on every image of the
+split (or `--max_samples` of them), and writes into `DIR/certify/<split>/` (or `--out`):
+
+- `certify.json`: the settings; per radius r (L2, model input units) the certified metric (the
+  metric every perturbation of norm ≤ r leaves the smoothed model at or better, with probability
+  ≥ 1 − α per image) and the abstained share; the smoothed model's own metric; per image, its
+  certified metric at each radius (and, for one answer per image, Cohen et al.'s radius);
+- `certify.png`: certified metric against radius, with the smoothed model's metric and, when the
+  run's `robustness.json` is in L2, the base model's attacked worst case on the same axes.
+
+The noise of image i is drawn from the key (`--seed`, id i), so a certificate is reproducible
+image by image. σ should be the σ the model was trained with (`config.method.noise_sigma`); a
+different σ is certified anyway, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_med import cli, errors, evaluate, sharding, smoothing
+from robust_med.data.source import evaluation_subset
+from robust_med.reports import metric_label, save_figure, write_json
+
+
+class Sampler:
+  """Draws the base model's answers on noisy copies of each image of a device batch, `chunk`
+  copies per image at a time, jitted on the mesh (the batch axis stays sharded: the copies of a
+  batch are a vmapped axis)."""
+
+  def __init__(self, task, model, sigma: float, chunk: int, seed: int = 0):
+    self.task, self.model, self.sigma, self.chunk, self.seed = task, model, sigma, chunk, seed
+    self._votes = jax.jit(self._votes_impl, static_argnames=('stream', 'count', 'num'))
+    self._draws = jax.jit(self._draws_impl, static_argnames=('stream', 'count'))
+
+  def _answers(self, params, batch, stream: int, start, count: int) -> jax.Array:
+    keys = smoothing.image_keys(self.seed, batch['id'])
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys)
+    image = batch['image']
+    x = smoothing.noisy_copies(keys, image, self.sigma, start, count)
+    if 'in_image' in batch:  # Noise on the samples' own pixels only, as the attacks perturb.
+      x = jnp.where(batch['in_image'][None, ..., None], x, image[None])
+    outputs = jax.vmap(lambda xi: self.model.apply({'params': params}, xi))(x)
+    return jax.vmap(self.task.smoothing_answers)(outputs)  # (count, B, *E)
+
+  def _votes_impl(self, params, batch, start, *, stream, count, num):
+    answers = self._answers(params, batch, stream, start, count)
+    return jnp.sum(jax.nn.one_hot(answers, num, dtype=jnp.int32), axis=0)
+
+  def _draws_impl(self, params, batch, start, *, stream, count):
+    return jnp.moveaxis(self._answers(params, batch, stream, start, count), 0, 1)
+
+  def votes(self, params, batch, n: int, stream: int, num: int) -> jax.Array:
+    """Counts (B, *E, num) of each answer over n noisy copies."""
+    total = 0
+    for start in range(0, n, self.chunk):
+      total = total + self._votes(params, batch, start, stream=stream,
+                                  count=min(self.chunk, n - start), num=num)
+    return total
+
+  def draws(self, params, batch, n: int, stream: int) -> jax.Array:
+    """The answers (B, n, *E) on n noisy copies."""
+    parts = [self._draws(params, batch, start, stream=stream, count=min(self.chunk, n - start))
+             for start in range(0, n, self.chunk)]
+    return jnp.concatenate(parts, axis=1)
+
+
+def sample(task, model, params, data: dict, mesh, settings: smoothing.SmoothingSettings, *,
+           seed: int = 0, batch_size: int = 8) -> dict[str, np.ndarray]:
+  """The Monte-Carlo evidence of every image of `data`: for a 'vote' head the counts of the
+  n₀ selection copies ('select') and of the n estimation copies ('counts'), (N, *E, C), drawn
+  from separate noise; for a 'median' head the answers of the n copies ('samples', (N, n, *E))."""
+  if task.smoothing not in ('vote', 'median'):
+    raise task._not_certifiable()
+  sampler = Sampler(task, model, settings.sigma, settings.chunk, seed)
+  if task.smoothing == 'vote':
+    like = jax.eval_shape(lambda x: model.apply({'params': params}, x),
+                          jax.ShapeDtypeStruct((1, *data['image'].shape[1:]), jnp.float32))
+    num = task.num_answers(like)
+
+    def fn(_, batch):
+      return {'select': sampler.votes(params, batch, settings.n0, 0, num),
+              'counts': sampler.votes(params, batch, settings.n, 1, num)}
+  else:
+    def fn(_, batch):
+      return {'samples': sampler.draws(params, batch, settings.n, 1)}
+  return evaluate.per_sample_outputs(fn, data, mesh, batch_size)
+
+
+def default_radii(sigma: float, attacked_levels=()) -> list[float]:
+  """0 to 4σ in steps of σ/4, with the attacked curve's budgets in that range."""
+  grid = {round(sigma * k / 4, 10) for k in range(17)}
+  grid |= {float(e) for e in attacked_levels if 0 <= e <= 4 * sigma}
+  return sorted(grid)
+
+
+def certificates(task, evidence: dict[str, np.ndarray], data: dict, settings, radii) -> dict:
+  """Per radius, each image's certified metric (`Task.certified_metric`) and abstained share;
+  the smoothed model's own metric per image; and, for one answer per image, Cohen et al.'s
+  certified radius per image."""
+  radii = [float(r) for r in radii]
+  out: dict = {'radii': radii}
+  if task.smoothing == 'vote':
+    select, counts = evidence['select'], evidence['counts']
+    num = counts.shape[-1]
+    valid = task.answer_mask(data)
+    majority = counts.argmax(axis=-1)  # The smoothed answer without a test.
+    out['smoothed'] = task.certified_metric({'answer': majority, 'num_answers': num}, data)
+    if counts.ndim == 2:  # One answer per image: CERTIFY.
+      answer, radius, p_lower = smoothing.certify_votes(select, counts, settings.sigma,
+                                                        settings.alpha)
+      out['radius'], out['p_lower'] = radius, p_lower
+      out['answer'] = answer
+      per_radius = [np.where((answer != smoothing.ABSTAIN) & (radius >= r), answer,
+                             smoothing.ABSTAIN) for r in radii]
+    else:  # One answer per element: SegCertify.
+      per_radius = smoothing.certify_elements(select, counts, settings.sigma, settings.alpha,
+                                              radii, settings.correction, valid)
+    metric, abstained = [], []
+    for answer_r in per_radius:
+      metric.append(task.certified_metric({'answer': answer_r, 'num_answers': num}, data))
+      gone = answer_r == smoothing.ABSTAIN
+      if gone.ndim == 1:
+        abstained.append(gone.astype(np.float64))
+      else:
+        ok = np.ones(gone.shape, bool) if valid is None else np.asarray(valid, bool)
+        axes = tuple(range(1, gone.ndim))
+        abstained.append((gone & ok).sum(axis=axes) / np.maximum(ok.sum(axis=axes), 1))
+  else:
+    samples = np.moveaxis(evidence['samples'], 1, 0)  # (n, N, *E)
+    per_image = int(np.prod(samples.shape[2:]))
+    # Every bound of an image at once: α split over its 2·(answers) bounds (Bonferroni).
+    alpha = settings.alpha / (2 * per_image)
+    med = smoothing.median(samples)
+    out['smoothed'] = task.certified_metric({'lower': med, 'upper': med}, data)
+    metric, abstained = [], []
+    for r in radii:
+      lower, upper = smoothing.median_bounds(samples, settings.sigma, r, alpha)
+      metric.append(task.certified_metric({'lower': lower, 'upper': upper}, data))
+      unbounded = ~(np.isfinite(lower) & np.isfinite(upper))
+      abstained.append(unbounded.reshape(unbounded.shape[0], -1).mean(axis=1))
+  out['metric'] = np.stack(metric, axis=1)        # (N, R)
+  out['abstained'] = np.stack(abstained, axis=1)  # (N, R)
+  return out
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+  v = np.asarray(values, np.float64)
+  return float(v.mean()) if np.all(np.isfinite(v)) else None
+
+
+def attacked_curve(report: dict, ids) -> dict | None:
+  """The base model's worst case per radius from a run's report (`robustness.json`): the mean
+  of its per-sample metric over the images certified here, when its attacks were in L2."""
+  norm = (report.get('attack') or {}).get('norm') or report.get('eval_settings', {}).get('norm')
+  per = report.get('per_sample') or {}
+  if norm != 'l2' or not per.get('values'):
+    return None
+  name = 'worst-case' if 'worst-case' in per['values'] else next(iter(per['values']))
+  where = {int(i): k for k, i in enumerate(per['ids'])}
+  rows = [where[int(i)] for i in ids if int(i) in where]
+  if not rows:
+    return None
+  values = np.asarray(per['values'][name], np.float64)[:, rows]
+  return {'curve': name, 'eps': [float(e) for e in per['eps']],
+          'metric': [float(v) for v in values.mean(axis=1)], 'num_samples': len(rows)}
+
+
+def certify_report(task, evidence, data, settings, radii, extra: dict | None = None) -> dict:
+  """certify.json's content."""
+  cert = certificates(task, evidence, data, settings, radii)
+  rows = []
+  for k, r in enumerate(cert['radii']):
+    rows.append({'radius': r, 'certified': _finite_mean(cert['metric'][:, k]),
+                 'certified_median': float(np.median(cert['metric'][:, k])),
+                 'abstained': float(cert['abstained'][:, k].mean())})
+  per_image = {'ids': np.asarray(data['id']).astype(int).tolist(),
+               'certified': np.round(cert['metric'], 6).tolist(),
+               'abstained': np.round(cert['abstained'], 6).tolist(),
+               'smoothed': np.round(cert['smoothed'], 6).tolist()}
+  if 'radius' in cert:
+    per_image['radius'] = np.round(cert['radius'], 6).tolist()
+    per_image['answer'] = cert['answer'].astype(int).tolist()
+  report = {
+      'task': task.name, 'metric': task.primary_metric, 'higher_is_better': task.higher_is_better,
+      'certified_metric': task.certified_metric_name, 'sample_metric': task.sample_metric_label(),
+      'smoothing': task.smoothing, 'num_samples': int(len(data['id'])), 'norm': 'l2',
+      'settings': {'sigma': settings.sigma, 'n': settings.n, 'n0': settings.n0,
+                   'alpha': settings.alpha, 'correction': settings.correction,
+                   'chunk': settings.chunk},
+      'smoothed': _finite_mean(cert['smoothed']),
+      'curve': rows, 'per_image': per_image, **(extra or {})}
+  return json.loads(json.dumps(report, default=_json_default).replace('Infinity', 'null')
+                    .replace('NaN', 'null'))
+
+
+def _json_default(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f'{type(value)} is not JSON-able')
+
+
+def plot(report: dict, path: str) -> None:
+  """Certified metric against radius, the smoothed model's metric at r = 0, and the base model's
+  attacked worst case when the run's report is in L2."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.4))
+  s = report['settings']
+  rows = [r for r in report['curve'] if r['certified'] is not None]
+  ax.plot([r['radius'] for r in rows], [r['certified'] for r in rows], 'o-', ms=3,
+          label=f'certified (smoothed, σ={s["sigma"]:g}, n={s["n"]}, α={s["alpha"]:g})')
+  if report.get('smoothed') is not None:
+    ax.plot([0], [report['smoothed']], 's', color='k', ms=5, label='smoothed model, no attack')
+  attacked = report.get('attacked')
+  if attacked:
+    ax.plot(attacked['eps'], attacked['metric'], 'x--', color='tab:red',
+            label=f'base model, attacked ({attacked["curve"]})')
+  ax.set_xlabel('L2 radius (model input units)')
+  ax.set_ylabel(metric_label(report['metric'], report['higher_is_better']) + ', per image',
+                fontsize=8)
+  ax.set_title(f'{report.get("method", "") or report["task"]}: certified vs attacked', fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
+def certify_checkpoint(config, workdir: str, settings: smoothing.SmoothingSettings, *,
+                       split: str = '', out: str = '', radii=None, max_samples: int = 0,
+                       seed: int = 0, batch_size: int = 0, step: int | None = None) -> dict:
+  """Certifies the checkpoint of the run in `workdir` on `split` and writes certify.json and
+  certify.png into `out` (default `workdir/certify/<split>/`). Returns the report."""
+  from robust_med import units
+  from robust_med.tasks import get_task_class
+  split = split or config.data.eval_split
+  out = os.path.abspath(out or os.path.join(workdir, 'certify', split))
+  task = get_task_class(config.task)(config)
+  if task.smoothing not in ('vote', 'median'):
+    raise task._not_certifiable()
+  if split not in task.splits():
+    raise errors.UserError(f'unknown split {split!r}: the data ({config.data.root or config.data.name}) '
+                           f'declares the splits {list(task.splits())}; pass --split=<one of them>.')
+  data, info = task.load_split(split)
+  config = units.resolve(config, data['image'].shape[1:])
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  model, params, meta, step = evaluate.restore_model(task, workdir, info, data['image'], mesh,
+                                                     step, what=f'The {split!r} split of the data')
+  warnings = []
+  trained = float(config.method.get('noise_sigma', 0.0))
+  if not math.isclose(trained, settings.sigma, rel_tol=1e-6):
+    warnings.append(f'σ = {settings.sigma:g} but the model was trained with noise σ = '
+                    f'{trained:g} (config.method.noise_sigma): the certificate holds, but a '
+                    'model certifies best at the σ it was trained with.')
+  data = evaluation_subset(data, max_samples)
+  run_report = {}
+  path = os.path.join(workdir, 'robustness.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      run_report = json.load(f)
+  attacked = attacked_curve(run_report, data['id'])
+  if radii is None:
+    radii = default_radii(settings.sigma, attacked['eps'] if attacked else ())
+  extra = {'method': meta.get('method', ''), **evaluate.data_provenance(config, split,
+                                                                        len(data['id'])),
+           'checkpoint': {'workdir': os.path.abspath(workdir), 'step': int(step)},
+           'seed': seed, 'attacked': attacked, 'warnings': warnings}
+  evaluate.note_subset(task, info, extra)
+  for line in warnings:
+    print(f'warning: {line}', file=sys.stderr)
+  batch = batch_size or max(1, config.eval.batch_size // settings.chunk)
+  evidence = sample(task, model, params, data, mesh, settings, seed=seed,
+                    batch_size=sharding.round_up(batch, mesh.devices.size))
+  report = certify_report(task, evidence, data, settings, radii, extra)
+  os.makedirs(out, exist_ok=True)
+  plot(report, os.path.join(out, 'certify.png'))
+  write_json(os.path.join(out, 'certify.json'), report)  # Last: marks a finished certificate.
+  return report
+
+
+def main(argv=None) -> None:
+  """`python -m robust_med.certify`: bad input ends in one `error:` line with exit status 2."""
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'Config (default: the run\'s own config.json); '
+                                  'override keys with --config.<key>=<value>.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Workdir of a robust_med.main run.')
+  flags.DEFINE_string('split', '', 'Split to certify (default: config.data.eval_split).')
+  flags.DEFINE_string('out', '', 'Folder for the report (default: <workdir>/certify/<split>).')
+  flags.DEFINE_float('sigma', None, 'Std of the smoothing noise, model input units (default: '
+                     'config.method.noise_sigma, the σ the model was trained with).')
+  flags.DEFINE_integer('n', 1000, 'Noisy copies per image that estimate (Cohen et al.: 100000).')
+  flags.DEFINE_integer('n0', 100, 'Noisy copies per image that select the answer.')
+  flags.DEFINE_float('alpha', 0.001, 'Failure probability of each image\'s certificate.')
+  flags.DEFINE_enum('correction', 'holm', list(smoothing.CORRECTIONS),
+                    'Multiple testing over an image\'s answers (per-pixel heads).')
+  flags.DEFINE_list('radii', None, 'L2 radii (model units) to certify at (default: 0 to 4σ in '
+                    'steps of σ/4 and the run\'s attacked budgets in that range).')
+  flags.DEFINE_integer('max_samples', 0, 'Certify this many images, spread over the split (0: '
+                       'all).')
+  flags.DEFINE_integer('chunk', 32, 'Noisy copies of each image per forward pass.')
+  flags.DEFINE_integer('batch_size', 0, 'Images per forward pass (default: '
+                       'config.eval.batch_size // chunk).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the noise (each image\'s key: this seed and its id).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.mark_flags_as_required(['workdir'])
+
+  @cli.guard
+  def main(argv):
+    cli.reject_positional(argv)
+    f = flags.FLAGS
+    config = f.config
+    cli.prepare(config)
+    sigma = f.sigma if f.sigma is not None else float(config.method.get('noise_sigma', 0.0))
+    if f.sigma is None and sigma <= 0:
+      raise errors.UserError('the model was trained without noise (config.method.noise_sigma = '
+                             '0): pass the smoothing σ with --sigma=<std>, e.g. --sigma=0.25.')
+    settings = smoothing.SmoothingSettings(sigma=sigma, n=f.n, n0=f.n0, alpha=f.alpha,
+                                           correction=f.correction, chunk=f.chunk)
+    radii = None
+    if f.radii is not None:
+      try:
+        radii = [float(r) for r in f.radii]
+      except ValueError:
+        raise errors.UserError(f'--radii={",".join(f.radii)} is not a list of numbers: use e.g. '
+                               '--radii=0,0.25,0.5.') from None
+      if any(r < 0 or not math.isfinite(r) for r in radii):
+        raise errors.UserError(f'--radii={",".join(f.radii)}: radii are L2 norms, ≥ 0.')
+    report = certify_checkpoint(config, f.workdir, settings, split=f.split, out=f.out,
+                                radii=radii, max_samples=f.max_samples, seed=f.seed,
+                                batch_size=f.batch_size, step=f.step)
+    for row in report['curve']:
+      print(json.dumps(row))
+    out = f.out or os.path.join(f.workdir, 'certify', report['split'])
+    print(f'Done: certify.json, certify.png in {os.path.abspath(out)}')
+
+  app.run(main, argv=argv, flags_parser=lambda a: cli.parse_flags(cli.with_saved_config(a)))
+
+
+if __name__ == '__main__':
+  main()
