@@ -31,10 +31,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
-from robust_med import cli, errors, evaluate, sharding, smoothing
+from robust_med import attacks, cli, errors, evaluate, methods, sharding, smoothing
 from robust_med.data.source import evaluation_subset
 from robust_med.reports import metric_label, save_figure, write_json
+from robust_med.tasks.base import within_image
 
 
 class Sampler:
@@ -108,54 +110,172 @@ def default_radii(sigma: float, attacked_levels=()) -> list[float]:
   return sorted(grid)
 
 
-def certificates(task, evidence: dict[str, np.ndarray], data: dict, settings, radii) -> dict:
-  """Per radius, each image's certified metric (`Task.certified_metric`) and abstained share;
-  the smoothed model's own metric per image; and, for one answer per image, Cohen et al.'s
-  certified radius per image."""
+def certified_at(task, evidence: dict[str, np.ndarray], settings, radii) -> list[dict]:
+  """Each image's certificate at each radius, in the form `Task.certified_metric` reads: for a
+  'vote' head {'answer', 'num_answers'} (Cohen et al.'s CERTIFY for one answer per image,
+  SegCertify for many), for a 'median' head {'lower', 'upper'} (every bound of an image at once:
+  α split over its 2·answers bounds, Bonferroni)."""
   radii = [float(r) for r in radii]
-  out: dict = {'radii': radii}
   if task.smoothing == 'vote':
     select, counts = evidence['select'], evidence['counts']
     num = counts.shape[-1]
-    valid = task.answer_mask(data)
-    majority = counts.argmax(axis=-1)  # The smoothed answer without a test.
-    out['smoothed'] = task.certified_metric({'answer': majority, 'num_answers': num}, data)
     if counts.ndim == 2:  # One answer per image: CERTIFY.
-      answer, radius, p_lower = smoothing.certify_votes(select, counts, settings.sigma,
-                                                        settings.alpha)
-      out['radius'], out['p_lower'] = radius, p_lower
-      out['answer'] = answer
+      answer, radius, _ = smoothing.certify_votes(select, counts, settings.sigma, settings.alpha)
       per_radius = [np.where((answer != smoothing.ABSTAIN) & (radius >= r), answer,
                              smoothing.ABSTAIN) for r in radii]
     else:  # One answer per element: SegCertify.
       per_radius = smoothing.certify_elements(select, counts, settings.sigma, settings.alpha,
-                                              radii, settings.correction, valid)
-    metric, abstained = [], []
-    for answer_r in per_radius:
-      metric.append(task.certified_metric({'answer': answer_r, 'num_answers': num}, data))
-      gone = answer_r == smoothing.ABSTAIN
-      if gone.ndim == 1:
-        abstained.append(gone.astype(np.float64))
-      else:
-        ok = np.ones(gone.shape, bool) if valid is None else np.asarray(valid, bool)
-        axes = tuple(range(1, gone.ndim))
-        abstained.append((gone & ok).sum(axis=axes) / np.maximum(ok.sum(axis=axes), 1))
+                                              radii, settings.correction,
+                                              evidence.get('valid'))
+    return [{'answer': a, 'num_answers': num} for a in per_radius]
+  samples = np.moveaxis(evidence['samples'], 1, 0)  # (n, N, *E)
+  alpha = settings.alpha / (2 * int(np.prod(samples.shape[2:])))
+  out = []
+  for r in radii:
+    lower, upper = smoothing.median_bounds(samples, settings.sigma, r, alpha)
+    out.append({'lower': lower, 'upper': upper})
+  return out
+
+
+def unsettled(certified: dict, valid=None) -> np.ndarray:
+  """Per image, the share of its answers without a certificate: abstained votes, or unbounded
+  medians."""
+  if 'answer' in certified:
+    gone = certified['answer'] == smoothing.ABSTAIN
   else:
-    samples = np.moveaxis(evidence['samples'], 1, 0)  # (n, N, *E)
-    per_image = int(np.prod(samples.shape[2:]))
-    # Every bound of an image at once: α split over its 2·(answers) bounds (Bonferroni).
-    alpha = settings.alpha / (2 * per_image)
-    med = smoothing.median(samples)
-    out['smoothed'] = task.certified_metric({'lower': med, 'upper': med}, data)
-    metric, abstained = [], []
-    for r in radii:
-      lower, upper = smoothing.median_bounds(samples, settings.sigma, r, alpha)
-      metric.append(task.certified_metric({'lower': lower, 'upper': upper}, data))
-      unbounded = ~(np.isfinite(lower) & np.isfinite(upper))
-      abstained.append(unbounded.reshape(unbounded.shape[0], -1).mean(axis=1))
+    gone = ~(np.isfinite(certified['lower']) & np.isfinite(certified['upper']))
+  if gone.ndim == 1:
+    return gone.astype(np.float64)
+  ok = np.ones(gone.shape, bool) if valid is None else np.asarray(valid, bool)
+  axes = tuple(range(1, gone.ndim))
+  return (gone & ok).sum(axis=axes) / np.maximum(ok.sum(axis=axes), 1)
+
+
+def smoothed_answers(task, evidence: dict[str, np.ndarray]) -> dict:
+  """The smoothed model's own answers, without a test: the majority vote or the median."""
+  if task.smoothing == 'vote':
+    return {'answer': evidence['counts'].argmax(axis=-1),
+            'num_answers': evidence['counts'].shape[-1]}
+  med = smoothing.median(np.moveaxis(evidence['samples'], 1, 0))
+  return {'lower': med, 'upper': med}
+
+
+def certificates(task, evidence: dict[str, np.ndarray], data: dict, settings, radii) -> dict:
+  """Per radius, each image's certified metric (`Task.certified_metric`) and unsettled share
+  (abstained or unbounded answers); the smoothed model's own metric per image; and, for one
+  answer per image, Cohen et al.'s certified radius per image."""
+  evidence = dict(evidence, valid=task.answer_mask(data))
+  out: dict = {'radii': [float(r) for r in radii]}
+  out['smoothed'] = task.certified_metric(smoothed_answers(task, evidence), data)
+  if task.smoothing == 'vote' and evidence['counts'].ndim == 2:
+    answer, radius, p_lower = smoothing.certify_votes(evidence['select'], evidence['counts'],
+                                                      settings.sigma, settings.alpha)
+    out.update(answer=answer, radius=radius, p_lower=p_lower)
+  metric, abstained = [], []
+  for certified in certified_at(task, evidence, settings, out['radii']):
+    metric.append(task.certified_metric(certified, data))
+    abstained.append(unsettled(certified, evidence['valid']))
   out['metric'] = np.stack(metric, axis=1)        # (N, R)
   out['abstained'] = np.stack(abstained, axis=1)  # (N, R)
   return out
+
+
+# --- The consistency check: the certificate against an attack on the smoothed model ----------
+
+class SmoothedAttack:
+  """L2 PGD on the smoothed model: it ascends the head's loss averaged over `samples` fixed noise
+  draws per image (an expectation over transformations; Salman et al. 2019 attack the smoothed
+  classifier alike), jitted on the mesh."""
+
+  def __init__(self, task, model, sigma: float, pgd: attacks.PGDSettings, samples: int,
+               seed: int = 0):
+    self.task, self.model, self.sigma, self.pgd, self.samples = task, model, sigma, pgd, samples
+    self.seed = seed
+    self._run = jax.jit(self._impl)
+
+  def _impl(self, params, batch, eps):
+    image = batch['image']
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(
+        smoothing.image_keys(self.seed, batch['id']))
+    noise = smoothing.noisy_copies(keys, jnp.zeros_like(image), 1.0, 0, self.samples)
+
+    def loss_fn(x):
+      def one(z):
+        outputs = self.model.apply({'params': params}, within_image(batch, x + self.sigma * z))
+        return methods.total(self.task.loss_terms(outputs, batch))
+      return jnp.mean(jax.vmap(one)(noise), axis=0)
+    return within_image(batch, self.pgd(loss_fn, image, eps))
+
+  def __call__(self, params, batch, eps: float) -> jax.Array:
+    return self._run(params, batch, jnp.float32(eps))
+
+  def describe(self) -> dict:
+    return {**self.pgd.describe(), 'name': f'smoothed-pgd-{self.pgd.steps}',
+            'noise_samples': self.samples}
+
+
+def consistency(task, model, params, data: dict, mesh, settings, evidence, radii, *,
+                steps: int = 20, samples: int = 8, seed: int = 0, batch_size: int = 8) -> list:
+  """At each radius r, each image attacked within ‖δ‖₂ ≤ r on the smoothed model
+  (`SmoothedAttack`), its smoothed answers estimated again from n noisy copies of the attacked
+  image, and compared with the certificate at r. A violation is an answer the certificate fixes
+  that the attacked smoothed model shows to be otherwise at family-wise error α over the image's
+  answers: a certified vote whose attacked majority is another answer by the binomial test (Holm
+  or Bonferroni over the elements), or a median whose confidence interval on the attacked image
+  lies outside the certified bounds. Either means a bug in the certificate or the attack (or an
+  event of probability ≤ 2α). Also per radius: the attacked smoothed model's metric (its plain
+  majority or median, untested) beside the certified one."""
+  radii = [float(r) for r in radii if r > 0]
+  if not radii:
+    return []
+  attack = SmoothedAttack(task, model, settings.sigma,
+                          attacks.PGDSettings(norm='l2', steps=steps), samples, seed)
+  sampler = Sampler(task, model, settings.sigma, settings.chunk, seed)
+  num = evidence['counts'].shape[-1] if task.smoothing == 'vote' else 0
+  valid = task.answer_mask(data)
+  full = dict(evidence, valid=valid)
+  rows = []
+  for r, certified in zip(radii, certified_at(task, full, settings, radii)):
+    def fn(_, batch):
+      attacked = {**batch, 'image': attack(params, batch, r)}
+      if task.smoothing == 'vote':
+        return {'counts': sampler.votes(params, attacked, settings.n, 2, num)}
+      return {'samples': sampler.draws(params, attacked, settings.n, 2)}
+    seen = evaluate.per_sample_outputs(fn, data, mesh, batch_size)
+    violated = _violations(task, certified, seen, settings, valid)
+    after = task.certified_metric(smoothed_answers(task, seen), data)
+    flat = violated.reshape(len(violated), -1)
+    rows.append({'radius': r, 'attack': attack.describe(),
+                 'certified': _finite_mean(task.certified_metric(certified, data)),
+                 'attacked_smoothed': _finite_mean(after),
+                 'violating_images': int(flat.any(axis=1).sum()),
+                 'violating_answers': int(flat.sum()),
+                 'per_image_violations': flat.sum(axis=1).astype(int).tolist()})
+  return rows
+
+
+def _violations(task, certified: dict, seen: dict, settings, valid) -> np.ndarray:
+  """(N, *E) bool: the certified answers the attacked smoothed model contradicts."""
+  if task.smoothing == 'vote':
+    counts = seen['counts']
+    order = np.argsort(-counts, axis=-1, kind='stable')
+    top = order[..., 0]
+    n_a = np.take_along_axis(counts, top[..., None], axis=-1)[..., 0]
+    n_b = np.take_along_axis(counts, order[..., 1:2], axis=-1)[..., 0]
+    pvalues = np.minimum(1.0, 2 * stats.binom.cdf(n_b, n_a + n_b, 0.5))
+    answer = certified['answer']
+    if answer.ndim == 1:
+      shown = pvalues <= settings.alpha
+    else:
+      b = answer.shape[0]
+      shown = smoothing.rejections(pvalues.reshape(b, -1), settings.alpha, settings.correction,
+                                   None if valid is None else np.asarray(valid).reshape(b, -1))
+      shown = shown.reshape(answer.shape)
+    return (answer != smoothing.ABSTAIN) & shown & (top != answer)
+  samples = np.moveaxis(seen['samples'], 1, 0)
+  alpha = settings.alpha / (2 * int(np.prod(samples.shape[2:])))
+  lo, hi = smoothing.median_bounds(samples, settings.sigma, 0.0, alpha)  # the median's interval
+  return (hi < certified['lower']) | (lo > certified['upper'])
 
 
 def _finite_mean(values: np.ndarray) -> float | None:
@@ -180,8 +300,9 @@ def attacked_curve(report: dict, ids) -> dict | None:
           'metric': [float(v) for v in values.mean(axis=1)], 'num_samples': len(rows)}
 
 
-def certify_report(task, evidence, data, settings, radii, extra: dict | None = None) -> dict:
-  """certify.json's content."""
+def certify_report(task, evidence, data, settings, radii, extra: dict | None = None,
+                   checks: list | None = None) -> dict:
+  """certify.json's content (`checks`: the rows of `consistency`)."""
   cert = certificates(task, evidence, data, settings, radii)
   rows = []
   for k, r in enumerate(cert['radii']):
@@ -203,7 +324,7 @@ def certify_report(task, evidence, data, settings, radii, extra: dict | None = N
                    'alpha': settings.alpha, 'correction': settings.correction,
                    'chunk': settings.chunk},
       'smoothed': _finite_mean(cert['smoothed']),
-      'curve': rows, 'per_image': per_image, **(extra or {})}
+      'curve': rows, 'per_image': per_image, 'consistency': checks or [], **(extra or {})}
   return json.loads(json.dumps(report, default=_json_default).replace('Infinity', 'null')
                     .replace('NaN', 'null'))
 
@@ -227,6 +348,10 @@ def plot(report: dict, path: str) -> None:
           label=f'certified (smoothed, σ={s["sigma"]:g}, n={s["n"]}, α={s["alpha"]:g})')
   if report.get('smoothed') is not None:
     ax.plot([0], [report['smoothed']], 's', color='k', ms=5, label='smoothed model, no attack')
+  checks = [c for c in report.get('consistency', []) if c['attacked_smoothed'] is not None]
+  if checks:
+    ax.plot([c['radius'] for c in checks], [c['attacked_smoothed'] for c in checks], 'D',
+            color='tab:green', ms=4, label='smoothed model, attacked (consistency check)')
   attacked = report.get('attacked')
   if attacked:
     ax.plot(attacked['eps'], attacked['metric'], 'x--', color='tab:red',
@@ -243,9 +368,12 @@ def plot(report: dict, path: str) -> None:
 
 def certify_checkpoint(config, workdir: str, settings: smoothing.SmoothingSettings, *,
                        split: str = '', out: str = '', radii=None, max_samples: int = 0,
-                       seed: int = 0, batch_size: int = 0, step: int | None = None) -> dict:
-  """Certifies the checkpoint of the run in `workdir` on `split` and writes certify.json and
-  certify.png into `out` (default `workdir/certify/<split>/`). Returns the report."""
+                       seed: int = 0, batch_size: int = 0, step: int | None = None,
+                       check_radii=None, check_steps: int = 20, check_samples: int = 8) -> dict:
+  """Certifies the checkpoint of the run in `workdir` on `split`, checks the certificate against
+  an attack on the smoothed model at `check_radii` (default σ/2 and σ; `consistency`), and writes
+  certify.json and certify.png into `out` (default `workdir/certify/<split>/`). Returns the
+  report."""
   from robust_med import units
   from robust_med.tasks import get_task_class
   split = split or config.data.eval_split
@@ -286,7 +414,19 @@ def certify_checkpoint(config, workdir: str, settings: smoothing.SmoothingSettin
   batch = batch_size or max(1, config.eval.batch_size // settings.chunk)
   evidence = sample(task, model, params, data, mesh, settings, seed=seed,
                     batch_size=sharding.round_up(batch, mesh.devices.size))
-  report = certify_report(task, evidence, data, settings, radii, extra)
+  if check_radii is None:
+    check_radii = [settings.sigma / 2, settings.sigma]
+  batch = sharding.round_up(batch, mesh.devices.size)
+  checks = consistency(task, model, params, data, mesh, settings, evidence, check_radii,
+                       steps=check_steps, samples=check_samples, seed=seed, batch_size=batch)
+  for c in checks:
+    if c['violating_answers']:
+      warnings.append(f'consistency: at radius {c["radius"]:g} the attacked smoothed model '
+                      f'contradicts {c["violating_answers"]} certified answers in '
+                      f'{c["violating_images"]} images: a bug in the certificate or the attack '
+                      '(or an event of probability ≤ 2α).')
+      print(f'warning: {warnings[-1]}', file=sys.stderr)
+  report = certify_report(task, evidence, data, settings, radii, extra, checks)
   os.makedirs(out, exist_ok=True)
   plot(report, os.path.join(out, 'certify.png'))
   write_json(os.path.join(out, 'certify.json'), report)  # Last: marks a finished certificate.
@@ -316,6 +456,10 @@ def main(argv=None) -> None:
   flags.DEFINE_integer('chunk', 32, 'Noisy copies of each image per forward pass.')
   flags.DEFINE_integer('batch_size', 0, 'Images per forward pass (default: '
                        'config.eval.batch_size // chunk).')
+  flags.DEFINE_list('check_radii', None, 'Radii of the consistency check (an attack on the '
+                    'smoothed model against the certificate; default σ/2,σ; "" skips it).')
+  flags.DEFINE_integer('check_steps', 20, 'PGD steps of the consistency check\'s attack.')
+  flags.DEFINE_integer('check_samples', 8, 'Noise draws per image its attack averages over.')
   flags.DEFINE_integer('seed', 0, 'Seed of the noise (each image\'s key: this seed and its id).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.mark_flags_as_required(['workdir'])
@@ -341,11 +485,25 @@ def main(argv=None) -> None:
                                '--radii=0,0.25,0.5.') from None
       if any(r < 0 or not math.isfinite(r) for r in radii):
         raise errors.UserError(f'--radii={",".join(f.radii)}: radii are L2 norms, ≥ 0.')
+    check_radii = None
+    if f.check_radii is not None:
+      try:
+        check_radii = [float(r) for r in f.check_radii if r.strip()]
+      except ValueError:
+        raise errors.UserError(f'--check_radii={",".join(f.check_radii)} is not a list of '
+                               'numbers: use e.g. --check_radii=0.125,0.25.') from None
+    if f.check_steps < 1 or f.check_samples < 1:
+      raise errors.UserError(f'--check_steps={f.check_steps}, --check_samples={f.check_samples}: '
+                             'the consistency check needs at least one of each.')
     report = certify_checkpoint(config, f.workdir, settings, split=f.split, out=f.out,
                                 radii=radii, max_samples=f.max_samples, seed=f.seed,
-                                batch_size=f.batch_size, step=f.step)
+                                batch_size=f.batch_size, step=f.step, check_radii=check_radii,
+                                check_steps=f.check_steps, check_samples=f.check_samples)
     for row in report['curve']:
       print(json.dumps(row))
+    for row in report['consistency']:
+      print(json.dumps({k: v for k, v in row.items() if k not in ('attack',
+                                                                  'per_image_violations')}))
     out = f.out or os.path.join(f.workdir, 'certify', report['split'])
     print(f'Done: certify.json, certify.png in {os.path.abspath(out)}')
 

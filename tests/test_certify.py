@@ -135,6 +135,10 @@ class VoteTask:
   def sample_metric_label(self):
     return 'correct'
 
+  def loss_terms(self, outputs, batch):
+    import optax
+    return {'ce': optax.softmax_cross_entropy_with_integer_labels(outputs, batch['label'])}
+
 
 def test_certify_radius_of_a_linear_classifier_against_its_closed_form():
   """For f(x) = 1[w·x + b > 0] the smoothed classifier's radius is the distance to the
@@ -202,6 +206,11 @@ def test_certify_command_on_a_segmentation_run(segmentation_run, tmp_path):
   assert rows[-1]['abstained'] == 1.0
   assert np.asarray(report['per_image']['certified']).shape == (4, 3)
   assert report['attacked']['curve'] == 'worst-case'
+  # The consistency check ran at σ/2 and σ with the attack on the smoothed model.
+  checks = report['consistency']
+  assert [c['radius'] for c in checks] == [0.125, 0.25]
+  assert checks[0]['attack']['name'] == 'smoothed-pgd-20' and checks[0]['attack']['norm'] == 'l2'
+  assert all(len(c['per_image_violations']) == 4 for c in checks)
   # Bad input: no σ for a model trained without noise; an unknown split.
   line = error_line(run('robust_med.certify', f'--workdir={work}', f'--out={out}'))
   assert 'noise_sigma' in line and '--sigma' in line
@@ -288,3 +297,33 @@ def test_noise_sigma_trains_on_gaussian_copies(sigma):
   else:
     assert np.std(losses) > 0
     np.testing.assert_allclose(np.mean(losses), expected, rtol=0.1)
+
+
+def test_the_consistency_check_passes_a_sound_certificate_and_catches_a_false_one(monkeypatch):
+  """The attack on the smoothed linear classifier (PGD on the loss averaged over noise) cannot
+  beat CERTIFY's radius: no violation. A certificate that claims every image at every radius is
+  contradicted wherever the plane is nearer than the radius."""
+  d, sigma = 4, 0.5
+  w = np.array([0.5, 0.5, 0.5, 0.5])
+  rng = np.random.default_rng(5)
+  images = rng.standard_normal((64, d, 1, 1)).astype(np.float32) * 0.6
+  margin = images.reshape(64, d) @ w
+  data = {'image': images, 'id': np.arange(64, dtype=np.int32),
+          'label': (margin > 0).astype(np.int32)}
+  settings = smoothing.SmoothingSettings(sigma=sigma, n=500, n0=50, alpha=0.001, chunk=250)
+  mesh = sharding.make_mesh(1)
+  model = Linear(tuple(w), 0.0)
+  evidence = certify.sample(VoteTask(), model, {}, data, mesh, settings, batch_size=64)
+  rows = certify.consistency(VoteTask(), model, {}, data, mesh, settings, evidence, [0.25, 0.5],
+                             steps=10, samples=4, batch_size=64)
+  assert [r['radius'] for r in rows] == [0.25, 0.5]
+  assert all(r['violating_answers'] == 0 for r in rows)
+  # The attack works: the attacked smoothed model is worse than the clean smoothed one.
+  assert rows[1]['attacked_smoothed'] < np.mean(data['label'] == (margin > 0)) - 0.2
+  claim = lambda task, evidence, settings, radii: [
+      {'answer': data['label'], 'num_answers': 2} for _ in radii]
+  monkeypatch.setattr(certify, 'certified_at', claim)
+  rows = certify.consistency(VoteTask(), model, {}, data, mesh, settings, evidence, [0.5],
+                             steps=10, samples=4, batch_size=64)
+  near = np.abs(margin) < 0.5 - 0.15  # well inside the radius: the attack crosses the plane
+  assert rows[0]['violating_images'] >= near.sum() > 5
