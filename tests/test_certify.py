@@ -327,3 +327,18 @@ def test_the_consistency_check_passes_a_sound_certificate_and_catches_a_false_on
                              steps=10, samples=4, batch_size=64)
   near = np.abs(margin) < 0.5 - 0.15  # well inside the radius: the attack crosses the plane
   assert rows[0]['violating_images'] >= near.sum() > 5
+
+
+def test_a_head_without_a_certificate_is_refused_in_one_line():
+  from robust_med.errors import ConfigError
+  from robust_med.tasks import base
+
+  class Uncertified(VoteTask):
+    smoothing = ''
+    _not_certifiable = base.Task._not_certifiable
+  task = Uncertified()
+  settings = smoothing.SmoothingSettings(sigma=0.5, n=4, n0=2)
+  with pytest.raises(ConfigError, match="The 'linear' head defines no certificate"):
+    certify.sample(task, Linear((1.0,), 0.0), {}, {'image': np.zeros((2, 1, 1, 1)),
+                                                    'id': np.arange(2)},
+                   sharding.make_mesh(1), settings)
