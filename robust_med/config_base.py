@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'amat'               # std | sat | amat | fgsm_aug | inverse_fgsm_aug |
-                                       # fgsm_both_aug | rtda | vaft
+                                       # fgsm_both_aug | rtda | vaft | smoothadv
   c.method.eps = 0.0                   # sat, rtda and the FGSM augmentations: the fixed budget ε
                                        # (rtda: 0 = no adversarial term)
   c.method.augment = False             # any method: train on batches augmented by the head's
@@ -92,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
                                        # units) added to every training input before the method
                                        # sees it, the training randomized smoothing wants
                                        # (robust_med.certify with --sigma = this); 0 = off
+  c.method.noise_samples = 1           # smoothadv: Gaussian draws per sample (m), shared by its
+                                       # attack and its loss
   c.method.grad_penalty = 0.0          # rtda: λ of the input-gradient penalty ‖∇ₓL‖₂²
   c.method.consistency_views = 0.0     # rtda: λ of the symmetric KL between two augmented views
   c.method.consistency_adv = 0.0       # rtda: λ of the symmetric KL between clean and adversarial
@@ -305,7 +307,7 @@ RANGES: dict[str, Range] = {
     'model.windows_per_batch': AT_LEAST_1,
     'model.base_width': AT_LEAST_1, 'model.depth': AT_LEAST_1, 'model.max_width': AT_LEAST_1,
     'method.eps': AT_LEAST_0, 'method.delta_eps': AT_LEAST_0, 'method.q_max': AT_LEAST_0,
-    'method.noise_sigma': AT_LEAST_0,
+    'method.noise_sigma': AT_LEAST_0, 'method.noise_samples': AT_LEAST_1,
     'method.vafa_steps': AT_LEAST_1, 'method.vafa_grey_level': AT_LEAST_0,
     'method.vafa_block': AT_LEAST_1,
     'method.frequency_consistency': AT_LEAST_0,
@@ -477,7 +479,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in corruption_names(config):
     for severity in config.shift.severities:
       corruptions.check(name, severity)
-  if config.method.name in ('sat', *methods.AUGMENTATION_ATTACKS):
+  if config.method.name == 'smoothadv':
+    need(config.method.noise_sigma > 0, 'config.method.name = smoothadv needs the smoothing '
+         'noise: set config.method.noise_sigma > 0 (e.g. --config.method.noise_sigma=0.25).')
+    need(config.attack.norm == 'l2', f'smoothadv certifies L2 radii: its attack must be L2, not '
+         f'config.attack.norm={config.attack.norm!r}; set --config.attack.norm=l2.')
+  if config.method.name in ('sat', 'smoothadv', *methods.AUGMENTATION_ATTACKS):
     need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
          'fixed noise budget, e.g. --config.method.eps=10.')
   if 'square' in config.eval.attacks:

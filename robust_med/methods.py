@@ -68,6 +68,11 @@ class Objective:
   terms_of: Callable[[Any], Terms] | None = None
   divergence: Callable[[Any, Any], jax.Array] | None = None
   second_view: Callable[[jax.Array], jax.Array] | None = None
+  # For SmoothAdv: the model's outputs with the parameters held constant (what attacks see), and
+  # the smoothed model's per-sample loss (B,) from outputs on m noisy copies (a leading m axis):
+  # `Task.smoothed_loss`.
+  attack_outputs: Callable[[jax.Array], Any] | None = None
+  smoothed_loss: Callable[[Any], jax.Array] | None = None
 
 
 AttackSettings = attacks.PGDSettings  # The training attack; its budget comes from the method.
@@ -152,6 +157,41 @@ class Sat:
     loss, _, _, metrics = clean_and_noisy_loss(objective, x, self.attack(
         objective.attack_loss, x, self.eps, key))
     return loss, margins, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothAdv:
+  """SmoothAdv (Salman et al. 2019, "Provably robust deep learning via adversarially trained
+  smoothed classifiers"), for any head: m Gaussian draws δ_j of std σ per sample; x̃ = PGD(x, ε)
+  ascending the smoothed model's loss on the copies x̃ + δ_j (`Objective.smoothed_loss`: for
+  classification the cross-entropy of the copies' mean class probabilities, their soft smoothed
+  classifier; other heads the mean of their loss over the copies), parameters held constant;
+  the loss is the mean over j of L(f(x̃ + δ_j), y). The same draws serve the attack and the loss,
+  as in the authors' code. The method draws its own noise (`method.noise_sigma` is its σ; the
+  trainer adds none)."""
+  eps: float
+  sigma: float
+  samples: int
+  attack: AttackSettings
+  uses_margins = False
+  needs_xi = False
+  draws_noise = True
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi
+    if objective.attack_outputs is None or objective.smoothed_loss is None:
+      raise ValueError('smoothadv needs Objective.attack_outputs and smoothed_loss.')
+    noise_key, attack_key = jax.random.split(key)
+    noise = self.sigma * jax.random.normal(noise_key, (self.samples, *x.shape), x.dtype)
+    copies = lambda z: jax.vmap(lambda d: z + d)(noise)
+    smoothed = lambda z: objective.smoothed_loss(jax.vmap(objective.attack_outputs)(copies(z)))
+    x_adv = jax.lax.stop_gradient(self.attack(smoothed, x, self.eps, attack_key))
+    terms = jax.vmap(objective.terms)(copies(x_adv))         # {name: (m, B)}
+    terms = {k: jnp.mean(v, axis=0) for k, v in terms.items()}
+    loss = jnp.mean(total(terms))
+    return loss, margins, {'loss': loss, **_term_metrics('noisy', terms),
+                           'perturbation_l2': jnp.mean(attacks.perturbation_norm(x_adv - x,
+                                                                                 'l2'))}
 
 
 def amat_margin_update(margins, noisy_terms, xi, perturbation_norms, delta_eps):
@@ -436,7 +476,8 @@ class Vaft:
     return loss, margins, metrics
 
 
-METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda', 'vaft')
+METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda', 'vaft',
+           'smoothadv')
 # The FGSM augmentations and the one-step attacks each adds to the clean batch.
 AUGMENTATION_ATTACKS = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
                         'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
@@ -456,6 +497,9 @@ def build_method(method_config, attack_config):
                 refine=method_config.refine, max_margin=method_config.max_margin,
                 adv_only_correct=method_config.adv_only_correct,
                 xi_mode=method_config.xi_mode)
+  if name == 'smoothadv':  # config_base.validate checks σ > 0, ε > 0 and an L2 attack.
+    return SmoothAdv(eps=method_config.eps, sigma=method_config.noise_sigma,
+                     samples=method_config.get('noise_samples', 1), attack=settings)
   if name == 'rtda':
     return Rtda(eps=method_config.eps, attack=settings, grad_penalty=method_config.grad_penalty,
                 consistency_views=method_config.consistency_views,

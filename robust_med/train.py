@@ -109,7 +109,7 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None, *,
       # with the image (then both are drawn independently).
       shared = geometry_key if task.outputs_move_with_image else None
       second_view = lambda k: task.augment(original, k, augment, shared, value_range)['image']
-    if noise_sigma > 0:
+    if noise_sigma > 0 and not getattr(method, 'draws_noise', False):
       key, noise_key = jax.random.split(key)
       noise = jax.random.normal(noise_key, batch['image'].shape, batch['image'].dtype)
       batch = {**batch, 'image': within_image(batch, batch['image'] + noise_sigma * noise)}
@@ -123,7 +123,9 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None, *,
       objective = methods.Objective(
           lambda x: terms_of(outputs(x)), lambda x: methods.total(attack_terms(x)), attack_terms,
           score_of=lambda out: task.xi_score(out, batch),
-          outputs=outputs, terms_of=terms_of, divergence=task.divergence, second_view=second_view)
+          outputs=outputs, terms_of=terms_of, divergence=task.divergence, second_view=second_view,
+          attack_outputs=lambda x: model.apply({'params': state.params}, within_image(batch, x)),
+          smoothed_loss=lambda out: task.smoothed_loss(out, batch))
       loss, new_margins, metrics = method(objective, batch['image'], margins, state.xi, key)
       return loss, (new_margins, metrics)
 

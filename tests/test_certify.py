@@ -342,3 +342,63 @@ def test_a_head_without_a_certificate_is_refused_in_one_line():
     certify.sample(task, Linear((1.0,), 0.0), {}, {'image': np.zeros((2, 1, 1, 1)),
                                                     'id': np.arange(2)},
                    sharding.make_mesh(1), settings)
+
+
+def test_the_classification_smoothed_loss_is_the_soft_smoothed_classifiers():
+  from robust_med.tasks import classification
+  task = classification.Task.__new__(classification.Task)
+  logits = np.random.default_rng(6).standard_normal((3, 2, 4)).astype(np.float32)  # m, B, K
+  label = np.array([1, 3])
+  got = task.smoothed_loss(jnp.asarray(logits), {'label': jnp.asarray(label)})
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  want = -np.log(probs.mean(axis=0)[np.arange(2), label])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_smoothadv_ascends_the_smoothed_loss_within_its_budget():
+  """SmoothAdv's copies x̃ + δ_j: with ε > 0 the training loss on them exceeds that on x + δ_j
+  (same draws, ε = 0), and x̃ stays within ε of x (L2)."""
+  from robust_med import attacks, methods
+  d = 6
+  w = np.linspace(-1, 1, d)
+  model = Linear(tuple(w), 0.2)
+  x = jnp.asarray(np.random.default_rng(7).standard_normal((5, d, 1, 1)), jnp.float32)
+  batch = {'label': jnp.asarray([0, 1, 1, 0, 1])}
+  task = VoteTask()
+  out = lambda z: model.apply({'params': {}}, z)
+  objective = methods.Objective(
+      terms=lambda z: task.loss_terms(out(z), batch), attack_loss=None, attack_outputs=out,
+      smoothed_loss=lambda o: jnp.mean(jax.vmap(lambda oj: task.loss_terms(oj, batch)['ce'])(o),
+                                       axis=0))
+  pgd = attacks.PGDSettings(norm='l2', steps=10)
+  key = jax.random.key(0)
+  losses = {}
+  for eps in (0.0, 0.5):
+    method = methods.SmoothAdv(eps=eps, sigma=0.25, samples=4, attack=pgd)
+    losses[eps], _, metrics = method(objective, x, jnp.zeros(5), None, key)
+    assert float(metrics['perturbation_l2']) <= eps + 1e-5
+  assert float(losses[0.5]) > float(losses[0.0]) + 0.05
+
+
+def test_the_detection_certificate_by_hand():
+  """One anchor point, class score in [0.5, 0.6], box corners within 1 px: inner box
+  (1, 1, 10, 10), outer (0, 0, 11, 11). Against the box (0, 0, 10, 10) the IoU is at least
+  81 / (100 + 121 − 81); the far box gets 0; a score that may fall below the threshold, 0."""
+  from robust_med import config_base
+  from robust_med.tasks import detection
+  task = detection.Task(config_base.task_config('detection'))
+  assert task.config.detection.score_threshold == 0.25
+  lower = np.array([[[0.5, 0.0, 0.0, 10.0, 10.0]]])
+  upper = np.array([[[0.6, 1.0, 1.0, 11.0, 11.0]]])
+  arrays = {'boxes': np.array([[[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]]),
+            'labels': np.array([[0, 0]]), 'valid': np.array([[True, True]])}
+  got = task.certified_metric({'lower': lower, 'upper': upper}, arrays)
+  np.testing.assert_allclose(got, [81 / 140 / 2])
+  arrays['valid'] = np.array([[True, False]])
+  np.testing.assert_allclose(task.certified_metric({'lower': lower, 'upper': upper}, arrays),
+                             [81 / 140])
+  lower[0, 0, 0] = 0.2
+  assert task.certified_metric({'lower': lower, 'upper': upper}, arrays)[0] == 0.0
+  upper[0, 0, 3] = np.inf  # unbounded: no IoU can be certified
+  lower[0, 0, 0] = 0.5
+  assert task.certified_metric({'lower': lower, 'upper': upper}, arrays)[0] == 0.0

@@ -33,7 +33,13 @@ CLASSIFICATION_METHODS = {
     'rtda': dict(name='rtda', eps=TRAIN_EPS, grad_penalty=GRAD_PENALTY, augment=True,
                  consistency_views=CONSISTENCY, consistency_adv=CONSISTENCY),
     'amat': dict(name='amat', delta_eps=1 / 255, xi_stat='mean'),
+    # Base models for randomized smoothing (issue 33; docs/certified.md): Gaussian-noise training
+    # (Cohen et al. 2019) and SmoothAdv (Salman et al. 2019, ε = 0.5, m = 2 draws), σ = 0.25 as in
+    # both papers' CIFAR-10 tables (inputs in [0, 1]). Attacked and certified in L2.
+    'std_noise': dict(name='std', noise_sigma=0.25),
+    'smoothadv': dict(name='smoothadv', noise_sigma=0.25, eps=0.5, noise_samples=2),
 }
+SMOOTHING_METHODS = ('std_noise', 'smoothadv')
 VARIANTS = ('', 'cpu', 'synthetic')
 # Augmentation strengths: ultrasound (flips allowed, speckle) and chest X-rays (no flips: the
 # heart is on the left), scaled to the image sides used.
@@ -75,6 +81,9 @@ def classification_config(dataset: str, method: str, arg: str = '') -> ml_collec
   c.attack.steps = 10
   c.eval.norm = 'linf'
   c.eval.noise_levels = LINF_LEVELS
+  if method in SMOOTHING_METHODS:  # An L2 certificate: the attacks in L2 too.
+    c.attack.norm = c.eval.norm = 'l2'
+    c.eval.noise_levels = CLASSIFICATION_L2_LEVELS
   c.eval.batch_size = 128
   c.shift.corruptions = ('all',)
   c.model.base_width, c.model.depth, c.model.stages = 32, 2, 4
@@ -112,6 +121,8 @@ def classification_config(dataset: str, method: str, arg: str = '') -> ml_collec
     c.attack.steps = 3
     c.eval.steps = c.eval.apgd_steps = 10
     c.eval.noise_levels = (0., 2 / 255, 4 / 255, 8 / 255)
+    if method in SMOOTHING_METHODS:
+      c.eval.noise_levels = (0., 0.25, 0.5)
     c.shift.severities = (1, 3, 5)
     c.log_every_steps = 12
     c.checkpoint_every_steps = 48

@@ -304,6 +304,13 @@ class Task(abc.ABC):
     del certified, arrays
     raise self._not_certifiable()
 
+  def smoothed_loss(self, outputs: Any, batch: Batch) -> jax.Array:
+    """The smoothed model's per-sample loss (B,) from the outputs on m noisy copies of the batch
+    (every leaf with a leading m axis), which SmoothAdv's attack ascends. Pure. Default: the mean
+    over copies of the summed loss terms."""
+    per_copy = jax.vmap(lambda o: sum(self.loss_terms(o, batch).values()))(outputs)
+    return jnp.mean(per_copy, axis=0)
+
   def _not_certifiable(self) -> ConfigError:
     return ConfigError(f'The {self.name!r} head defines no certificate (Task.smoothing, '
                        'smoothing_answers and certified_metric): certify a classification, '

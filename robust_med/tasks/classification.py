@@ -244,6 +244,14 @@ class Task(base.Task):
   def num_answers(self, outputs) -> int:
     return int(outputs.shape[-1])
 
+  def smoothed_loss(self, outputs, batch):
+    """The cross-entropy of the mean class probabilities over the copies (Salman et al. 2019's
+    soft smoothed classifier), weighted by class like the loss."""
+    probs = jnp.mean(jax.nn.softmax(outputs, axis=-1), axis=0)
+    p_true = jnp.take_along_axis(probs, batch['label'][:, None], axis=-1)[:, 0]
+    ce = -jnp.log(jnp.maximum(p_true, 1e-12))
+    return ce * batch['weight'] if 'weight' in batch else ce
+
   def certified_metric(self, certified, arrays):
     """1 where the certified class is the true one (an abstention counts as wrong), else 0."""
     return (np.asarray(certified['answer']) == np.asarray(arrays['label'])).astype(np.float64)
