@@ -39,10 +39,16 @@ from robust_med.reports import metric_label, save_figure, write_json
 from robust_med.tasks.base import within_image
 
 
+def copies_flat(x: jax.Array) -> jax.Array:
+  """(B, m, ...) copies as one batch (B·m, ...), image-major: the batch axis's sharding carries
+  over (a vmapped copies axis in front would make the model's reshape gather the batch)."""
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
 class Sampler:
   """Draws the base model's answers on noisy copies of each image of a device batch, `chunk`
-  copies per image at a time, jitted on the mesh (the batch axis stays sharded: the copies of a
-  batch are a vmapped axis)."""
+  copies per image at a time, jitted on the mesh (the batch axis stays sharded: each image's
+  copies follow it, `copies_flat`)."""
 
   def __init__(self, task, model, sigma: float, chunk: int, seed: int = 0):
     self.task, self.model, self.sigma, self.chunk, self.seed = task, model, sigma, chunk, seed
@@ -53,18 +59,19 @@ class Sampler:
     keys = smoothing.image_keys(self.seed, batch['id'])
     keys = jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys)
     image = batch['image']
-    x = smoothing.noisy_copies(keys, image, self.sigma, start, count)
+    x = jnp.moveaxis(smoothing.noisy_copies(keys, image, self.sigma, start, count), 0, 1)
     if 'in_image' in batch:  # Noise on the samples' own pixels only, as the attacks perturb.
-      x = jnp.where(batch['in_image'][None, ..., None], x, image[None])
-    outputs = jax.vmap(lambda xi: self.model.apply({'params': params}, xi))(x)
-    return jax.vmap(self.task.smoothing_answers)(outputs)  # (count, B, *E)
+      x = jnp.where(batch['in_image'][:, None, ..., None], x, image[:, None])
+    answers = self.task.smoothing_answers(self.model.apply({'params': params},
+                                                           copies_flat(x)))
+    return answers.reshape(image.shape[0], count, *answers.shape[1:])  # (B, count, *E)
 
   def _votes_impl(self, params, batch, start, *, stream, count, num):
     answers = self._answers(params, batch, stream, start, count)
-    return jnp.sum(jax.nn.one_hot(answers, num, dtype=jnp.int32), axis=0)
+    return jnp.sum(jax.nn.one_hot(answers, num, dtype=jnp.int32), axis=1)
 
   def _draws_impl(self, params, batch, start, *, stream, count):
-    return jnp.moveaxis(self._answers(params, batch, stream, start, count), 0, 1)
+    return self._answers(params, batch, stream, start, count)
 
   def votes(self, params, batch, n: int, stream: int, num: int) -> jax.Array:
     """Counts (B, *E, num) of each answer over n noisy copies."""
@@ -195,15 +202,18 @@ class SmoothedAttack:
 
   def _impl(self, params, batch, eps):
     image = batch['image']
+    b, m = image.shape[0], self.samples
     keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(
         smoothing.image_keys(self.seed, batch['id']))
-    noise = smoothing.noisy_copies(keys, jnp.zeros_like(image), 1.0, 0, self.samples)
+    noise = jnp.moveaxis(smoothing.noisy_copies(keys, jnp.zeros_like(image), self.sigma, 0, m),
+                         0, 1)  # (B, m, ...)
+    repeated = jax.tree.map(lambda a: jnp.repeat(a, m, axis=0), dict(batch))
 
     def loss_fn(x):
-      def one(z):
-        outputs = self.model.apply({'params': params}, within_image(batch, x + self.sigma * z))
-        return methods.total(self.task.loss_terms(outputs, batch))
-      return jnp.mean(jax.vmap(one)(noise), axis=0)
+      noisy = copies_flat(within_image(batch, x)[:, None] + noise)
+      outputs = self.model.apply({'params': params}, within_image(repeated, noisy))
+      per_copy = methods.total(self.task.loss_terms(outputs, repeated))
+      return jnp.mean(per_copy.reshape(b, m), axis=1)
     return within_image(batch, self.pgd(loss_fn, image, eps))
 
   def __call__(self, params, batch, eps: float) -> jax.Array:

@@ -182,12 +182,15 @@ class SmoothAdv:
     if objective.attack_outputs is None or objective.smoothed_loss is None:
       raise ValueError('smoothadv needs Objective.attack_outputs and smoothed_loss.')
     noise_key, attack_key = jax.random.split(key)
-    noise = self.sigma * jax.random.normal(noise_key, (self.samples, *x.shape), x.dtype)
-    copies = lambda z: jax.vmap(lambda d: z + d)(noise)
-    smoothed = lambda z: objective.smoothed_loss(jax.vmap(objective.attack_outputs)(copies(z)))
+    draws = [self.sigma * jax.random.normal(k, x.shape, x.dtype)
+             for k in jax.random.split(noise_key, self.samples)]
+    # A loop over the m draws (not a vmap): each pass keeps the batch's sharding on the mesh.
+    stacked = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    smoothed = lambda z: objective.smoothed_loss(
+        stacked([objective.attack_outputs(z + d) for d in draws]))
     x_adv = jax.lax.stop_gradient(self.attack(smoothed, x, self.eps, attack_key))
-    terms = jax.vmap(objective.terms)(copies(x_adv))         # {name: (m, B)}
-    terms = {k: jnp.mean(v, axis=0) for k, v in terms.items()}
+    per_draw = [objective.terms(x_adv + d) for d in draws]
+    terms = {k: sum(t[k] for t in per_draw) / self.samples for k in per_draw[0]}
     loss = jnp.mean(total(terms))
     return loss, margins, {'loss': loss, **_term_metrics('noisy', terms),
                            'perturbation_l2': jnp.mean(attacks.perturbation_norm(x_adv - x,

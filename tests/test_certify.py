@@ -402,3 +402,36 @@ def test_the_detection_certificate_by_hand():
   upper[0, 0, 3] = np.inf  # unbounded: no IoU can be certified
   lower[0, 0, 0] = 0.5
   assert task.certified_metric({'lower': lower, 'upper': upper}, arrays)[0] == 0.0
+
+
+class MedianTask(VoteTask):
+  """A 'median' head: the answer is the model's real output s = w·x; its certified metric is the
+  upper bound (a regression error bound would be |bound − truth|; the bound itself is enough)."""
+  smoothing, higher_is_better = 'median', False
+
+  def smoothing_answers(self, outputs):
+    return outputs[:, 1:]  # (B, 1)
+
+  def certified_metric(self, certified, arrays):
+    return np.asarray(certified['upper'])[:, 0]
+
+
+def test_median_smoothing_through_the_sampler_bounds_a_linear_regression():
+  """Each image's certified upper bound at radius r covers w·x + ‖w‖·r (the smoothed median's
+  largest value under ‖δ‖ ≤ r) for all but about α of the images, and is close to it."""
+  d, sigma, alpha, r = 5, 0.5, 0.01, 0.25
+  w = np.array([0.2, -0.4, 0.4, 0.2, -0.8])
+  rng = np.random.default_rng(8)
+  images = rng.standard_normal((128, d, 1, 1)).astype(np.float32)
+  data = {'image': images, 'id': np.arange(128, dtype=np.int32)}
+  settings = smoothing.SmoothingSettings(sigma=sigma, n=2000, n0=1, alpha=alpha, chunk=500)
+  task = MedianTask()
+  evidence = certify.sample(task, Linear(tuple(w), 0.0), {}, data, sharding.make_mesh(1),
+                            settings, batch_size=64)
+  assert evidence['samples'].shape == (128, 2000, 1)
+  cert = certify.certificates(task, evidence, data, settings, [r])
+  truth = images.reshape(128, d) @ w + np.linalg.norm(w) * r
+  upper = cert['metric'][:, 0]
+  assert np.mean(upper < truth) <= alpha + 3 * np.sqrt(alpha / 128)
+  assert np.median(upper - truth) < 0.15 * np.linalg.norm(w)
+  np.testing.assert_allclose(cert['smoothed'], images.reshape(128, d) @ w, atol=0.1)
