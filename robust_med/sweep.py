@@ -54,6 +54,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -900,6 +901,100 @@ def missing_runs(workdir: str) -> list[str]:
           if not os.path.exists(os.path.join(workdir, r['name'], 'robustness.json'))]
 
 
+CERTIFY_FILES = ('certify.md', 'certify.csv')
+
+
+def certify_runs(workdir: str, *, sigma: float | None = None, n: int = 1000, n0: int = 100,
+                 alpha: float = 0.001, max_samples: int = 0,
+                 log: Callable[[str], None] = print) -> list[dict]:
+  """Certifies every finished run of the sweep in `workdir` (`robust_med.certify`, on its
+  evaluation split, with σ = `sigma` or else the σ the run was trained with) unless its
+  certify.json already holds these settings, then writes `certify.md` (a table: each model's
+  smoothed metric and certified metric per radius, the abstained share at σ and the consistency
+  violations) and `certify.csv` (one row per run and radius). Returns the reports' rows."""
+  from robust_med import certify, smoothing
+  if not os.path.isfile(os.path.join(workdir, PLAN_FILE)):
+    raise UserError(f'{workdir} holds no sweep (no {PLAN_FILE}): pass the --workdir of a sweep '
+                    'started with python -m robust_med.sweep.')
+  rows = []
+  for entry in read_plan(workdir)['runs']:
+    run_dir = os.path.join(workdir, entry['name'])
+    if not os.path.exists(os.path.join(run_dir, 'robustness.json')):
+      log(f'{entry["name"]}: not finished, not certified')
+      continue
+    config = cli.load_workdir_config(run_dir)
+    s = sigma if sigma is not None else float(config.method.get('noise_sigma', 0.0))
+    if s <= 0:
+      log(f'{entry["name"]}: trained without noise (config.method.noise_sigma = 0), not '
+          'certified; pass --certify_sigma to certify every model at one σ')
+      continue
+    settings = smoothing.SmoothingSettings(sigma=s, n=n, n0=n0, alpha=alpha)
+    out = os.path.join(run_dir, 'certify', config.data.eval_split)
+    report = _read_certificate(out, settings, max_samples)
+    if report is None:
+      log(f'{entry["name"]}: certifying (σ = {s:g}, n = {n}) into {out}')
+      report = certify.certify_checkpoint(config, run_dir, settings, out=out,
+                                          max_samples=max_samples)
+      report = _read_certificate(out, settings, max_samples) or report  # as stored (JSON)
+    else:
+      log(f'{entry["name"]}: certified already ({out})')
+    rows.append({'run': entry['name'], 'label': entry.get('label', entry['name']),
+                 'seed': entry.get('seed'), 'report': report})
+  _write_certify_table(workdir, rows)
+  return rows
+
+
+def _read_certificate(out: str, settings, max_samples: int) -> dict | None:
+  """The certify.json in `out` when it was made with these settings, else None."""
+  path = os.path.join(out, 'certify.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    report = json.load(f)
+  s = report.get('settings', {})
+  same = all(s.get(k) == getattr(settings, k) for k in ('sigma', 'n', 'n0', 'alpha',
+                                                          'correction'))
+  size = report.get('data', {}).get('split_size')
+  expected = min(max_samples, size) if max_samples and size else size
+  return report if same and report.get('num_samples') == expected else None
+
+
+def _write_certify_table(workdir: str, rows: list[dict]) -> None:
+  radii = sorted({r['radius'] for row in rows for r in row['report']['curve']})
+  shown = [r for r in radii if any(math.isclose(r, row['report']['settings']['sigma'] * k / 4)
+                                   for row in rows for k in (0, 1, 2, 4, 8))] or radii
+  fmt = lambda v: '—' if v is None else f'{v:.3f}'  # noqa: E731
+  lines = ['# Certified robustness (randomized smoothing)', '',
+           'Per model: the smoothed model\'s metric, then the certified metric (mean over images; '
+           '— where some image is unbounded) at each L2 radius (model input units), the share '
+           'of abstained answers at r = σ, and the consistency check\'s violations (certified '
+           'answers an attack on the smoothed model contradicts; they should be 0). '
+           '`python -m robust_med.certify` wrote each run\'s `certify/<split>/certify.json`.', '']
+  if rows:
+    metric = rows[0]['report']['metric']
+    lines += [f'| model | seed | σ | n | smoothed {metric} | ' +
+              ' | '.join(f'r = {r:g}' for r in shown) + ' | abstained at σ | violations |',
+              '|---' * (len(shown) + 7) + '|']
+  csv_rows = []
+  for row in rows:
+    rep = row['report']
+    at = {round(c['radius'], 9): c for c in rep['curve']}
+    sigma = rep['settings']['sigma']
+    near = min(rep['curve'], key=lambda c: abs(c['radius'] - sigma))
+    violations = sum(c['violating_answers'] for c in rep.get('consistency', []))
+    lines.append(f'| {row["label"]} | {row["seed"] if row["seed"] is not None else ""} | '
+                 f'{sigma:g} | {rep["settings"]["n"]} | {fmt(rep.get("smoothed"))} | ' +
+                 ' | '.join(fmt(at[round(r, 9)]['certified']) if round(r, 9) in at else ''
+                            for r in shown) +
+                 f' | {near["abstained"]:.3f} | {violations} |')
+    csv_rows += [[row['run'], row['label'], row['seed'], sigma, c['radius'], c['certified'],
+                  c['abstained']] for c in rep['curve']]
+  reports.write_text(os.path.join(workdir, 'certify.md'), '\n'.join(lines) + '\n')
+  reports.write_csv(os.path.join(workdir, 'certify.csv'),
+                    ['run', 'model', 'seed', 'sigma', 'radius', 'certified', 'abstained'],
+                    csv_rows)
+
+
 def summarize_finished(workdir: str, log: Callable[[str], None] = print) -> list[dict]:
   """`summarize` for the command line: refuses a folder that holds no sweep, and says which runs
   of the plan are missing."""
@@ -952,6 +1047,15 @@ def main(argv=None) -> None:
   flags.DEFINE_bool('summarize', False, 'Train nothing: rewrite the summary from the runs '
                     'finished in --workdir (e.g. after copying in runs trained elsewhere) and '
                     'list the missing ones; needs no --config.')
+  flags.DEFINE_bool('certify', False, 'Certify every finished model of the sweep by randomized '
+                    'smoothing (robust_med.certify) and write certify.md and certify.csv; '
+                    'without --config nothing is trained first.')
+  flags.DEFINE_float('certify_sigma', None, 'σ of --certify (default: each run\'s training '
+                     'config.method.noise_sigma; runs trained without noise are then skipped).')
+  flags.DEFINE_integer('certify_n', 1000, 'Noisy copies per image that estimate (--certify).')
+  flags.DEFINE_float('certify_alpha', 0.001, 'Failure probability per image (--certify).')
+  flags.DEFINE_integer('certify_max_samples', 0, 'Images certified per run (0: the whole '
+                       'evaluation split).')
   flags.DEFINE_bool('plan_only', False, 'Train nothing: write the plan (sweep.json: each run '
                     'with its config and the runs it waits for) and print its runs, for job '
                     'arrays (--task_index) and --print_slurm / --print_local.')
@@ -980,6 +1084,15 @@ def main(argv=None) -> None:
     cli.reject_positional(argv)
     f = flags.FLAGS
     err = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    certify_now = lambda: certify_runs(  # noqa: E731
+        f.workdir, sigma=f.certify_sigma, n=f.certify_n, alpha=f.certify_alpha,
+        max_samples=f.certify_max_samples, log=err)
+    if f.certify and f.config is None and not f.summarize:
+      from robust_med import sharding  # Before JAX's first operation.
+      sharding.configure_host_devices(0)
+      certify_now()
+      print(f'Done: {os.path.abspath(f.workdir)}/certify.md, certify.csv')
+      return
     if f.summarize:
       rows = summarize_finished(f.workdir, log=err)
       _print_summary(f.workdir, rows)
@@ -1044,6 +1157,9 @@ def main(argv=None) -> None:
     from robust_med import sharding  # Before JAX's first operation; the command line only.
     sharding.configure_host_devices(f.config.mesh.host_devices, f.config.batch_size)
     _print_summary(f.workdir, sweep_from_flags(f, log=err))
+    if f.certify:
+      certify_now()
+      print(f'Done: {os.path.abspath(f.workdir)}/certify.md, certify.csv')
 
   app.run(run, argv=argv, flags_parser=cli.parse_flags)
 

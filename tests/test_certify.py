@@ -435,3 +435,26 @@ def test_median_smoothing_through_the_sampler_bounds_a_linear_regression():
   assert np.mean(upper < truth) <= alpha + 3 * np.sqrt(alpha / 128)
   assert np.median(upper - truth) < 0.15 * np.linalg.norm(w)
   np.testing.assert_allclose(cert['smoothed'], images.reshape(128, d) @ w, atol=0.1)
+
+
+@pytest.mark.slow
+def test_a_sweep_certifies_every_finished_model_once(segmentation_run, tmp_path):
+  """`sweep --certify` over a sweep folder: each finished run certified into its own folder,
+  the table written, an unfinished run named, and a second call reuses the certificates."""
+  from robust_med import sweep
+  work = tmp_path / 'sweep'
+  copy_run(segmentation_run, work / 'std')
+  (work / 'sweep.json').write_text(json.dumps({'shared': {}, 'runs': [
+      {'name': 'std', 'label': 'STD', 'seed': 0}, {'name': 'sat', 'label': 'SAT', 'seed': 0}]}))
+  said = []
+  rows = sweep.certify_runs(str(work), sigma=0.25, n=16, n0=8, max_samples=2, log=said.append)
+  assert [r['run'] for r in rows] == ['std']
+  assert any('sat: not finished' in s for s in said)
+  assert (work / 'std' / 'certify' / 'val' / 'certify.json').exists()
+  table = (work / 'certify.md').read_text()
+  assert '| STD | 0 | 0.25 | 16 |' in table
+  csv = (work / 'certify.csv').read_text().splitlines()
+  assert csv[0] == 'run,model,seed,sigma,radius,certified,abstained' and len(csv) > 2
+  said.clear()
+  sweep.certify_runs(str(work), sigma=0.25, n=16, n0=8, max_samples=2, log=said.append)
+  assert any('certified already' in s for s in said)
