@@ -132,7 +132,8 @@ def test_every_config_file_is_valid(dataset, method):
   for arg in module.VARIANTS:
     c = module.get_config(arg)
     config_base.validate(c)
-    assert c.eval.norm == c.attack.norm == 'linf' and tuple(c.attack.clip) == (0.0, 1.0)
+    norm = 'l2' if method in presets.SMOOTHING_METHODS else 'linf'  # certified in L2
+    assert c.eval.norm == c.attack.norm == norm and tuple(c.attack.clip) == (0.0, 1.0)
 
 
 def test_divergence_is_symmetric_kl_and_zero_for_identical_logits():
