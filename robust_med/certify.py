@@ -31,7 +31,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from robust_med import attacks, cli, errors, evaluate, methods, sharding, smoothing
 from robust_med.data.source import evaluation_subset
@@ -56,8 +55,7 @@ class Sampler:
     self._draws = jax.jit(self._draws_impl, static_argnames=('stream', 'count'))
 
   def _answers(self, params, batch, stream: int, start, count: int) -> jax.Array:
-    keys = smoothing.image_keys(self.seed, batch['id'])
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys)
+    keys = smoothing.image_keys(self.seed, batch['id'], stream)
     image = batch['image']
     x = jnp.moveaxis(smoothing.noisy_copies(keys, image, self.sigma, start, count), 0, 1)
     if 'in_image' in batch:  # Noise on the samples' own pixels only, as the attacks perturb.
@@ -203,8 +201,7 @@ class SmoothedAttack:
   def _impl(self, params, batch, eps):
     image = batch['image']
     b, m = image.shape[0], self.samples
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(
-        smoothing.image_keys(self.seed, batch['id']))
+    keys = smoothing.image_keys(self.seed, batch['id'], 3)
     noise = jnp.moveaxis(smoothing.noisy_copies(keys, jnp.zeros_like(image), self.sigma, 0, m),
                          0, 1)  # (B, m, ...)
     repeated = jax.tree.map(lambda a: jnp.repeat(a, m, axis=0), dict(batch))
@@ -267,12 +264,7 @@ def consistency(task, model, params, data: dict, mesh, settings, evidence, radii
 def _violations(task, certified: dict, seen: dict, settings, valid) -> np.ndarray:
   """(N, *E) bool: the certified answers the attacked smoothed model contradicts."""
   if task.smoothing == 'vote':
-    counts = seen['counts']
-    order = np.argsort(-counts, axis=-1, kind='stable')
-    top = order[..., 0]
-    n_a = np.take_along_axis(counts, top[..., None], axis=-1)[..., 0]
-    n_b = np.take_along_axis(counts, order[..., 1:2], axis=-1)[..., 0]
-    pvalues = np.minimum(1.0, 2 * stats.binom.cdf(n_b, n_a + n_b, 0.5))
+    top, pvalues = smoothing.majority_test(seen['counts'])
     answer = certified['answer']
     if answer.ndim == 1:
       shown = pvalues <= settings.alpha
@@ -421,12 +413,11 @@ def certify_checkpoint(config, workdir: str, settings: smoothing.SmoothingSettin
   evaluate.note_subset(task, info, extra)
   for line in warnings:
     print(f'warning: {line}', file=sys.stderr)
-  batch = batch_size or max(1, config.eval.batch_size // settings.chunk)
-  evidence = sample(task, model, params, data, mesh, settings, seed=seed,
-                    batch_size=sharding.round_up(batch, mesh.devices.size))
+  batch = sharding.round_up(batch_size or max(1, config.eval.batch_size // settings.chunk),
+                            mesh.devices.size)
+  evidence = sample(task, model, params, data, mesh, settings, seed=seed, batch_size=batch)
   if check_radii is None:
     check_radii = [settings.sigma / 2, settings.sigma]
-  batch = sharding.round_up(batch, mesh.devices.size)
   checks = consistency(task, model, params, data, mesh, settings, evidence, check_radii,
                        steps=check_steps, samples=check_samples, seed=seed, batch_size=batch)
   for c in checks:

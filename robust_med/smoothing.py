@@ -106,16 +106,22 @@ def certify_votes(select_counts: np.ndarray, counts: np.ndarray, sigma: float,
   return np.where(certified, answer, ABSTAIN), radius, p_lower
 
 
-def predict_votes(counts: np.ndarray, alpha: float) -> np.ndarray:
-  """Cohen et al.'s PREDICT: the most frequent answer over the last axis of `counts`, or ABSTAIN
-  when the two-sided binomial test of its count against the runner-up's (p = ½) has p > α."""
+def majority_test(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The most frequent answer over the last axis of `counts`, and the p-value of the two-sided
+  binomial test of its count against the runner-up's (p = ½)."""
   counts = np.asarray(counts)
   order = np.argsort(-counts, axis=-1, kind='stable')
   top = order[..., 0]
   n_a = np.take_along_axis(counts, top[..., None], axis=-1)[..., 0]
   n_b = np.take_along_axis(counts, order[..., 1:2], axis=-1)[..., 0] if counts.shape[-1] > 1 \
       else np.zeros_like(n_a)
-  p = np.minimum(1.0, 2 * stats.binom.cdf(n_b, n_a + n_b, 0.5))
+  return top, np.minimum(1.0, 2 * stats.binom.cdf(n_b, n_a + n_b, 0.5))
+
+
+def predict_votes(counts: np.ndarray, alpha: float) -> np.ndarray:
+  """Cohen et al.'s PREDICT: the most frequent answer over the last axis of `counts`, or ABSTAIN
+  when the binomial test of `majority_test` has p > α."""
+  top, p = majority_test(counts)
   return np.where(p <= alpha, top, ABSTAIN)
 
 
@@ -200,19 +206,14 @@ def median(samples: np.ndarray) -> np.ndarray:
   return np.median(np.asarray(samples, np.float64), axis=0)
 
 
-def vote_counts_from(answers: np.ndarray, num_answers: int) -> np.ndarray:
-  """Counts (..., num_answers) of integer `answers` (n, ...) over the first axis."""
-  answers = np.asarray(answers)
-  return np.stack([(answers == c).sum(axis=0) for c in range(num_answers)], axis=-1)
-
-
 # --- Sampling (JAX, jitted, on the mesh) -------------------------------------------------------
 
-def image_keys(seed: int, ids: jax.Array) -> jax.Array:
-  """One key per image, from the seed and the image's id: the same image draws the same noise in
-  any batch, on any number of devices."""
+def image_keys(seed: int, ids: jax.Array, stream: int = 0) -> jax.Array:
+  """One key per image, from the seed, the image's id and a `stream` (selection, estimation,
+  attack...): the same image draws the same noise in any batch, on any number of devices."""
   base = jax.random.key(seed)
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(ids, jnp.uint32))
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(base, i), stream))(
+      jnp.asarray(ids, jnp.uint32))
 
 
 def noisy_copies(keys: jax.Array, image: jax.Array, sigma: float, start, count: int) -> jax.Array:

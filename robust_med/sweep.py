@@ -935,7 +935,6 @@ def certify_runs(workdir: str, *, sigma: float | None = None, n: int = 1000, n0:
       log(f'{entry["name"]}: certifying (σ = {s:g}, n = {n}) into {out}')
       report = certify.certify_checkpoint(config, run_dir, settings, out=out,
                                           max_samples=max_samples)
-      report = _read_certificate(out, settings, max_samples) or report  # as stored (JSON)
     else:
       log(f'{entry["name"]}: certified already ({out})')
     rows.append({'run': entry['name'], 'label': entry.get('label', entry['name']),

@@ -289,7 +289,7 @@ class Task(abc.ABC):
   def answer_mask(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """(N, *E) bool: which answers of each sample belong to it (a 'vote' head's elements tested
     together; e.g. not the padding of `in_image`); None: all of them (the default)."""
-    return arrays.get('in_image') if hasattr(arrays, 'get') else None
+    return arrays.get('in_image')
 
   def certified_metric(self, certified: Mapping[str, np.ndarray],
                        arrays: Mapping[str, np.ndarray]) -> np.ndarray:
