@@ -26,6 +26,20 @@ def check_variant(arg: str, variants: Sequence[str], example: str) -> None:
 
 
 PROTOCOLS = ('paper', 'robust_med')
+# Base models for randomized smoothing (issue 33; docs/certified.md), in every head: STD trained on
+# Gaussian noise of std σ (Cohen et al. 2019), `configs/<dataset>_std_noise.py`, attacked and
+# certified in L2. σ = 0.25 as in Cohen et al.'s and Salman et al.'s CIFAR-10 tables (inputs in
+# [0, 1]; robust_med's choice for the other heads' inputs too).
+SMOOTHING_SIGMA = 0.25
+NOISE_METHOD = 'std_noise'
+
+
+def noise_base(method: str) -> tuple[str, float]:
+  """(the method a config trains, its `method.noise_sigma`): 'std_noise' is STD at
+  `SMOOTHING_SIGMA`; any other method trains without noise."""
+  if method == NOISE_METHOD:
+    return 'std', SMOOTHING_SIGMA
+  return method, 0.0
 # Square's query budget in the offline demos (the 'synthetic' variants), sized like the rest of a
 # demo: with it the segmentation demo's report with Square costs ≤ 2× the report without
 # (benchmarks/evaluation.py --ensemble=square); real configs keep the base's 1000.

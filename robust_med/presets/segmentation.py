@@ -15,7 +15,7 @@ import os
 import ml_collections
 
 from robust_med import config_base, methods
-from robust_med.presets import DEMO_SQUARE_QUERIES, apply_protocol, parse_arg
+from robust_med.presets import DEMO_SQUARE_QUERIES, apply_protocol, noise_base, parse_arg
 
 # Each MSD dataset: task folder, channels, classes, robust_med's full-sized input (Prostate and
 # Heart: the 2-D nnU-Net input the AMAT authors trained on, `paper_shape`, with its batch size;
@@ -35,6 +35,10 @@ DATASETS = {
                         noise_levels=(0., 1., 3., 5., 7., 9., 11., 13., 15.), delta_eps=2.5,
                         sat_eps=5., cpu_noise_levels=(0., 1., 3., 5., 7., 10., 15.)),
 }
+# The L2 grid of the Gaussian-noise base models (`configs/<dataset>_std_noise.py`): the radii a
+# smoothed model can be certified at with σ = 0.25 and n = 1000 copies (up to about 2.5σ), so that
+# the attacked curve and the certified one share their axis (docs/certified.md).
+SMOOTHING_LEVELS = (0., 0.125, 0.25, 0.5, 1.)
 
 
 def paper_settings(dataset: str, method: str, variant: str) -> dict:
@@ -69,6 +73,7 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
   d = DATASETS[dataset]
   arg, protocol = parse_arg(arg, VARIANTS, 'configs/prostate_amat.py:synthetic')
   variant = arg
+  method, noise_sigma = noise_base(method)
   c = config_base.task_config('segmentation')
   c.data.name = 'msd'
   c.data.task_folder = d['folder']
@@ -123,6 +128,9 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
     c.checkpoint_every_steps = 64
   if method in methods.AUGMENTATION_ATTACKS:
     c.method.eps = 0.05 if arg == 'synthetic' else 0.1  # L∞ budget in z-score units.
+  if noise_sigma:
+    c.method.noise_sigma = noise_sigma
+    c.eval.noise_levels = SMOOTHING_LEVELS if arg != 'synthetic' else (0., 0.25, 0.5)
   paper = paper_settings(dataset, method, variant)
   if arg == 'synthetic':
     # The phantoms' budgets above are the demo's own (no paper image to state them for).
