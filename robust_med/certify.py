@@ -14,7 +14,9 @@ split (or `--max_samples` of them), and writes into `DIR/certify/<split>/` (or `
   ≥ 1 − α per image) and the abstained share; the smoothed model's own metric; per image, its
   certified metric at each radius (and, for one answer per image, Cohen et al.'s radius);
 - `certify.png`: certified metric against radius, with the smoothed model's metric and, when the
-  run's `robustness.json` is in L2, the base model's attacked worst case on the same axes.
+  run's `robustness.json` is in L2, the base model's attacked worst case on the same axes;
+- `certify_examples.png`: a few images certified at r = 0 and the consistency check's radii, as
+  the head draws a certificate (`Task.draw_certified`).
 
 The noise of image i is drawn from the key (`--seed`, id i), so a certificate is reproducible
 image by image. σ should be the σ the model was trained with (`config.method.noise_sigma`); a
@@ -27,6 +29,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -368,6 +371,44 @@ def plot(report: dict, path: str) -> None:
   save_figure(fig, path)
 
 
+def examples_figure(task, evidence: dict, data: dict, settings, radii, *, num: int = 4,
+                    title: str = ''):
+  """certify_examples.png: `num` images spread over `data` (the same ones every time), each
+  certified at each of `radii` and drawn by the head (`Task.draw_certified`: the certified
+  segmentation with its abstained pixels, the landmarks' certified boxes, the certified boxes),
+  titled with that image's certified metric."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  n = len(data['id'])
+  index = np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
+  records = {k: np.asarray(v)[index] for k, v in data.items()}
+  chosen = {k: np.asarray(v)[index] for k, v in evidence.items()}
+  chosen['valid'] = task.answer_mask(records)
+  radii = [float(r) for r in radii]
+  certs = certified_at(task, chosen, settings, radii)
+  metrics = [task.certified_metric(c, records) for c in certs]
+  fig, axes = plt.subplots(len(index), len(radii), figsize=(2.2 * len(radii),
+                                                              2.3 * len(index) + 0.5),
+                           squeeze=False)
+  for i in range(len(index)):
+    item = {k: v[i] for k, v in records.items()}
+    cut = evaluate.section_cut(task, item)
+    item = {k: cut(v) for k, v in item.items()}
+    for j, (r, certified) in enumerate(zip(radii, certs)):
+      ax = axes[i][j]
+      one = {k: (cut(np.asarray(v)[i]) if np.ndim(v) else v) for k, v in certified.items()}
+      task.draw_certified(ax, item['image'], one, item)
+      ax.set_axis_off()
+      ax.set_title(f'id {int(item["id"])}, r = {r:g}: {metrics[j][i]:.3g}', fontsize=7)
+  s = settings
+  width = max(40, int(18 * len(radii)))
+  fig.suptitle(f'{title or task.name}: certified at radius r (L2; σ={s.sigma:g}, n={s.n}, '
+               f'α={s.alpha:g})\n' + textwrap.fill(task.certified_metric_name, width), fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
 def certify_checkpoint(config, workdir: str, settings: smoothing.SmoothingSettings, *,
                        split: str = '', out: str = '', radii=None, max_samples: int = 0,
                        seed: int = 0, batch_size: int = 0, step: int | None = None,
@@ -430,6 +471,10 @@ def certify_checkpoint(config, workdir: str, settings: smoothing.SmoothingSettin
   report = certify_report(task, evidence, data, settings, radii, extra, checks)
   os.makedirs(out, exist_ok=True)
   plot(report, os.path.join(out, 'certify.png'))
+  shown = sorted({0.0, *[float(r) for r in check_radii]} if check_radii else
+                 {0.0, settings.sigma / 2, settings.sigma})
+  save_figure(examples_figure(task, evidence, data, settings, shown, title=extra['method']),
+              os.path.join(out, 'certify_examples.png'))
   write_json(os.path.join(out, 'certify.json'), report)  # Last: marks a finished certificate.
   return report
 
@@ -506,7 +551,7 @@ def main(argv=None) -> None:
       print(json.dumps({k: v for k, v in row.items() if k not in ('attack',
                                                                   'per_image_violations')}))
     out = f.out or os.path.join(f.workdir, 'certify', report['split'])
-    print(f'Done: certify.json, certify.png in {os.path.abspath(out)}')
+    print(f'Done: certify.json, certify.png, certify_examples.png in {os.path.abspath(out)}')
 
   app.run(main, argv=argv, flags_parser=lambda a: cli.parse_flags(cli.with_saved_config(a)))
 

@@ -614,6 +614,18 @@ def write_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], no
   save_figure(examples_figure(evaluator, params, data, noise_levels, num=num, title=title), path)
 
 
+def section_cut(task, item: dict[str, np.ndarray]):
+  """For one sample's record, the function that cuts an array on the sample's grid to the 2-D
+  section its figures show (`Task.section`: volumes); other arrays pass unchanged."""
+  index = task.section(item)
+  grid = np.shape(item['image'])[:-1]
+
+  def cut(a):
+    a = np.asarray(a)
+    return a[index] if index is not None and a.shape[:len(grid)] == grid else a
+  return cut
+
+
 def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], noise_levels, *,
                     num: int = 4, title: str = 'model'):
   """The examples figure: `num` samples spread over `data` (fixed: the same ones every time),
@@ -645,12 +657,8 @@ def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], n
   fig, axes = plt.subplots(valid, cols, figsize=(2.1 * cols, 2.2 * valid + 0.5), squeeze=False)
   for i in range(valid):
     item = {k: v[i] for k, v in records.items()}
-    index = task.section(item)  # Volumes: the 2-D section shown (`Task.section`).
-    grid = np.shape(clean[i])[:-1]
-
-    def cut(a, index=index, grid=grid):
-      return a[index] if index is not None and np.shape(a)[:len(grid)] == grid else a
-    item = {k: cut(np.asarray(v)) for k, v in item.items()}
+    cut = section_cut(task, item)
+    item = {k: cut(v) for k, v in item.items()}
     show_image(axes[i][0], cut(clean[i]))
     axes[i][0].set_title(f'input (id {int(item["id"])})', fontsize=7)
     col = 1

@@ -195,6 +195,7 @@ def test_certify_command_on_a_segmentation_run(segmentation_run, tmp_path):
   assert 'warning: σ = 0.25 but the model was trained with noise σ = 0' in proc.stderr
   report = json.loads((out / 'certify.json').read_text())
   assert (out / 'certify.png').stat().st_size > 0
+  assert (out / 'certify_examples.png').stat().st_size > 0
   assert report['num_samples'] == 4 and report['settings']['correction'] == 'holm'
   rows = report['curve']
   assert [r['radius'] for r in rows] == [0.0, 0.1, 0.5]
@@ -458,3 +459,57 @@ def test_a_sweep_certifies_every_finished_model_once(segmentation_run, tmp_path)
   said.clear()
   sweep.certify_runs(str(work), sigma=0.25, n=16, n0=8, max_samples=2, log=said.append)
   assert any('certified already' in s for s in said)
+
+
+def test_each_head_draws_its_certificate():
+  """certify_examples.png's cells: an abstention is said, abstained pixels are magenta, each
+  bounded landmark gets its box and an unbounded one a cross, a certainly detected box its
+  inner and outer boxes and an undetected one is red."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from matplotlib.colors import to_rgba
+  from matplotlib.patches import Rectangle
+  from robust_med import config_base
+  from robust_med.tasks import classification, detection, landmarks, segmentation
+  image = np.zeros((12, 12, 1), np.float32)
+  a = smoothing.ABSTAIN
+
+  def axes():
+    return plt.subplots()[1]
+  task = classification.Task(config_base.task_config('classification'))
+  ax = axes()
+  task.draw_certified(ax, image, {'answer': np.int64(a), 'num_answers': 2},
+                      {'label': np.int64(1)})
+  assert 'certified abstain' in ax.texts[0].get_text()
+  seg = segmentation.Task.__new__(segmentation.Task)
+  answer = np.zeros((12, 12), np.int64)
+  answer[2:4, 2:4], answer[8, 8] = 1, a
+  ax = axes()
+  seg.draw_certified(ax, image, {'answer': answer, 'num_answers': 2},
+                     {'label': (answer == 1).astype(np.int64)})
+  overlay = np.asarray(ax.images[-1].get_array())
+  np.testing.assert_allclose(overlay[8, 8], (1, 0, 1, 0.7))
+  assert overlay[2, 2, 3] == pytest.approx(0.4) and overlay[0, 0, 3] == 0
+  lm = landmarks.Task.__new__(landmarks.Task)
+  lower = np.array([[1.0, 1.0], [5.0, 5.0], [0.0, -np.inf]])
+  upper = np.array([[3.0, 2.0], [6.0, 7.0], [1.0, 1.0]])
+  ax = axes()
+  lm.draw_certified(ax, image, {'lower': lower, 'upper': upper},
+                    {'landmarks': np.array([[2.0, 1.5], [5.5, 6.0], [0.5, 0.5]])})
+  boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+  assert sorted((p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in boxes) == [
+      (1.0, 1.0, 2.0, 1.0), (5.0, 5.0, 1.0, 2.0)]
+  assert len(ax.collections) == 2  # the truths, and one cross for the unbounded landmark
+  det = detection.Task(config_base.task_config('detection'))
+  ax = axes()
+  det.draw_certified(ax, image, {'lower': np.array([[0.5, 0.0, 0.0, 0.0, 10.0, 10.0]]),
+                                 'upper': np.array([[0.6, 0.1, 1.0, 1.0, 11.0, 11.0]])},
+                     {'boxes': np.array([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 6.0, 6.0]]),
+                      'labels': np.array([0, 1]), 'valid': np.array([True, True])})
+  drawn = {(tuple(np.round(p.get_xy(), 3)), p.get_width(), p.get_edgecolor()) for p in ax.patches}
+  assert ((1.0, 1.0), 9.0, to_rgba('orange')) in drawn    # inner box
+  assert ((0.0, 0.0), 11.0, to_rgba('orange')) in drawn   # outer box
+  assert ((5.0, 5.0), 1.0, to_rgba('red')) in drawn       # class 1: no anchor certainly detects it
+  assert ax.texts[0].get_text() == f'{81 / 140:.2f}'
+  plt.close('all')

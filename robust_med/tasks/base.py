@@ -304,6 +304,15 @@ class Task(abc.ABC):
     del certified, arrays
     raise self._not_certifiable()
 
+  def draw_certified(self, ax, image: np.ndarray, certified: Mapping[str, Any],
+                     item: Mapping[str, np.ndarray]) -> None:
+    """Draws one sample's certificate at one radius (`certified`, as in `certified_metric` but
+    for this sample alone: 'answer' (*E) and 'num_answers', or 'lower' and 'upper' (*E)) against
+    its ground truth (`item`) on the matplotlib axes `ax`, over its clean `image` (H, W, C). Used
+    for `certify_examples.png`. Default: the image alone."""
+    del certified, item
+    show_image(ax, image)
+
   def smoothed_loss(self, outputs: Any, batch: Batch) -> jax.Array:
     """The smoothed model's per-sample loss (B,) from the outputs on m noisy copies of the batch
     (every leaf with a leading m axis), which SmoothAdv's attack ascends. Pure. Default: the mean

@@ -267,6 +267,17 @@ class Task(base.Task):
     arrays, info = self.load_split(split, image_key=key)
     return {f'{key} resized to {info.image_size} px': arrays}
 
+  def draw_certified(self, ax, image, certified, item) -> None:
+    """The image with its true class and the certified class (or the abstention)."""
+    base.show_image(ax, image)
+    names = self._class_names()
+    answer, true = int(np.asarray(certified['answer'])), int(np.asarray(item['label']))
+    said = 'abstain' if answer < 0 else (names[answer] if answer < len(names) else str(answer))
+    truth = names[true] if true < len(names) else str(true)
+    ax.text(0.02, 0.02, f'true {truth}\ncertified {said}', fontsize=6,
+            color='lime' if answer == true else 'red', transform=ax.transAxes, va='bottom',
+            bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1, 'lw': 0})
+
   def draw(self, ax, image, outputs, item) -> None:
     """The image with its true class, the predicted class and that prediction's probability."""
     base.show_image(ax, image)

@@ -302,6 +302,15 @@ class Task(base.Task):
     its IoU with a ground-truth box g is at least I(inner, g) / (|g| + |outer| − I(inner, g)).
     Each box of an image takes the best such bound among the anchor points that certainly detect
     its class (`avg_iou_best`'s matching, but before NMS, which the certificate does not cover)."""
+    best = self._certified_matches(certified, arrays)[0].max(axis=1)          # (N, M)
+    valid = np.asarray(arrays['valid'], bool)
+    counts = valid.sum(axis=1)
+    return np.where(counts > 0, np.where(valid, best, 0.0).sum(axis=1) / np.maximum(counts, 1),
+                    1.0)
+
+  def _certified_matches(self, certified, arrays):
+    """(bound (N, A, M): the IoU lower bound of anchor point a against ground-truth box m, 0
+    where a does not certainly detect m's class; inner and outer boxes (N, A, 4))."""
     lower = np.asarray(certified['lower'], np.float64)
     upper = np.asarray(certified['upper'], np.float64)
     c = lower.shape[-1] - 4
@@ -311,7 +320,6 @@ class Task(base.Task):
     outer = np.stack([lo[..., 0], lo[..., 1], hi[..., 2], hi[..., 3]], axis=-1)
     gt = np.asarray(arrays['boxes'], np.float64)                               # (N, M, 4)
     labels = np.asarray(arrays['labels'], np.int64)
-    valid = np.asarray(arrays['valid'], bool)
     span = lambda a, b: np.clip(np.minimum(a[..., 2:], b[..., 2:]) -
                                 np.maximum(a[..., :2], b[..., :2]), 0, None)
     with np.errstate(invalid='ignore'):
@@ -323,10 +331,30 @@ class Task(base.Task):
       bound = overlap / (gt_area[:, None] + outer_area[..., None] - overlap)
     bound = np.nan_to_num(bound, nan=0.0, posinf=0.0)
     detects = np.take_along_axis(fires, np.clip(labels, 0, c - 1)[:, None, :], axis=2)
-    best = np.where(detects, bound, 0.0).max(axis=1)                           # (N, M)
-    counts = valid.sum(axis=1)
-    return np.where(counts > 0, np.where(valid, best, 0.0).sum(axis=1) / np.maximum(counts, 1),
-                    1.0)
+    return np.where(detects, bound, 0.0), inner, outer
+
+  def draw_certified(self, ax, image, certified, item) -> None:
+    """Ground-truth boxes in green; for each, the anchor point with the best certified IoU: its
+    inner box (solid orange: what its box surely covers) and outer box (dashed: where it surely
+    lies), with the bound; a ground-truth box no anchor point certainly detects is red."""
+    base.show_image(ax, image)
+    one = lambda a: np.asarray(a)[None]
+    bound, inner, outer = self._certified_matches(jax.tree.map(one, dict(certified)),
+                                                  jax.tree.map(one, dict(item)))
+    bound, inner, outer = bound[0], inner[0], outer[0]
+    for m in np.flatnonzero(np.asarray(item['valid'], bool)):
+      a = int(bound[:, m].argmax())
+      if bound[a, m] <= 0:
+        _rectangle(ax, item['boxes'][m], 'red')
+        continue
+      _rectangle(ax, item['boxes'][m], 'lime')
+      _rectangle(ax, inner[a], 'orange')
+      _rectangle(ax, outer[a], 'orange', linestyle='--')
+      ax.text(outer[a][0], outer[a][1], f'{bound[a, m]:.2f}', color='orange', fontsize=4,
+              va='bottom')
+    h, w = np.asarray(image).shape[:2]
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
 
   def draw(self, ax, image, outputs, item) -> None:
     """Ground-truth boxes in green, confident detections in red with class and score."""
@@ -347,7 +375,8 @@ class Task(base.Task):
     ax.set_ylim(h - 0.5, -0.5)
 
 
-def _rectangle(ax, box, color: str) -> None:
+def _rectangle(ax, box, color: str, linestyle: str = '-') -> None:
   import matplotlib.patches as patches  # Drawing only; keeps the module import light.
   x1, y1, x2, y2 = (float(v) for v in box)
-  ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=0.6))
+  ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, lw=0.6,
+                                 linestyle=linestyle))

@@ -280,6 +280,25 @@ class Task(base.Task):
     model better than this has not removed what the model reads from the image."""
     return getattr(self, '_floor', 0.0)
 
+  def draw_certified(self, ax, image, certified, item) -> None:
+    """True landmarks as green circles; each smoothed landmark's certified box (where it can be
+    under any perturbation within the radius) in yellow, or a red cross on the truth where the
+    box is unbounded."""
+    import matplotlib.patches as patches
+    base.show_image(ax, image)
+    lower, upper = np.asarray(certified['lower']), np.asarray(certified['upper'])
+    true = np.asarray(item['landmarks'])
+    bounded = np.all(np.isfinite(lower) & np.isfinite(upper), axis=-1)
+    for lo, hi in zip(lower[bounded], upper[bounded]):
+      ax.add_patch(patches.Rectangle((lo[0], lo[1]), hi[0] - lo[0], hi[1] - lo[1], fill=False,
+                                     edgecolor='yellow', lw=0.6))
+    ax.scatter(true[:, 0], true[:, 1], s=10, facecolors='none', edgecolors='lime', lw=0.8)
+    if (~bounded).any():
+      ax.scatter(true[~bounded, 0], true[~bounded, 1], s=14, c='red', marker='x', lw=0.8)
+    h, w = np.asarray(image).shape[:2]
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+
   def draw(self, ax, image, outputs, item) -> None:
     """True landmarks as green circles, predictions as red crosses joined to them."""
     base.show_image(ax, image)

@@ -386,6 +386,26 @@ class Task(base.Task):
     z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
     return (slice(None), slice(None), z)
 
+  def draw_certified(self, ax, image, certified, item) -> None:
+    """The certified classes filled in colour, the abstained pixels in magenta, the ground
+    truth as outlines."""
+    import matplotlib.pyplot as plt
+    base.show_image(ax, image)
+    answer = np.asarray(certified['answer'])
+    num_classes = int(certified['num_answers'])
+    colors = plt.get_cmap('tab10')(np.arange(num_classes) % 10)
+    overlay = colors[np.clip(answer, 0, None)]
+    overlay[..., 3] = np.where(answer > 0, 0.4, 0.0)
+    abstained = answer == smoothing_lib.ABSTAIN
+    overlay[abstained] = (1.0, 0.0, 1.0, 0.7)
+    ax.imshow(overlay)
+    for k in range(1, num_classes):
+      if (item['label'] == k).any():
+        ax.contour(item['label'] == k, levels=[0.5], colors=[colors[k]], linewidths=0.8)
+    ax.text(0.02, 0.02, f'abstained (magenta) {abstained.mean():.0%}', fontsize=5, color='white',
+            transform=ax.transAxes, va='bottom',
+            bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1, 'lw': 0})
+
   def draw(self, ax, image, outputs, item) -> None:
     """The predicted classes filled in colour over the image, the ground truth as outlines of the
     same colours."""
