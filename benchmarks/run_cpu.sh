@@ -32,3 +32,7 @@ python benchmarks/evaluation.py --ensemble=square --json="$out/eval_ensemble_squ
 python benchmarks/evaluation.py --ensemble=square,transfer --square_queries=1000 \
   --json="$out/eval_ensemble.json"
 python benchmarks/tensorboard_overhead.py --json="$out/tensorboard_overhead.json"
+python benchmarks/norm_speed.py --repeats=5 --json="$out/norm_speed.json"
+for b in 400 100; do
+  python benchmarks/certify_throughput.py --batch=$b --repeats=2 --json="$out/certify_throughput_b$b.json"
+done

@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 
 from robust_med.models.conv import Conv
+from robust_med.models.norm import GroupNorm
 
 
-def _norm(features: int, groups: int) -> nn.GroupNorm:
+def _norm(features: int, groups: int) -> GroupNorm:
   g = max(1, min(groups, features))
   while features % g:
     g -= 1
-  return nn.GroupNorm(num_groups=g)
+  return GroupNorm(num_groups=g)
 
 
 class PreActBlock(nn.Module):

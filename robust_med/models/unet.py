@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 
 from robust_med.models.conv import Conv, ConvTranspose
+from robust_med.models.norm import InstanceNorm
 
 
 class ConvBlock(nn.Module):
@@ -31,7 +32,7 @@ class ConvBlock(nn.Module):
     nd = x.ndim - 2  # spatial dims
     x = Conv(self.features, (3,) * nd, strides=(self.strides,) * nd, padding='SAME',
              use_bias=False)(x)
-    x = nn.InstanceNorm(epsilon=1e-5)(x)
+    x = InstanceNorm(epsilon=1e-5)(x)
     return nn.leaky_relu(x, negative_slope=0.01)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from robust_med.boxes import ltrb_to_box
 from robust_med.models import conv as conv_lib
+from robust_med.models.norm import GroupNorm
 
 STRIDES = (8, 16, 32)
 
@@ -60,7 +61,7 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = conv_lib.Conv(self.features, (self.kernel, self.kernel),
                       strides=(self.strides, self.strides), padding='SAME', use_bias=False)(x)
-    x = nn.GroupNorm(num_groups=_groups(self.features, self.per_group), epsilon=1e-5)(x)
+    x = GroupNorm(num_groups=_groups(self.features, self.per_group), epsilon=1e-5)(x)
     return nn.silu(x)
 
 
