@@ -89,6 +89,21 @@ class Sampler:
     return jnp.concatenate(parts, axis=1)
 
 
+_SAMPLERS: dict = {}
+
+
+def sampler_for(task, model, sigma: float, chunk: int, seed: int = 0) -> Sampler:
+  """The `Sampler` of these settings, made once: its jitted functions (and their compilations)
+  serve the certificate, the consistency check and every later call alike. The last few are
+  kept (each holds its task and model, so the ids in the key stay theirs)."""
+  key = (id(task), id(model), float(sigma), int(chunk), int(seed))
+  if key not in _SAMPLERS:
+    while len(_SAMPLERS) >= 4:
+      _SAMPLERS.pop(next(iter(_SAMPLERS)))
+    _SAMPLERS[key] = Sampler(task, model, sigma, chunk, seed)
+  return _SAMPLERS[key]
+
+
 def sample(task, model, params, data: dict, mesh, settings: smoothing.SmoothingSettings, *,
            seed: int = 0, batch_size: int = 8) -> dict[str, np.ndarray]:
   """The Monte-Carlo evidence of every image of `data`: for a 'vote' head the counts of the
@@ -96,7 +111,7 @@ def sample(task, model, params, data: dict, mesh, settings: smoothing.SmoothingS
   from separate noise; for a 'median' head the answers of the n copies ('samples', (N, n, *E))."""
   if task.smoothing not in ('vote', 'median'):
     raise task._not_certifiable()
-  sampler = Sampler(task, model, settings.sigma, settings.chunk, seed)
+  sampler = sampler_for(task, model, settings.sigma, settings.chunk, seed)
   if task.smoothing == 'vote':
     like = jax.eval_shape(lambda x: model.apply({'params': params}, x),
                           jax.ShapeDtypeStruct((1, *data['image'].shape[1:]), jnp.float32))
@@ -240,7 +255,7 @@ def consistency(task, model, params, data: dict, mesh, settings, evidence, radii
     return []
   attack = SmoothedAttack(task, model, settings.sigma,
                           attacks.PGDSettings(norm='l2', steps=steps), samples, seed)
-  sampler = Sampler(task, model, settings.sigma, settings.chunk, seed)
+  sampler = sampler_for(task, model, settings.sigma, settings.chunk, seed)
   num = evidence['counts'].shape[-1] if task.smoothing == 'vote' else 0
   valid = task.answer_mask(data)
   full = dict(evidence, valid=valid)

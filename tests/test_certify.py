@@ -513,3 +513,12 @@ def test_each_head_draws_its_certificate():
   assert ((5.0, 5.0), 1.0, to_rgba('red')) in drawn       # class 1: no anchor certainly detects it
   assert ax.texts[0].get_text() == f'{81 / 140:.2f}'
   plt.close('all')
+
+
+def test_a_sampler_is_made_once_per_settings():
+  """The certificate and the consistency check share one Sampler (and its compilations)."""
+  task, model = VoteTask(), Linear(w=(1.0,), b=0.0)
+  a = certify.sampler_for(task, model, 0.25, 8)
+  assert certify.sampler_for(task, model, 0.25, 8) is a
+  assert certify.sampler_for(task, model, 0.5, 8) is not a
+  assert certify.sampler_for(VoteTask(), model, 0.25, 8) is not a
