@@ -41,6 +41,14 @@ def group_norm(x: jax.Array, groups: int, scale: jax.Array, bias: jax.Array,
   return (x32 * a.reshape(shape) + shift.reshape(shape)).astype(x.dtype)
 
 
+def _normalise(module: nn.Module, x: jax.Array, groups: int, epsilon: float) -> jax.Array:
+  """`group_norm` with `module`'s own 'scale' (ones) and 'bias' (zeros), Flax's names."""
+  c = x.shape[-1]
+  scale = module.param('scale', nn.initializers.ones, (c,))
+  bias = module.param('bias', nn.initializers.zeros, (c,))
+  return group_norm(x, groups, scale.astype(x.dtype), bias.astype(x.dtype), epsilon)
+
+
 class GroupNorm(nn.Module):
   """`flax.linen.GroupNorm(num_groups, epsilon)` (its defaults: scale and bias, per sample)."""
   num_groups: int = 32
@@ -48,11 +56,7 @@ class GroupNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,))
-    bias = self.param('bias', nn.initializers.zeros, (c,))
-    return group_norm(x, self.num_groups, scale.astype(x.dtype), bias.astype(x.dtype),
-                      self.epsilon)
+    return _normalise(self, x, self.num_groups, self.epsilon)
 
 
 class InstanceNorm(nn.Module):
@@ -61,7 +65,4 @@ class InstanceNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,))
-    bias = self.param('bias', nn.initializers.zeros, (c,))
-    return group_norm(x, c, scale.astype(x.dtype), bias.astype(x.dtype), self.epsilon)
+    return _normalise(self, x, x.shape[-1], self.epsilon)
