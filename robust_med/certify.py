@@ -343,6 +343,10 @@ def certify_report(task, evidence, data, settings, radii, extra: dict | None = N
       'settings': {'sigma': settings.sigma, 'n': settings.n, 'n0': settings.n0,
                    'alpha': settings.alpha, 'correction': settings.correction,
                    'chunk': settings.chunk},
+      # Votes: no radius beyond this can be certified with n samples (a limit of n, not of the
+      # model; `smoothing.largest_radius`).
+      'largest_radius': (smoothing.largest_radius(settings.n, settings.sigma, settings.alpha)
+                         if task.smoothing == 'vote' else None),
       'smoothed': _finite_mean(cert['smoothed']),
       'curve': rows, 'per_image': per_image, 'consistency': checks or [], **(extra or {})}
   return json.loads(json.dumps(report, default=_json_default).replace('Infinity', 'null')
@@ -376,6 +380,10 @@ def plot(report: dict, path: str) -> None:
   if attacked:
     ax.plot(attacked['eps'], attacked['metric'], 'x--', color='tab:red',
             label=f'base model, attacked ({attacked["curve"]})')
+  if report.get('smoothing') == 'vote':
+    limit = smoothing.largest_radius(s['n'], s['sigma'], s['alpha'])
+    ax.axvline(limit, color='gray', ls=':', lw=1,
+               label=f'largest radius n={s["n"]} copies can certify ({limit:.3g})')
   ax.set_xlabel('L2 radius (model input units)')
   ax.set_ylabel(metric_label(report['metric'], report['higher_is_better']) + ', per image',
                 fontsize=8)

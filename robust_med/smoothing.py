@@ -106,6 +106,14 @@ def certify_votes(select_counts: np.ndarray, counts: np.ndarray, sigma: float,
   return np.where(certified, answer, ABSTAIN), radius, p_lower
 
 
+def largest_radius(n: int, sigma: float, alpha: float) -> float:
+  """The largest radius CERTIFY can give with n estimation samples, whatever the model: every
+  sample agreeing bounds p̲_A at α^(1/n) (Clopper–Pearson), so no radius exceeds σ·Φ⁻¹(α^(1/n))
+  (2.46σ at n = 1000, α = 0.001). A limit of n, not of the model; SegCertify's per-element
+  tests, corrected over the elements, stay below it too."""
+  return float(sigma * special.ndtri(lower_confidence_bound(np.asarray(n), np.asarray(n), alpha)))
+
+
 def majority_test(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The most frequent answer over the last axis of `counts`, and the p-value of the two-sided
   binomial test of its count against the runner-up's (p = ½)."""

@@ -167,6 +167,10 @@ def test_certify_radius_of_a_linear_classifier_against_its_closed_form():
   far = certified & (true_radius > 0.3) & (true_radius < 1.2)
   assert far.sum() > 50
   assert np.median(cert['radius'][far] / true_radius[far]) > 0.7
+  # No radius beyond what n samples can show: σ·Φ⁻¹(α^(1/n)), every sample agreeing.
+  limit = smoothing.largest_radius(settings.n, settings.sigma, settings.alpha)
+  assert limit == pytest.approx(settings.sigma * special.ndtri(settings.alpha ** (1 / settings.n)))
+  assert cert['radius'].max() <= limit + 1e-12
   # Same seed, same images: the same evidence, bit for bit; another seed: other noise.
   again = certify.sample(VoteTask(), model, {}, data, mesh, settings, batch_size=32)
   np.testing.assert_array_equal(again['counts'], evidence['counts'])
