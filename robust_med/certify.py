@@ -222,7 +222,11 @@ class SmoothedAttack:
     keys = smoothing.image_keys(self.seed, batch['id'], 3)
     noise = jnp.moveaxis(smoothing.noisy_copies(keys, jnp.zeros_like(image), self.sigma, 0, m),
                          0, 1)  # (B, m, ...)
-    repeated = jax.tree.map(lambda a: jnp.repeat(a, m, axis=0), dict(batch))
+    # Each record m times, image-major like the copies (`copies_flat`; a `jnp.repeat` here made
+    # XLA all-gather the batch, which could hang 2 host devices under load).
+    repeated = jax.tree.map(lambda a: copies_flat(jnp.broadcast_to(a[:, None],
+                                                                   (b, m, *a.shape[1:]))),
+                            dict(batch))
 
     def loss_fn(x):
       noisy = copies_flat(within_image(batch, x)[:, None] + noise)

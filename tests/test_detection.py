@@ -60,6 +60,16 @@ def _single_image():
   return gt_boxes, jnp.array([1, 0]), jnp.array([True, False])
 
 
+def test_top_indices_are_top_ks_ties_included():
+  """The sort that replaces `lax.top_k` (which XLA gathers across devices) picks the same
+  indices in the same order, ties to the lower index."""
+  rng = np.random.default_rng(0)
+  for shape, k in [((5, 84), 10), ((3, 7, 40), 40), ((2, 9), 1)]:
+    values = jnp.asarray(rng.integers(0, 4, shape).astype(np.float32))  # many ties
+    np.testing.assert_array_equal(detection.top_indices(values, k),
+                                  jax.lax.top_k(values, k)[1])
+
+
 def test_candidates_are_inside_and_near_and_a_tiny_box_gets_its_nearest_point():
   points, strides = (jnp.asarray(a) for a in anchor_points(64))
   gt_boxes, _, gt_valid = _single_image()

@@ -69,6 +69,17 @@ def candidates(points, strides, gt_boxes, gt_valid, radius: float):
   return cand | (nearest & lonely)
 
 
+def top_indices(values: jax.Array, k: int) -> jax.Array:
+  """The indices of the k largest values along the last axis, largest first, ties to the lower
+  index: `jax.lax.top_k`'s, by a stable sort. XLA partitions a sort along a sharded batch axis,
+  whereas it gathers a vmapped `top_k`'s whole batch onto every device (an all-gather in every
+  step on more than one device, which could hang 2 host devices under load)."""
+  index = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
+  _, order = jax.lax.sort((-values, index), dimension=values.ndim - 1, is_stable=True,
+                          num_keys=1)
+  return order[..., :k]
+
+
 def assign(pred_boxes, cls_probs, points, strides, gt_boxes, gt_labels, gt_valid, *,
            top_k: int = 10, radius: float = 2.5, alpha: float = 0.5, beta: float = 6.0):
   """Task-aligned assignment of one image (see the module docstring): (positive (A,) bool,
@@ -83,7 +94,7 @@ def assign(pred_boxes, cls_probs, points, strides, gt_boxes, gt_labels, gt_valid
   closeness = 1.0 / (1.0 + jnp.sum((points[None] - centre) ** 2, -1) / strides[None] ** 2)
   ranked = jnp.where(cand, align + 1e-9 * closeness, -1.0)
   k = min(top_k, points.shape[0])
-  _, top = jax.lax.top_k(ranked, k)                                        # (M, k)
+  top = top_indices(ranked, k)                                              # (M, k)
   chosen = jnp.zeros_like(cand).at[jnp.arange(cand.shape[0])[:, None], top].set(True) & cand
   index = jnp.argmax(jnp.where(chosen, overlap, -1.0), axis=0)             # (A,)
   return chosen.any(axis=0), index
@@ -120,7 +131,8 @@ def postprocess(outputs, *, pre_nms: int, nms_iou: float, score_threshold: float
   label = jnp.argmax(probs, axis=-1)
   score = jnp.max(probs, axis=-1)
   k = min(pre_nms, score.shape[1])
-  top_score, top = jax.lax.top_k(score, k)                                   # (B, k)
+  top = top_indices(score, k)                                                # (B, k)
+  top_score = jnp.take_along_axis(score, top, axis=1)
   top_box = jnp.take_along_axis(outputs['box'], top[..., None], axis=1)
   top_label = jnp.take_along_axis(label, top, axis=1)
   d = min(max_detections, k)

@@ -112,9 +112,12 @@ def decode_vote(outputs: Mapping[str, jax.Array], radius: float,
   bx = jnp.clip(jnp.round(vx), 0, w - 1).astype(jnp.int32)
   by = jnp.clip(jnp.round(vy), 0, h - 1).astype(jnp.int32)
   cell = by * w + bx                                                   # (B, L, H·W)
-  rows = jnp.arange(b * l).reshape(b, l, 1)
-  vote_map = jnp.zeros((b * l, h * w), jnp.float32).at[rows, cell].add(votes)
-  winner = jnp.argmax(vote_map.reshape(b, l, h * w), axis=-1)          # (B, L)
+  rows = jnp.arange(l).reshape(l, 1)
+  # Per sample (vmapped, not one scatter over B·L rows): XLA then keeps a sharded batch sharded
+  # instead of building the whole vote map on every device and summing it across them.
+  vote_map = jax.vmap(lambda c, v: jnp.zeros((l, h * w), jnp.float32).at[rows, c].add(v))(
+      cell, votes)                                                     # (B, L, H·W)
+  winner = jnp.argmax(vote_map, axis=-1)                               # (B, L)
   chosen = votes * (cell == winner[..., None])
   weight = jnp.sum(chosen, axis=-1)
   count = jnp.maximum(weight, 1e-12)
