@@ -402,7 +402,7 @@ class Task(base.Task):
     for k in range(1, num_classes):
       if (item['label'] == k).any():
         ax.contour(item['label'] == k, levels=[0.5], colors=[colors[k]], linewidths=0.8)
-    ax.text(0.02, 0.02, f'abstained (magenta) {abstained.mean():.0%}', fontsize=5, color='white',
+    ax.text(0.02, 0.02, f'abstained (magenta) {abstained.mean():.1%}', fontsize=5, color='white',
             transform=ax.transAxes, va='bottom',
             bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1, 'lw': 0})
 
