@@ -114,8 +114,11 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None, *,
       noise = jax.random.normal(noise_key, batch['image'].shape, batch['image'].dtype)
       batch = {**batch, 'image': within_image(batch, batch['image'] + noise_sigma * noise)}
 
-    def attack_terms(x):  # Parameters held constant: attacks only move the input (not padding).
-      return task.loss_terms(model.apply({'params': state.params}, within_image(batch, x)), batch)
+    def attack_outputs(x):  # Parameters held constant: attacks only move the input (not padding).
+      return model.apply({'params': state.params}, within_image(batch, x))
+
+    def attack_terms(x):
+      return task.loss_terms(attack_outputs(x), batch)
 
     def loss_fn(params):
       outputs = lambda x: model.apply({'params': params}, within_image(batch, x))
@@ -124,7 +127,7 @@ def make_train_step(task, model, method, tx, augment=None, value_range=None, *,
           lambda x: terms_of(outputs(x)), lambda x: methods.total(attack_terms(x)), attack_terms,
           score_of=lambda out: task.xi_score(out, batch),
           outputs=outputs, terms_of=terms_of, divergence=task.divergence, second_view=second_view,
-          attack_outputs=lambda x: model.apply({'params': state.params}, within_image(batch, x)),
+          attack_outputs=attack_outputs,
           smoothed_loss=lambda out: task.smoothed_loss(out, batch))
       loss, new_margins, metrics = method(objective, batch['image'], margins, state.xi, key)
       return loss, (new_margins, metrics)

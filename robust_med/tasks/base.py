@@ -323,7 +323,7 @@ class Task(abc.ABC):
   def _not_certifiable(self) -> ConfigError:
     return ConfigError(f'The {self.name!r} head defines no certificate (Task.smoothing, '
                        'smoothing_answers and certified_metric): certify a classification, '
-                       'segmentation or landmark model.')
+                       'segmentation, landmark or detection model, or give this head those.')
 
   # --- Distribution shift ---------------------------------------------------------------------
 
