@@ -39,6 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.patch_size = (64, 64)
   c.data.slice_axis = 2                # msd: spatial axis the 2-D slices are taken along
   c.data.foreground_only = True        # msd: keep only slices with foreground
+  c.data.modality = ''                 # mr | us | xray | ct: the physical perturbations that fit
+                                       # (robust_med.physical.MODALITIES); '' = not stated
   c.data.val_fraction = 0.2            # msd: volume-level split when there is no splits.json
   c.data.tune_fraction = 0.0           # > 0: a 'tune' split carved from train_split (msd: this
                                        # fraction of its volumes by the hash rule), for choosing
@@ -245,9 +247,28 @@ def base_config() -> ml_collections.ConfigDict:
   # Distribution-shift evaluation (robust_med.shift): clean metrics under each corruption at each
   # severity, written to shift.json and shift.png next to robustness.json. () = none.
   c.shift = ml_collections.ConfigDict()
-  c.shift.corruptions = ()             # names from robust_med.corruptions.CORRUPTIONS, or ('all',)
+  c.shift.corruptions = ()             # names from robust_med.corruptions.CORRUPTIONS or
+                                       # robust_med.physical.KINDS; 'all' = every generic one,
+                                       # 'modality' = config.data.modality's physical ones
   c.shift.severities = (1, 2, 3, 4, 5)
   c.shift.seed = 0
+
+  # Physical perturbations (robust_med.physical, robust_med.physical_report): each kind attacked
+  # (PGD on its parameters) at its budgets, beside the best of random parameters of the same
+  # budget, written to physical.json and physical.png next to robustness.json. () = none.
+  from robust_med import physical  # Local import keeps this module light.
+  c.physical = ml_collections.ConfigDict()
+  c.physical.kinds = ()                # names from robust_med.physical.KINDS, or ('modality',):
+                                       # every kind config.data.modality lists
+  c.physical.budgets = ml_collections.ConfigDict(
+      {k: v[1:] for k, v in physical.BUDGETS.items()})  # per kind, in its unit
+  c.physical.steps = 50                # PGD steps on the parameters
+  c.physical.restarts = 1              # > 1: each restart from random parameters
+  c.physical.random_draws = 10         # the random baseline: worst of this many draws per sample
+  c.physical.check_steps = 4           # the convergence check: × steps, with 3 restarts, at the
+                                       # largest budget; 0 = no check
+  c.physical.settings = ml_collections.ConfigDict(
+      {k: ml_collections.ConfigDict(v) for k, v in physical.SETTINGS.items()})
 
   # Saliency and its alignment with annotation masks (robust_med.interpret; heads that define
   # Task.saliency_target and saliency_score, e.g. classification).
@@ -341,6 +362,20 @@ RANGES: dict[str, Range] = {
     'eval.huge_eps': Range(0, note='0 = automatic'),
     'eval.check_tolerance': AT_LEAST_0, 'eval.floor_tolerance': AT_LEAST_0,
     'shift.severities': Range(1, 5), 'shift.seed': AT_LEAST_0,
+    'physical.steps': AT_LEAST_1, 'physical.restarts': AT_LEAST_1,
+    'physical.random_draws': AT_LEAST_1,
+    'physical.check_steps': Range(0, note='0 = no convergence check'),
+    **{f'physical.budgets.{kind}': AT_LEAST_0
+       for kind in ('bias_field', 'motion', 'spike', 'gibbs', 'rician', 'speckle', 'gain', 'dose',
+                    'scatter', 'gamma')},
+    'physical.settings.bias_field.order': AT_LEAST_0,
+    'physical.settings.bias_field.points': Range(4, note='control points per side'),
+    'physical.settings.motion.fraction': Range(0, 0.5, open_lo=True, open_hi=True),
+    'physical.settings.motion.spacing_mm': POSITIVE,
+    'physical.settings.spike.max_frequency': Range(0, 0.5, open_lo=True),
+    'physical.settings.speckle.correlation': AT_LEAST_0,
+    'physical.settings.gain.knots': Range(2), 'physical.settings.dose.quantum': POSITIVE,
+    'physical.settings.scatter.order': AT_LEAST_0,
     'interpret.top_k': Range(0, 100, open_lo=True), 'interpret.eps': AT_LEAST_0,
     'interpret.smoothgrad_samples': AT_LEAST_1, 'interpret.smoothgrad_sigma': AT_LEAST_0,
     'interpret.ig_steps': AT_LEAST_1, 'interpret.bootstrap_resamples': AT_LEAST_1,
@@ -479,6 +514,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in corruption_names(config):
     for severity in config.shift.severities:
       corruptions.check(name, severity)
+  from robust_med import physical  # Local import keeps this module light.
+  modality = config.data.get('modality', '')
+  need(not modality or modality in physical.MODALITIES,
+       f'config.data.modality = {modality!r} is unknown: use one of '
+       f'{", ".join(physical.MODALITIES)}, or \'\' when none fits.')
+  for kind in physical_kinds(config):
+    physical.check(kind, modality or None)
+    physical.check(kind, budgets=tuple(config.physical.budgets[kind]))
+    physical.make(kind, **physical_settings(config, kind))
   if config.method.name == 'smoothadv':
     need(config.method.noise_sigma > 0, 'config.method.name = smoothadv needs the smoothing '
          'noise: set config.method.noise_sigma > 0 (e.g. --config.method.noise_sigma=0.25).')
@@ -525,8 +569,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
   task.check_config(config)
 
 
+def physical_kinds(config) -> tuple[str, ...]:
+  """The physical perturbations `config.physical.kinds` names (('modality',) = every kind the
+  dataset's `config.data.modality` lists)."""
+  from robust_med import physical  # Local import keeps this module light.
+  kinds = tuple(config.get('physical', {}).get('kinds', ()) or ())
+  if kinds != ('modality',):
+    return kinds
+  modality = config.data.get('modality', '')
+  if not modality:
+    raise ConfigError("config.physical.kinds = ('modality',) but config.data.modality is not "
+                      f'set: set it ({", ".join(physical.MODALITIES)}) or name the kinds.')
+  return physical.MODALITIES[modality] if modality in physical.MODALITIES else ()
+
+
+def physical_settings(config, kind: str) -> dict:
+  """The settings of physical perturbation `kind` (config.physical.settings.<kind>)."""
+  settings = config.physical.settings.get(kind)
+  return dict(settings.to_dict()) if settings is not None else {}
+
+
 def corruption_names(config) -> tuple[str, ...]:
-  """The corruptions `config.shift.corruptions` names ('all' = every one of the suite)."""
-  from robust_med import corruptions  # Local import keeps this module light.
+  """The corruptions `config.shift.corruptions` names ('all' = every generic one of the suite,
+  'modality' = the physical perturbations of config.data.modality), each once."""
+  from robust_med import corruptions, physical  # Local import keeps this module light.
   names = tuple(config.get('shift', {}).get('corruptions', ()) or ())
-  return tuple(corruptions.CORRUPTIONS) if names == ('all',) else names
+  out = []
+  for name in names:
+    if name == 'all':
+      out += corruptions.CORRUPTIONS
+    elif name == 'modality':
+      modality = config.data.get('modality', '')
+      if modality not in physical.MODALITIES:
+        raise ConfigError(f"config.shift.corruptions has 'modality' but config.data.modality is "
+                          f'{modality!r}: set it ({", ".join(physical.MODALITIES)}) or name the '
+                          'corruptions.')
+      out += physical.MODALITIES[modality]
+    else:
+      out.append(name)
+  return tuple(dict.fromkeys(out))

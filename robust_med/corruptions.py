@@ -39,6 +39,11 @@ smoothed by a Gaussian of σ = 0.1 × the shorter side) scaled so its largest di
 strength; it moves image content, so callers move the targets with `corruption_warp` (it is in
 `GEOMETRIC`). The noise strengths are milder than ImageNet-C's: medical images carry fine
 low-contrast detail.
+
+The physical perturbations (`robust_med.physical`: bias field, motion, spike, Gibbs, Rician,
+speckle, gain, dose, scatter, gamma) join the suite under their own names: severity s applies
+random parameters spending the s-th budget of `physical.BUDGETS` (each kind's default settings),
+drawn per image; none moves the anatomy, so no target moves.
 """
 
 from __future__ import annotations
@@ -47,12 +52,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust_med import augment
+from robust_med import augment, physical
 from robust_med.errors import ConfigError
 
 CORRUPTIONS = ('gaussian_noise', 'speckle_noise', 'impulse_noise', 'gaussian_blur', 'contrast',
                'brightness', 'gamma', 'jpeg', 'pixelate', 'elastic')
 SEVERITIES = (1, 2, 3, 4, 5)
+#: Every name the shift suite takes: the generic corruptions, then the physical perturbations.
+NAMES = CORRUPTIONS + physical.KINDS
 GEOMETRIC = ('elastic',)
 
 _PARAMETERS = {
@@ -83,10 +90,12 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def check(name: str, severity) -> None:
-  """Raises ConfigError unless `name` is a corruption of the suite and `severity` one of 0..5."""
-  if name not in CORRUPTIONS:
+  """Raises ConfigError unless `name` is a corruption of the suite or a physical perturbation
+  (`robust_med.physical.KINDS`) and `severity` one of 0..5."""
+  if name not in CORRUPTIONS and name not in physical.KINDS:
     raise ConfigError(f'Unknown corruption {name!r}: use one of {", ".join(CORRUPTIONS)} '
-                      "(or 'all').")
+                      f"(or 'all'), a physical perturbation ({', '.join(physical.KINDS)}) or "
+                      "'modality' (those of config.data.modality).")
   ok = (not isinstance(severity, bool) and isinstance(severity, (int, float, np.integer))
         and float(severity).is_integer() and 0 <= severity <= SEVERITIES[-1])
   if not ok:
@@ -97,12 +106,14 @@ def check(name: str, severity) -> None:
 def parameters(name: str) -> tuple[float, ...]:
   """The strengths of `name` at severities 0..5 (see the module docstring's table)."""
   check(name, 0)
+  if name in physical.KINDS:
+    return (0.0,) + physical.BUDGETS[name]
   return _PARAMETERS[name]
 
 
 def _strength(name: str, severity) -> float:
   check(name, severity)
-  return _PARAMETERS[name][int(severity)]
+  return parameters(name)[int(severity)]
 
 
 def corruption_warp(name: str, key: jax.Array, batch_size: int, height: int, width: int,
@@ -133,6 +144,13 @@ def corrupt(name: str, key: jax.Array, images: jax.Array, severity: int,
     out = augment.warp_images(warp, images.astype(jnp.float32))
     lo, hi = _range(images, value_range)
     return jnp.clip(out, lo, hi).astype(images.dtype)
+  if name in physical.KINDS:  # random parameters spending the severity's budget
+    model = physical.make(name)
+    b, h, w = images.shape[:3]
+    budget = jnp.full((b,), strength, jnp.float32)
+    kp, kn = jax.random.split(key)
+    theta = model.project(model.sample(kp, budget, h, w), budget, h, w)
+    return physical.perturb(model, images, theta, kn, value_range)
   lo, hi = _range(images, value_range)
   scale = jnp.maximum(hi - lo, 1e-12)
   x = (images.astype(jnp.float32) - lo) / scale

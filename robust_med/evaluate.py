@@ -567,8 +567,9 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
                        out: str, extra: dict, info=None) -> dict:
   """The robustness report of `params` on `data` (capped by `config.eval.max_samples`), written
   into `out` as robustness.json, robustness.png and examples.png (and, when `config.shift` asks
-  for it, shift.json and shift.png: `robust_med.shift`); failed checks are printed as warnings on
-  stderr."""
+  for it, shift.json and shift.png: `robust_med.shift`; when `config.physical` asks for it,
+  physical.json and physical.png: `robust_med.physical_report`); failed checks are printed as
+  warnings on stderr."""
   from robust_med import units
   data = evaluation_subset(data, config.eval.max_samples)
   extra = dict(extra, compute_dtype=config.model.get('compute_dtype', 'float32'),
@@ -593,6 +594,10 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   from robust_med import shift  # Before robustness.json, which marks a finished evaluation.
   if shift.wanted(config):
     shift.evaluate_and_write(evaluator, params, data, config, out, extra)
+  from robust_med import physical_report
+  if physical_report.wanted(config):
+    physical = physical_report.evaluate_and_write(evaluator, params, data, config, out, extra)
+    report.setdefault('warnings', []).extend(physical['warnings'])
   write_report(out, report)
   tensorboard_log.write_robustness(out, report, active=tensorboard_log.enabled(config))
   report_page.write_pages(out)  # report.html, from the files just written

@@ -37,6 +37,14 @@ OPTIONAL_CHECKS = {
     'transfer_weaker': 'the white-box gradient attacks\' per-sample worst case is at least as '
                        'damaging as the same attack crafted on another model (transfer)',
 }
+# The physical report's checks (robust_med.physical_report).
+PHYSICAL_CHECKS = {
+    'random_parameters_weaker': 'the worst of random parameters spending the same budget is less '
+                                'damaging than the attack on the parameters',
+    'stronger_attack_not_better': 'an attack with more steps and random restarts, at the largest '
+                                  'budget, is not more damaging than the reported worst case (the '
+                                  'search has converged)',
+}
 
 
 def _damage(value: float, clean: float, higher_is_better: bool) -> float:
@@ -51,7 +59,28 @@ def _curve(rows: Rows, metric: str) -> tuple[list[float], list[float]]:
 
 def _entry(name: str, passed: bool, **figures) -> dict:
   return {'name': name, 'passed': bool(passed),
-          'description': {**CHECKS, **OPTIONAL_CHECKS}[name], 'figures': figures}
+          'description': {**CHECKS, **OPTIONAL_CHECKS, **PHYSICAL_CHECKS}[name],
+          'figures': figures}
+
+
+def compare_curves(check: str, reference: Rows, reference_name: str, other: Rows,
+                   other_name: str, *, metric: str, clean: float, higher_is_better: bool,
+                   tolerance: float) -> dict:
+  """Check `check` passes when, at every nonzero budget both curves have, `other` is at most
+  `tolerance` (absolute, in the metric's unit) more damaging than `reference`."""
+  eps, values = _curve(reference, metric)
+  other_by_eps = dict(zip(*_curve(other, metric)))
+  gaps = []
+  for e, v in zip(eps, values):
+    if e > 0 and e in other_by_eps:
+      # > 0 when the reference is the less damaging one.
+      gap = _damage(other_by_eps[e], clean, higher_is_better) - _damage(v, clean,
+                                                                        higher_is_better)
+      gaps.append((gap, e, v, other_by_eps[e]))
+  worst = max(gaps, default=(0.0, None, None, None))
+  return _entry(check, worst[0] <= tolerance, tolerance=tolerance,
+                largest_shortfall=round(worst[0], 6), at_eps=worst[1],
+                **{reference_name: worst[2], other_name: worst[3]})
 
 
 def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: float,
@@ -100,18 +129,8 @@ def run_checks(*, metric: str, higher_is_better: bool, floor: float, clean: floa
                        tolerance=tol, curves=rises))
 
   def compare(other: Rows, other_name: str, check: str, reference: str = strong) -> dict:
-    eps, strong_values = _curve(curves[reference], metric)
-    other_by_eps = dict(zip(*_curve(other, metric)))
-    gaps = []
-    for e, v in zip(eps, strong_values):
-      if e > 0 and e in other_by_eps:
-        # > 0 when the strong attack is the less damaging one.
-        gap = _damage(other_by_eps[e], clean, higher_is_better) - _damage(v, clean,
-                                                                          higher_is_better)
-        gaps.append((gap, e, v, other_by_eps[e]))
-    worst = max(gaps, default=(0.0, None, None, None))
-    return _entry(check, worst[0] <= tol, tolerance=tol, largest_shortfall=round(worst[0], 6),
-                  at_eps=worst[1], **{reference: worst[2], other_name: worst[3]})
+    return compare_curves(check, curves[reference], reference, other, other_name, metric=metric,
+                          clean=clean, higher_is_better=higher_is_better, tolerance=tol)
 
   checks.append(compare(weak, weak_name, 'more_steps_not_weaker'))
   checks.append(compare(random, 'random noise', 'random_noise_weaker'))

@@ -45,7 +45,7 @@ def corrupted_split(task, data: dict[str, np.ndarray], name: str, severity: int,
                     chunk: int, lo_hi: tuple[float, float]) -> dict[str, np.ndarray]:
   """`data` with its images corrupted by `name` at `severity` (and its targets moved by a
   geometric corruption), `chunk` records at a time; deterministic in `seed`."""
-  key = jax.random.fold_in(jax.random.key(seed), corruptions.CORRUPTIONS.index(name))
+  key = jax.random.fold_in(jax.random.key(seed), corruptions.NAMES.index(name))
   parts: dict[str, list[np.ndarray]] = {}
   n = len(data['id'])
   for i, start in enumerate(range(0, n, chunk)):

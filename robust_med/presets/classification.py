@@ -51,10 +51,11 @@ XRAY_AUGMENT = dict(rotation=10., scale=0.1, translation=0.05, elastic_alpha=1.,
 CLASSIFICATION = {
     'busi': dict(folder='busi', class_names=('normal', 'benign', 'malignant'), image_size=128,
                  cpu_image_size=64, cpu_epochs=30, cpu_batch_size=32, shift_image_key='images_28',
+                 modality='us',
                  augment=ULTRASOUND_AUGMENT),
     'pneumonia': dict(folder='pneumoniamnist_variant', class_names=('normal', 'pneumonia'),
                       image_size=28, cpu_image_size=28, cpu_epochs=10, cpu_batch_size=64,
-                      shift_image_key='',
+                      shift_image_key='', modality='xray',
                       augment=XRAY_AUGMENT),
 }
 
@@ -69,6 +70,7 @@ def classification_config(dataset: str, method: str, arg: str = '') -> ml_collec
   c.data.name = 'npz'
   c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, d['folder'])
   c.data.class_names = d['class_names']
+  c.data.modality = d['modality']
   c.data.image_size = d['image_size']
   c.data.shift_image_key = d['shift_image_key']
   c.classification.class_weights = 'balanced'

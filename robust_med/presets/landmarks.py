@@ -45,6 +45,7 @@ def ceph_config(method: str, arg: str = '', heatmap_loss: str = 'dice') -> ml_co
   c = config_base.task_config('landmarks')
   c.data.name = 'isbi2015'
   c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, 'isbi2015_ceph')
+  c.data.modality = 'xray'  # lateral cephalograms
   c.data.patch_size = CEPH['patch_size']
   c.landmarks.heatmap_loss = heatmap_loss
   c.method.name = method

@@ -78,6 +78,7 @@ def msd_config(dataset: str, method: str, arg: str = '') -> ml_collections.Confi
   c.data.name = 'msd'
   c.data.task_folder = d['folder']
   c.data.root = os.path.join(config_base.DEFAULT_DATA_HOME, d['folder'])
+  c.data.modality = 'mr'  # every MSD set here is MR (robust_med.physical.MODALITIES)
   c.data.patch_size = d['patch_size']
   c.data.resize = d['resize']
   c.data.slice_axis = 2
