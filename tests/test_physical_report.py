@@ -11,9 +11,6 @@ import tiny
 from robust_med import config_base, evaluate, physical, physical_report, sharding
 from robust_med.errors import ConfigError
 import robust_med.presets.classification
-import robust_med.presets.detection
-import robust_med.presets.landmarks
-import robust_med.presets.segmentation
 from robust_med import presets
 from robust_med.tasks import get_task_class
 
@@ -22,15 +19,10 @@ SMALL = {'eval.batch_size': 8, 'eval.max_samples': 8, 'physical.steps': 3,
 
 
 def small(head: str, **overrides):
-  if head == 'classification':
-    c = presets.classification.classification_config('busi', 'std', 'synthetic')
-    sizes = {'data.num_train': 16, 'data.num_val': 8, 'data.image_size': 16,
-             'model.base_width': 4, 'model.stages': 2}
-  elif head == 'segmentation':
-    c = presets.segmentation.prostate_config('std', 'synthetic') if hasattr(
-        presets.segmentation, 'prostate_config') else None
-    sizes = {}
-  tiny.set_keys(c, {**sizes, **SMALL, **overrides})
+  assert head == 'classification'
+  c = presets.classification.classification_config('busi', 'std', 'synthetic')
+  tiny.set_keys(c, {'data.num_train': 16, 'data.num_val': 8, 'data.image_size': 16,
+                    'model.base_width': 4, 'model.stages': 2, **SMALL, **overrides})
   return c
 
 
