@@ -383,6 +383,11 @@ class PGDSettings:
                step_size=self.step_size(eps, x), key=key if self.random_start else None,
                clip=self.clip, unroll=self.unroll if unroll is None else unroll)
 
+  def sized(self, loss_fn: LossFn, x: jax.Array, eps, key: jax.Array | None = None):
+    """(the attacked batch, each sample's perturbation norm (B,) in the attack's norm)."""
+    x_adv = self(loss_fn, x, eps, key)
+    return x_adv, perturbation_norm(x_adv - x, self.norm)
+
   def describe(self) -> dict[str, Any]:
     """What a report records so a number never travels without the attack that produced it. (With
     a data range, budgets past its diameter step as the diameter does: `describe_at` says so for

@@ -136,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.step_size_factor = 2.5      # step = factor · ε / steps
   c.attack.random_start = False
   c.attack.clip = ()                   # () = no clipping, else (lo, hi)
+  c.attack.kind = 'pixel'              # or a physical perturbation (robust_med.physical.KINDS):
+                                       # SAT, AMAT and AdvBias attack its parameters, budgets in
+                                       # its unit, settings from config.physical.settings
   c.attack.unroll = 'auto'             # 'auto' (unrolled on CPU: faster convolutions, slower
                                        # compiles; a loop elsewhere) | 'unrolled' | 'loop'
 
@@ -393,7 +396,7 @@ def choices() -> dict[str, tuple]:
   """The names each choice key accepts, stated once (the lists live with the code that uses them)
   and checked by `validate` at start-up like `RANGES`; a tuple value (eval.attacks) is checked
   element by element."""
-  from robust_med import attacks, methods, precision, saliency, units  # keeps this module light
+  from robust_med import attacks, methods, physical, precision, saliency, units  # light module
   return {
       'protocol': PROTOCOLS, 'data.pipeline': DATA_PIPELINES,
       'model.compute_dtype': precision.COMPUTE_DTYPES, 'units.budgets': units.BUDGETS,
@@ -401,6 +404,7 @@ def choices() -> dict[str, tuple]:
       'method.fgsm_norm': attacks.NORMS, 'method.xi_stat': methods.XI_STATS,
       'method.xi_mode': methods.XI_MODES, 'method.xi_source': ('warmup', 'checkpoint'),
       'method.refine': methods.REFINE_RULES, 'attack.norm': attacks.NORMS,
+      'attack.kind': ('pixel',) + physical.KINDS,
       'attack.unroll': tuple(attacks.UNROLL_CHOICES), 'eval.norm': attacks.NORMS,
       'eval.attacks': EVAL_ATTACKS, 'interpret.method': saliency.METHODS,
       'interpret.target': ('predicted', 'label'), 'interpret.ig_baseline': saliency.IG_BASELINES,
@@ -516,6 +520,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       corruptions.check(name, severity)
   from robust_med import physical  # Local import keeps this module light.
   modality = config.data.get('modality', '')
+  kind = config.attack.get('kind', 'pixel')
+  if kind != 'pixel':
+    physical.check(kind, modality or None)
+    physical.check(kind, budgets=(config.method.eps, config.method.delta_eps,
+                                  config.method.max_margin))
+    physical.make(kind, **physical_settings(config, kind))
   need(not modality or modality in physical.MODALITIES,
        f'config.data.modality = {modality!r} is unknown: use one of '
        f'{", ".join(physical.MODALITIES)}, or \'\' when none fits.')
@@ -528,7 +538,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          'noise: set config.method.noise_sigma > 0 (e.g. --config.method.noise_sigma=0.25).')
     need(config.attack.norm == 'l2', f'smoothadv certifies L2 radii: its attack must be L2, not '
          f'config.attack.norm={config.attack.norm!r}; set --config.attack.norm=l2.')
-  if config.method.name in ('sat', 'smoothadv', *methods.AUGMENTATION_ATTACKS):
+  if config.method.name in ('sat', 'smoothadv', 'advbias', *methods.AUGMENTATION_ATTACKS):
     need(config.method.eps > 0, f'config.method.eps must be > 0 for {config.method.name}: set the '
          'fixed noise budget, e.g. --config.method.eps=10.')
   if 'square' in config.eval.attacks:

@@ -31,6 +31,11 @@ one on the head's score) and `key` a PRNG key. Methods without margins return th
   (λ_adv); with `method.augment` the trainer augments the batch first (see `Rtda`). Its baselines
   (gradient regularisation alone, AT + gradient regularisation) are `rtda` with parts switched off.
 
+* `advbias`: (L(x) + L(x̃)) / 2 with x̃ the physical perturbation (config.attack.kind, e.g. a
+  bias field) of budget ε that most changes the prediction (Chen et al. 2020; see `AdvBias`). SAT
+  and AMAT train with a physical attack too when config.attack.kind names one; AMAT's margins are
+  then in its unit.
+
 Every method trains on an augmented batch when `config.method.augment` is set: the trainer applies
 the head's `Task.augment` before the method sees `x`, so augmentation alone is `std` with it on.
 """
@@ -283,7 +288,7 @@ class Amat:
           norm=a.norm, steps=a.steps, step_size=a.step_size(margins, x),
           key=key if a.random_start else None, clip=a.clip, unroll=a.unroll, check_last=False)
     else:
-      x_adv = self.attack(objective.attack_loss, x, margins, key)
+      x_adv, norms = self.attack.sized(objective.attack_loss, x, margins, key)
     loss, clean, noisy, (clean_v, noisy_v), metrics = self._losses(objective, x, x_adv)
     if self.refine == 'boundary':
       _, x_boundary, crossed = attacks.boundary_finish(x_adv, x_boundary, crossed, noisy_v, xi)
@@ -301,7 +306,6 @@ class Amat:
       new_margins = jnp.where(grow, margins + self.delta_eps, jnp.minimum(margins, distance))
     else:
       grow = jnp.all(noisy_k < xi, axis=-1)
-      norms = attacks.perturbation_norm(x_adv - x, self.attack.norm)
       new_margins = amat_margin_update(margins, noisy_k, xi, norms, self.delta_eps)
     new_margins = jnp.where(correct, new_margins, margins)
     if self.max_margin > 0:
@@ -309,6 +313,31 @@ class Amat:
     metrics.update(margin_mean=jnp.mean(margins), **margin_update_metrics(
         margins, new_margins, grow & correct, ~grow & correct))
     return loss, new_margins, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvBias:
+  """Adversarial data augmentation with a physical perturbation (Chen et al., MICCAI 2020,
+  "Realistic adversarial data augmentation for MR image segmentation": AdvBias). The attack's
+  parameters (a bias field by default) are chosen within the fixed budget ε to maximise the head's
+  divergence between the predictions on the perturbed and on the clean input (`Task.divergence`,
+  no label needed); the loss is (L(f(x), y) + L(f(x̃), y)) / 2. Chen et al.'s own settings
+  (control-point spacing, magnitude, steps, their semi-supervised consistency term) are not
+  copied; docs/physical.md says what is robust_med's."""
+  eps: float
+  attack: Any
+  uses_margins = False
+  needs_xi = False
+
+  def __call__(self, objective: Objective, x, margins, xi, key):
+    del xi
+    if objective.attack_outputs is None or objective.divergence is None:
+      raise ValueError('advbias needs Objective.attack_outputs and divergence.')
+    clean = jax.lax.stop_gradient(objective.attack_outputs(x))
+    x_adv = self.attack(lambda z: objective.divergence(objective.attack_outputs(z), clean), x,
+                        self.eps, key)
+    loss, _, _, metrics = clean_and_noisy_loss(objective, x, x_adv)
+    return loss, margins, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,17 +509,40 @@ class Vaft:
 
 
 METHODS = ('std', 'sat', 'amat', 'fgsm_aug', 'inverse_fgsm_aug', 'fgsm_both_aug', 'rtda', 'vaft',
-           'smoothadv')
+           'smoothadv', 'advbias')
+# The methods whose training attack may be a physical perturbation (config.attack.kind).
+PHYSICAL_METHODS = ('sat', 'amat', 'advbias')
 # The FGSM augmentations and the one-step attacks each adds to the clean batch.
 AUGMENTATION_ATTACKS = {'fgsm_aug': ('fgsm',), 'inverse_fgsm_aug': ('inverse_fgsm',),
                         'fgsm_both_aug': ('fgsm', 'inverse_fgsm')}
 XI_STATS = ('mean', 'mean+2std')
 
 
-def build_method(method_config, attack_config):
-  """The method named by `method_config.name`, configured from the config."""
+def build_method(method_config, attack_config, physical_settings: Mapping | None = None):
+  """The method named by `method_config.name`, configured from the config; with
+  `attack_config.kind` a physical perturbation (`robust_med.physical`), its training attack is PGD
+  on that perturbation's parameters (settings `physical_settings`), budgets in its unit."""
   name = method_config.name
   settings = AttackSettings.from_config(attack_config, attack_config.clip)
+  kind = attack_config.get('kind', 'pixel')
+  if kind != 'pixel':
+    from robust_med import physical  # Local import: only physical training attacks need it.
+    if name not in PHYSICAL_METHODS:
+      raise ConfigError(f'config.attack.kind = {kind!r} is a physical perturbation, which trains '
+                        f'with {", ".join(PHYSICAL_METHODS)} only, not {name!r}: pick one of '
+                        "those or set --config.attack.kind=pixel.")
+    if name == 'amat' and method_config.refine == 'boundary':
+      raise ConfigError("config.method.refine = 'boundary' needs a pixel attack: set "
+                        "--config.method.refine=paper with config.attack.kind = " f'{kind!r}.')
+    settings = physical.PhysicalPGD(
+        kind, tuple(sorted((physical_settings or {}).items())), steps=attack_config.steps,
+        step_size_factor=attack_config.step_size_factor,
+        random_start=attack_config.random_start, clip=settings.clip, unroll=settings.unroll)
+  elif name == 'advbias':
+    raise ConfigError('config.method.name = advbias perturbs physically: set '
+                      '--config.attack.kind to a physical perturbation, e.g. bias_field.')
+  if name == 'advbias':
+    return AdvBias(eps=method_config.eps, attack=settings)
   if name == 'std':
     return Std()
   if name == 'sat':

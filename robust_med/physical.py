@@ -630,11 +630,27 @@ class PhysicalPGD:
   step_size_factor: float = 2.5  # step = factor / steps × each parameter's scale at the budget
   random_start: bool = False
   clip: tuple[float, float] | None = None   # the value range images are normalised by
+  unroll: bool | None = None     # the training attack's loop (`attacks.loop`)
   norm: str = 'physical'
 
   @property
   def model(self) -> Perturbation:
     return make(self.kind, **dict(self.settings))
+
+  def sized(self, loss_fn, x: jax.Array, eps, key: jax.Array | None = None):
+    """(the attacked batch, each sample's spent budget (B,) in the model's unit): the training
+    attack of SAT, AMAT and AdvBias (one run, `restarts` ignored)."""
+    state = attacks.loop(lambda i, s: self.step(loss_fn, x, s, eps, i),
+                         self.init(loss_fn, x, eps, key), self.steps, self.unroll)
+    theta, best_theta, best_loss, keys = state
+    chosen = jnp.where(jnp.isfinite(best_loss)[:, None], best_theta, theta)
+    h, w = x.shape[1:3]
+    x_adv = perturb(self.model, x, chosen, keys, self.clip)
+    return (jax.lax.stop_gradient(x_adv),
+            jax.lax.stop_gradient(self.model.strength(chosen, h, w)))
+
+  def __call__(self, loss_fn, x: jax.Array, eps, key: jax.Array | None = None) -> jax.Array:
+    return self.sized(loss_fn, x, eps, key)[0]
 
   def _keys(self, key, x):
     return sample_keys(jax.random.PRNGKey(0) if key is None else key, x.shape[0])
@@ -645,7 +661,7 @@ class PhysicalPGD:
     b = _budget(eps, x)
     keys = self._keys(key, x)
     theta = zeros(m, x)
-    if self.random_start or self.restarts > 1:
+    if self.random_start or (self.restarts > 1 and key is not None):
       theta = m.project(m.sample(jax.random.fold_in(keys[0], 7), b, h, w), b, h, w)
     return theta, theta, jnp.full((n,), -jnp.inf), keys
 

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from robust_med import checkpointing, compile_cache, methods, precision, sharding
+from robust_med import checkpointing, compile_cache, config_base, methods, precision, sharding
 from robust_med import margins as margins_lib
 from robust_med import reports, tensorboard_log, units
 from robust_med.data.source import check_training_size, evaluation_subset
@@ -254,7 +254,9 @@ class Trainer:
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = make_optimizer(config.optimizer, self.total_steps)
     self.lr = learning_rate(config.optimizer, self.total_steps)
-    self.method = methods.build_method(config.method, config.attack)
+    self.method = methods.build_method(
+        config.method, config.attack,
+        config_base.physical_settings(config, config.attack.get('kind', 'pixel')))
     self.std_method = methods.Std()
     self.warmup_steps = 0
     if self.method.needs_xi and config.method.xi_source == 'checkpoint':  # Before any writing.

@@ -92,9 +92,10 @@ def resolve(config, image_shape: Sequence[int]) -> ml_collections.ConfigDict:
   u = c.units
   args = (tuple(image_shape), tuple(u.paper_shape), u.paper_per_model_intensity)
   train_norm, eval_norm = method_norm(c), c.eval.norm
-  c.method.eps = to_model(c.method.eps, train_norm, *args)
-  c.method.delta_eps = to_model(c.method.delta_eps, c.attack.norm, *args)
-  c.method.max_margin = to_model(c.method.max_margin, c.attack.norm, *args)
+  if c.attack.get('kind', 'pixel') == 'pixel':  # A physical attack's budgets are in its own unit.
+    c.method.eps = to_model(c.method.eps, train_norm, *args)
+    c.method.delta_eps = to_model(c.method.delta_eps, c.attack.norm, *args)
+    c.method.max_margin = to_model(c.method.max_margin, c.attack.norm, *args)
   u.paper_noise_levels = tuple(c.eval.noise_levels)
   c.eval.noise_levels = to_model(tuple(c.eval.noise_levels), eval_norm, *args)
   c.eval.huge_eps = to_model(c.eval.huge_eps, eval_norm, *args)

@@ -318,6 +318,10 @@ def test_build_method_covers_methods_list():
   """Every name in METHODS builds; an unknown one raises ConfigError naming it."""
   for name in methods.METHODS:
     method_config, attack_config = _configs(name, eps=1.0)
+    if name == 'advbias':  # a physical method: a pixel attack is refused
+      with pytest.raises(ConfigError, match='attack.kind'):
+        methods.build_method(method_config, attack_config)
+      attack_config.kind = 'bias_field'
     assert callable(methods.build_method(method_config, attack_config))
   method_config, attack_config = _configs('std')
   method_config.name = 'madry'
