@@ -76,7 +76,7 @@ def test_physical_training_is_refused_where_it_does_not_apply():
     config_base.validate(c)
 
 
-@pytest.mark.parametrize('method', ['amat', 'advbias'])
+@pytest.mark.parametrize('method', ['amat'])
 def test_training_with_a_bias_field_attack(tmp_path, method):
   config = tiny_config(method, **{'attack.kind': 'bias_field', 'method.eps': 0.3,
                                   'method.delta_eps': 0.1, 'num_epochs': 2,
