@@ -36,3 +36,4 @@ python benchmarks/norm_speed.py --repeats=5 --json="$out/norm_speed.json"
 for b in 400 100; do
   python benchmarks/certify_throughput.py --batch=$b --repeats=2 --json="$out/certify_throughput_b$b.json"
 done
+python benchmarks/physical_cost.py --steps=50 --repeats=2 --json="$out/physical_cost.json"
