@@ -597,6 +597,8 @@ def evaluate_and_write(evaluator: Evaluator, params, data: dict[str, np.ndarray]
   from robust_med import physical_report
   if physical_report.wanted(config):
     physical = physical_report.evaluate_and_write(evaluator, params, data, config, out, extra)
+    write_physical_examples(evaluator, params, data, config, physical, out,
+                            title=extra.get('method', 'model'))
     report.setdefault('warnings', []).extend(physical['warnings'])
   write_report(out, report)
   tensorboard_log.write_robustness(out, report, active=tensorboard_log.enabled(config))
@@ -619,6 +621,21 @@ def write_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], no
   save_figure(examples_figure(evaluator, params, data, noise_levels, num=num, title=title), path)
 
 
+def write_physical_examples(evaluator: Evaluator, params, data: dict[str, np.ndarray], config,
+                            report: dict, out: str, *, num: int = 3, title: str = 'model') -> None:
+  """physical_<kind>.png for each kind of a physical report: `num` samples clean and under the
+  worst parameters the kind's attack finds at its largest budget, the change it makes (the
+  field, the ghosts) beside the prediction."""
+  from robust_med import physical_report
+  for kind, r in report['kinds'].items():
+    pgd = physical_report.attacks_for(config, kind, tuple(report['value_range']))[0]
+    one = Evaluator(evaluator.task, evaluator.model, evaluator.mesh, pgd,
+                    batch_size=evaluator.batch_size, seed=evaluator.seed, progress=False)
+    save_figure(examples_figure(one, params, data, [0.0, max(r['budgets'])], num=num,
+                                title=f'{title}, {kind}', unit=r['unit']),
+                os.path.join(out, f'physical_{kind}.png'))
+
+
 def section_cut(task, item: dict[str, np.ndarray]):
   """For one sample's record, the function that cuts an array on the sample's grid to the 2-D
   section its figures show (`Task.section`: volumes); other arrays pass unchanged."""
@@ -632,11 +649,12 @@ def section_cut(task, item: dict[str, np.ndarray]):
 
 
 def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], noise_levels, *,
-                    num: int = 4, title: str = 'model'):
+                    num: int = 4, title: str = 'model', unit: str = ''):
   """The examples figure: `num` samples spread over `data` (fixed: the same ones every time),
   clean and under the primary attack at two noise levels: the input, and per level the
   perturbation (amplified to its own range, with its norm) and the prediction against the ground
-  truth, drawn by the task (`Task.draw`) and titled with the task's per-sample score."""
+  truth, drawn by the task (`Task.draw`) and titled with the task's per-sample score. With `unit`
+  (a physical attack's budget unit) the budget is labelled in it and no pixel norm is measured."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -675,9 +693,13 @@ def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], n
         ax = axes[i][col]
         ax.imshow(cut(delta)[..., 0], cmap='seismic', vmin=-size, vmax=size)
         ax.set_axis_off()
-        measured = float(attacks.perturbation_norm(delta[None], norm)[0])  # The whole sample's.
-        ax.set_title(f'noise at ε={eps:g}: {norm.upper()} {measured:.3g}\n'
-                     f'(shown ×{span / (2 * size):.0f})', fontsize=7)
+        if unit:
+          ax.set_title(f'change at {eps:g} ({unit})\n(shown ×{span / (2 * size):.0f})',
+                       fontsize=7)
+        else:
+          measured = float(attacks.perturbation_norm(delta[None], norm)[0])  # The whole sample's.
+          ax.set_title(f'noise at ε={eps:g}: {norm.upper()} {measured:.3g}\n'
+                       f'(shown ×{span / (2 * size):.0f})', fontsize=7)
         col += 1
       ax = axes[i][col]
       task.draw(ax, cut(x[i]), jax.tree.map(lambda o: cut(np.asarray(o)[i]), outputs), item)
@@ -685,8 +707,8 @@ def examples_figure(evaluator: Evaluator, params, data: dict[str, np.ndarray], n
       ax.set_title(f'{"clean" if eps == 0 else f"ε={eps:g}"}: score {scores[i]:.2f}', fontsize=7)
       col += 1
   attack = evaluator.attack.describe()['name']
-  fig.suptitle(f'{title}: prediction vs ground truth, clean and under {attack} ({norm.upper()}); '
-               f'score = {task.sample_score_name}', fontsize=8)
+  fig.suptitle(f'{title}: prediction vs ground truth, clean and under {attack} '
+               f'({unit or norm.upper()}); score = {task.sample_score_name}', fontsize=8)
   fig.tight_layout()
   return fig
 

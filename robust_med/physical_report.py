@@ -151,4 +151,20 @@ def evaluate_and_write(evaluator, params, data: dict[str, np.ndarray], config, o
   os.makedirs(out, exist_ok=True)
   plot(report, os.path.join(out, 'physical.png'))
   write_json(os.path.join(out, 'physical.json'), report)
+  write_board(out, report, config)
   return report
+
+
+def write_board(out: str, report: dict, config) -> None:
+  """physical.json's curves in TensorBoard (`out/tb/physical/`): each kind's curves, every metric
+  against the budget (step = round(1000 · budget), in the kind's unit), and physical.png."""
+  from robust_med import tensorboard_log
+  curves = {f'{kind}/{name}': {tensorboard_log.eps_step(row['eps']):
+                               {k: v for k, v in row.items() if k != 'eps'} for row in rows}
+            for kind, r in report['kinds'].items() for name, rows in r['curves'].items()}
+  units = '; '.join(f'{kind}: {r["unit"]}' for kind, r in report['kinds'].items())
+  tensorboard_log.write_report_board(
+      out, 'physical', curves, {'physical': os.path.join(out, 'physical.png')},
+      step=int((report.get('checkpoint') or {}).get('step') or 0),
+      text=f'Each physical perturbation\'s curves against its budget: step = round(1000 · budget) '
+           f'({units}).', active=tensorboard_log.enabled(config))

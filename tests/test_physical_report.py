@@ -35,12 +35,12 @@ def evaluator_for(config):
 
 
 def test_the_report_has_each_kinds_curves_worst_case_and_checks(tmp_path):
-  config = small('classification', **{'physical.kinds': ('bias_field', 'gamma'),
+  config = small('classification', **{'physical.kinds': ('gamma',),
                                       'physical.budgets.gamma': (0.2, 0.5)})
   data, params, evaluator = evaluator_for(config)
   report = physical_report.evaluate_and_write(evaluator, params, data, config, str(tmp_path),
                                               {'split': 'val', 'method': 'std'})
-  assert list(report['kinds']) == ['bias_field', 'gamma']
+  assert list(report['kinds']) == ['gamma']
   gamma = report['kinds']['gamma']
   assert gamma['budgets'] == [0.0, 0.2, 0.5] and gamma['unit'] == '|log γ|'
   names = ['gamma-pgd-3', 'gamma-random-2', 'worst-case']
@@ -58,6 +58,10 @@ def test_the_report_has_each_kinds_curves_worst_case_and_checks(tmp_path):
   assert on_disk['kinds']['gamma']['curves'] == json.loads(json.dumps(gamma['curves']))
   assert (tmp_path / 'physical.png').stat().st_size > 1000
   assert report['value_range'] == [0.0, 1.0]
+  assert list((tmp_path / 'tb' / 'physical').iterdir())  # TensorBoard events
+  # The worst perturbation found, per kind, beside the prediction.
+  evaluate.write_physical_examples(evaluator, params, data, config, report, str(tmp_path), num=2)
+  assert (tmp_path / 'physical_gamma.png').stat().st_size > 1000
 
 
 def test_bad_physical_settings_are_one_config_error():
