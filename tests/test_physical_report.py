@@ -10,8 +10,7 @@ import pytest
 import tiny
 from robust_med import config_base, evaluate, physical, physical_report, sharding
 from robust_med.errors import ConfigError
-import robust_med.presets.classification
-from robust_med import presets
+from robust_med.presets import classification as classification_presets
 from robust_med.tasks import get_task_class
 
 SMALL = {'eval.batch_size': 8, 'eval.max_samples': 8, 'physical.steps': 3,
@@ -20,7 +19,7 @@ SMALL = {'eval.batch_size': 8, 'eval.max_samples': 8, 'physical.steps': 3,
 
 def small(head: str, **overrides):
   assert head == 'classification'
-  c = presets.classification.classification_config('busi', 'std', 'synthetic')
+  c = classification_presets.classification_config('busi', 'std', 'synthetic')
   tiny.set_keys(c, {'data.num_train': 16, 'data.num_val': 8, 'data.image_size': 16,
                     'model.base_width': 4, 'model.stages': 2, **SMALL, **overrides})
   return c
