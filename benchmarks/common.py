@@ -89,6 +89,22 @@ def load_config(spec: str):
   return module.get_config(arg)
 
 
+def fresh_model(spec: str):
+  """(config, task, data, mesh, model, params) of a config's evaluation split (capped by
+  eval.max_samples) on all local devices, with a fresh initialisation (attack costs do not depend
+  on the weights)."""
+  from robust_med import evaluate, sharding
+  from robust_med.tasks import get_task_class
+  config = load_config(spec)
+  config.mesh.num_devices = 0
+  task = get_task_class(config.task)(config)
+  data, info = task.load_split(config.data.eval_split)
+  data = evaluate.evaluation_subset(data, config.eval.max_samples)
+  model = task.build_model(info)
+  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  return config, task, data, sharding.make_mesh(0), model, params
+
+
 def environment() -> dict:
   """The machine and versions a figure was measured on."""
   import flax

@@ -21,24 +21,15 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository root on the path)
 
-import jax  # noqa: E402
 
-from robust_med import config_base, evaluate, physical, physical_report, sharding  # noqa: E402
-from robust_med.tasks import get_task_class  # noqa: E402
+from robust_med import config_base, evaluate, physical, sharding, shift  # noqa: E402
 
 
 def run(spec: str, kinds: list[str], steps: int, repeats: int) -> list[dict]:
-  config = common.load_config(spec)
-  config.mesh.num_devices = 0
-  task = get_task_class(config.task)(config)
-  data, info = task.load_split(config.data.eval_split)
-  data = evaluate.evaluation_subset(data, config.eval.max_samples)
-  mesh = sharding.make_mesh(0)
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  config, task, data, mesh, model, params = common.fresh_model(spec)
   clip = tuple(config.attack.clip) or None
   pixel = dataclasses.replace(evaluate.evaluation_attacks(config.eval, clip)[0], steps=steps)
-  value_range = physical_report.value_range(config, data['image'])
+  value_range = shift.value_range(config, data['image'])
   runs = [(pixel, float(max(config.eval.noise_levels)))]
   for kind in kinds:
     settings = tuple(sorted(config_base.physical_settings(config, kind).items()))

@@ -12,33 +12,21 @@ grid. Each attack runs once to compile, then is timed (best of --repeats).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository root on the path)
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from robust_med import evaluate, sharding, square  # noqa: E402
-from robust_med.tasks import get_task_class  # noqa: E402
 
 CONFIGS = ('configs/prostate_amat.py:synthetic', 'configs/ceph_amat.py:synthetic',
            'configs/bccd_amat.py:synthetic', 'configs/busi_rtda.py:synthetic')
 
 
 def run(spec: str, queries: list[int], repeats: int) -> list[dict]:
-  config = common.load_config(spec)
-  config.mesh.num_devices = 0
-  task = get_task_class(config.task)(config)
-  data, info = task.load_split(config.data.eval_split)
-  data = evaluate.evaluation_subset(data, config.eval.max_samples)
-  mesh = sharding.make_mesh(0)
-  model = task.build_model(info)
-  params = model.init(jax.random.key(0), data['image'][:1])['params']
+  config, task, data, mesh, model, params = common.fresh_model(spec)
   eps = float(max(config.eval.noise_levels))
   clip = tuple(config.attack.clip) or None
   pgd = evaluate.evaluation_attacks(config.eval, clip)[0]

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from robust_med import config_base, gradient_masking, physical
+from robust_med import config_base, gradient_masking, physical, shift
 from robust_med.errors import ConfigError
 
 STRONG_RESTARTS = 3
@@ -37,15 +37,6 @@ STRONG_RESTARTS = 3
 def wanted(config) -> bool:
   """Whether the config asks for a physical report (`physical.kinds` set)."""
   return bool(config_base.physical_kinds(config))
-
-
-def value_range(config, images: np.ndarray) -> tuple[float, float]:
-  """The input range the models normalise by: `config.attack.clip` when set, else the split's own
-  minimum and maximum."""
-  clip = tuple(config.attack.clip)
-  if clip:
-    return float(clip[0]), float(clip[1])
-  return float(np.min(images)), float(np.max(images))
 
 
 def attacks_for(config, kind: str, clip) -> tuple[physical.PhysicalPGD, physical.PhysicalRandom,
@@ -100,7 +91,7 @@ def physical_report(evaluator, params, data: dict[str, np.ndarray], config,
     raise ConfigError(f'config.physical.kinds is set but the images are not 2-D (shape '
                       f'{tuple(np.shape(data["image"]))[1:]}): the physical perturbations model '
                       'in-plane 2-D acquisitions; set --config.physical.kinds=() for volumes.')
-  clip = value_range(config, data['image'])
+  clip = shift.value_range(config, data['image'])
   kinds = {kind: kind_report(evaluator, params, data, config, kind, clip)
            for kind in config_base.physical_kinds(config)}
   warnings = [f'{kind}: {line}' for kind, r in kinds.items()
