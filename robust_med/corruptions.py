@@ -149,7 +149,7 @@ def corrupt(name: str, key: jax.Array, images: jax.Array, severity: int,
     b, h, w = images.shape[:3]
     budget = jnp.full((b,), strength, jnp.float32)
     kp, kn = jax.random.split(key)
-    theta = model.project(model.sample(kp, budget, h, w), budget, h, w)
+    theta = physical.random_parameters(model, kp, budget, h, w)
     return physical.perturb(model, images, theta, kn, value_range)
   lo, hi = _range(images, value_range)
   scale = jnp.maximum(hi - lo, 1e-12)

@@ -502,8 +502,11 @@ def _range(images: jax.Array, value_range):
           jnp.max(images, axis=axes, keepdims=True).astype(jnp.float32))
 
 
-def sample_keys(key: jax.Array, batch_size: int) -> jax.Array:
-  """One key per sample: `key` split (a single key), or `key` itself when it holds one per sample."""
+def sample_keys(key: jax.Array | None, batch_size: int) -> jax.Array:
+  """One key per sample: `key` split (a single key; None: a fixed one), or `key` itself when it
+  holds one per sample."""
+  if key is None:
+    key = jax.random.PRNGKey(0)
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # typed keys: their raw data
     return jax.random.key_data(key if key.ndim == 1 else jax.random.split(key, batch_size))
   key = jnp.asarray(key)
@@ -515,7 +518,7 @@ def perturb(model: Perturbation, images: jax.Array, theta: jax.Array, key: jax.A
   """`images` (B, H, W, C) under `model` with parameters θ (B, P), clipped to `value_range`
   (None: each image's own range). θ = 0 returns the images unchanged (up to float rounding).
   `key` (one, or one per sample (B, 2)) draws a noise model's noise."""
-  keys = sample_keys(jax.random.PRNGKey(0) if key is None else key, images.shape[0])
+  keys = sample_keys(key, images.shape[0])
   lo, hi = _range(images, value_range)
   span = jnp.maximum(hi - lo, _TINY)
   x = (images.astype(jnp.float32) - lo) / span
@@ -529,6 +532,32 @@ def zeros(model: Perturbation, images: jax.Array) -> jax.Array:
 
 def _budget(budget, images) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray(budget, jnp.float32), images.shape[:1])
+
+
+def random_parameters(model: Perturbation, key: jax.Array, budget: jax.Array, height: int,
+                      width: int) -> jax.Array:
+  """Random θ (B, P) spending the whole per-sample budget (B,), inside the budget set."""
+  return model.project(model.sample(key, budget, height, width), budget, height, width)
+
+
+def _ascend(model: Perturbation, loss_fn, x: jax.Array, theta, best_theta, best_loss, keys,
+            budget, alpha, clip):
+  """One attack step: scores θ, keeps it per sample where it beats the best so far, and ascends
+  (steps of alpha × `model.scale`, in `model.steps`' direction), projected onto the budget.
+  Returns (θ', best θ, best loss, where θ was better (B,))."""
+  h, w = x.shape[1:3]
+
+  def total(t):
+    value = loss_fn(perturb(model, x, t, keys, clip))
+    return jnp.sum(value), value
+
+  (_, value), g = jax.value_and_grad(total, has_aux=True)(theta)
+  better = value > best_loss
+  best_theta = jnp.where(better[:, None], theta, best_theta)
+  best_loss = jnp.where(better, value, best_loss)
+  scale = model.scale(budget, h, w)
+  theta = model.project(theta + alpha * scale * _direction(g * scale, model.steps), budget, h, w)
+  return theta, best_theta, best_loss, better
 
 
 # ----------------------------------------------------------------------------- attacking
@@ -552,37 +581,30 @@ def attack(loss_fn: Callable[[jax.Array], jax.Array], images: jax.Array, model: 
   b = _budget(budget, images)
   n, h, w = images.shape[:3]
   alpha = (2.5 / max(steps, 1)) if step_size is None else step_size
-  scale = model.scale(b, h, w)
-
-  def losses(theta, keys):
-    value = loss_fn(perturb(model, images, theta, keys, value_range))
-    return jnp.sum(value), value
-
-  value_and_grad = jax.value_and_grad(losses, has_aux=True)
-
-  def keep(best, theta, keys, value):
-    best_theta, best_keys, best_loss = best
-    better = value > best_loss
-    return (jnp.where(better[:, None], theta, best_theta), jnp.where(better[:, None], keys, best_keys),
-            jnp.where(better, value, best_loss))
 
   keys0 = sample_keys(key, n)
-  best = (zeros(model, images), keys0, jnp.full((n,), -jnp.inf))
+  best_theta, best_keys, best_loss = zeros(model, images), keys0, jnp.full((n,), -jnp.inf)
   for r in range(restarts):
     kr, ks = jax.random.split(jax.random.fold_in(key, r + 1))
     keys = sample_keys(kr, n) if (model.noise and r) else keys0
-    theta = zeros(model, images) if r == 0 else model.project(model.sample(ks, b, h, w), b, h, w)
+    theta = zeros(model, images) if r == 0 else random_parameters(model, ks, b, h, w)
 
     def body(_, state, keys=keys):
-      theta, best = state
-      (_, value), g = value_and_grad(theta, keys)
-      best = keep(best, theta, keys, value)
-      return model.project(theta + alpha * scale * _direction(g * scale, model.steps), b, h, w), best
+      theta, best_theta, best_keys, best_loss = state
+      theta, best_theta, best_loss, better = _ascend(model, loss_fn, images, theta, best_theta,
+                                                      best_loss, keys, b, alpha, value_range)
+      return theta, best_theta, jnp.where(better[:, None], keys, best_keys), best_loss
 
-    theta, best = attacks.loop(body, (theta, best), steps, unroll)
-    best = keep(best, theta, keys, losses(theta, keys)[1])
-  adversarial = perturb(model, images, best[0], best[1], value_range)
-  return jax.lax.stop_gradient(adversarial), best[0]
+    theta, best_theta, best_keys, best_loss = attacks.loop(
+        body, (theta, best_theta, best_keys, best_loss), steps, unroll)
+    # The last iterate, scored once more.
+    value = loss_fn(perturb(model, images, theta, keys, value_range))
+    better = value > best_loss
+    best_theta = jnp.where(better[:, None], theta, best_theta)
+    best_keys = jnp.where(better[:, None], keys, best_keys)
+    best_loss = jnp.where(better, value, best_loss)
+  adversarial = perturb(model, images, best_theta, best_keys, value_range)
+  return jax.lax.stop_gradient(adversarial), best_theta
 
 
 def _direction(g: jax.Array, steps: str) -> jax.Array:
@@ -601,9 +623,8 @@ def random_worst(loss_fn: Callable[[jax.Array], jax.Array], images: jax.Array,
 
   def one(worst, k):
     ks, kn = jax.random.split(k)
-    theta = model.project(model.sample(ks, b, h, w), b, h, w)
+    theta = random_parameters(model, ks, b, h, w)
     return jnp.maximum(worst, loss_fn(perturb(model, images, theta, kn, value_range))), None
-
 
   worst, _ = jax.lax.scan(one, jnp.full(images.shape[:1], -jnp.inf),
                           jax.random.split(key, draws))
@@ -642,52 +663,33 @@ class PhysicalPGD:
     attack of SAT, AMAT and AdvBias (one run, `restarts` ignored)."""
     state = attacks.loop(lambda i, s: self.step(loss_fn, x, s, eps, i),
                          self.init(loss_fn, x, eps, key), self.steps, self.unroll)
-    theta, best_theta, best_loss, keys = state
-    chosen = jnp.where(jnp.isfinite(best_loss)[:, None], best_theta, theta)
     h, w = x.shape[1:3]
-    x_adv = perturb(self.model, x, chosen, keys, self.clip)
-    return (jax.lax.stop_gradient(x_adv),
-            jax.lax.stop_gradient(self.model.strength(chosen, h, w)))
+    return (jax.lax.stop_gradient(self.result(x, state)),
+            jax.lax.stop_gradient(self.model.strength(_chosen(state), h, w)))
 
   def __call__(self, loss_fn, x: jax.Array, eps, key: jax.Array | None = None) -> jax.Array:
     return self.sized(loss_fn, x, eps, key)[0]
-
-  def _keys(self, key, x):
-    return sample_keys(jax.random.PRNGKey(0) if key is None else key, x.shape[0])
 
   def init(self, loss_fn, x: jax.Array, eps, key: jax.Array | None):
     del loss_fn
     m, (n, h, w) = self.model, x.shape[:3]
     b = _budget(eps, x)
-    keys = self._keys(key, x)
+    keys = sample_keys(key, n)
     theta = zeros(m, x)
     if self.random_start or (self.restarts > 1 and key is not None):
-      theta = m.project(m.sample(jax.random.fold_in(keys[0], 7), b, h, w), b, h, w)
+      theta = random_parameters(m, jax.random.fold_in(keys[0], 7), b, h, w)
     return theta, theta, jnp.full((n,), -jnp.inf), keys
 
   def step(self, loss_fn, x: jax.Array, state, eps, i):
     del i
     theta, best_theta, best_loss, keys = state
-    m, (h, w) = self.model, x.shape[1:3]
-    b = _budget(eps, x)
-
-    def total(t):
-      value = loss_fn(perturb(m, x, t, keys, self.clip))
-      return jnp.sum(value), value
-
-    (_, value), g = jax.value_and_grad(total, has_aux=True)(theta)
-    better = value > best_loss
-    best_theta = jnp.where(better[:, None], theta, best_theta)
-    best_loss = jnp.where(better, value, best_loss)
-    scale = m.scale(b, h, w)
-    alpha = self.step_size_factor / max(self.steps, 1)
-    theta = m.project(theta + alpha * scale * _direction(g * scale, m.steps), b, h, w)
+    theta, best_theta, best_loss, _ = _ascend(
+        self.model, loss_fn, x, theta, best_theta, best_loss, keys, _budget(eps, x),
+        self.step_size_factor / max(self.steps, 1), self.clip)
     return theta, best_theta, best_loss, keys
 
   def result(self, x: jax.Array, state) -> jax.Array:
-    theta, best_theta, best_loss, keys = state
-    chosen = jnp.where(jnp.isfinite(best_loss)[:, None], best_theta, theta)
-    return perturb(self.model, x, chosen, keys, self.clip)
+    return perturb(self.model, x, _chosen(state), state[3], self.clip)
 
   def describe(self) -> dict:
     m = self.model
@@ -697,6 +699,12 @@ class PhysicalPGD:
             'random_start': self.random_start or self.restarts > 1,
             'noise': 'a fixed draw per run' if m.noise else 'none',
             'data_range': list(self.clip) if self.clip else 'each image\'s own'}
+
+
+def _chosen(state) -> jax.Array:
+  """A PhysicalPGD state's best scored θ per sample (the current θ where none was scored)."""
+  theta, best_theta, best_loss, _ = state
+  return jnp.where(jnp.isfinite(best_loss)[:, None], best_theta, theta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -719,9 +727,9 @@ class PhysicalRandom:
     del loss_fn
     m, (h, w) = self.model, x.shape[1:3]
     b = _budget(eps, x)
-    keys = sample_keys(jax.random.PRNGKey(0) if key is None else key, x.shape[0])
-    theta = m.project(m.sample(jax.random.fold_in(keys[0], 7), b, h, w), b, h, w)
-    return perturb(m, x, theta, keys, self.clip)
+    keys = sample_keys(key, x.shape[0])
+    return perturb(m, x, random_parameters(m, jax.random.fold_in(keys[0], 7), b, h, w), keys,
+                   self.clip)
 
   def step(self, loss_fn, x, state, eps, i):
     return state
