@@ -16,7 +16,9 @@ the attack can be trusted (`gradient_masking.compare_curves`, tolerance `eval.ch
 `stronger_attack_not_better` (the attack with `check_steps` × the steps and 3 random restarts, at
 the largest budget, is not more damaging than the worst case: the search has converged).
 
-`physical.json` holds per kind the unit, the settings, the attacks' descriptions, the curves
+`physical.json` holds per kind the unit, the settings, whether it moves image content (and so
+would need the targets moved: `moves_targets`, false for every model here), the attacks'
+descriptions, the curves
 (every metric of `Task.summarize` at each budget) and the checks; `physical.png` plots the primary
 metric against the budget, one panel per kind. Images are normalised by the valid input range
 (`config.attack.clip`, else the evaluated split's minimum and maximum) before a model applies.
@@ -69,7 +71,8 @@ def kind_report(evaluator, params, data: dict[str, np.ndarray], config, kind: st
       'random_parameters_weaker', curves[names[0]], names[0], curves[names[1]], names[1],
       **common)]
   out = {'unit': pgd.model.unit, 'settings': dict(pgd.settings), 'budgets': budgets,
-         'attack': pgd.describe(), 'random': random.describe(), 'curves': curves}
+         'moves_targets': kind in physical.GEOMETRIC, 'attack': pgd.describe(),
+         'random': random.describe(), 'curves': curves}
   largest = max(budgets)
   if config.physical.check_steps and largest > 0:
     strong_name = strong.describe()['name'] + f'x{STRONG_RESTARTS}'

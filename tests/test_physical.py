@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from robust_med import physical
+from robust_med import augment, physical
 from robust_med.errors import ConfigError
 
 H, W = 24, 28
@@ -124,6 +124,46 @@ def test_motion_without_rotation_or_translation_leaves_k_space_unchanged():
   assert physical.GEOMETRIC == ()
   with pytest.raises(ConfigError, match='fraction'):
     physical.make('motion', fraction=0.6)
+
+
+def _shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+  """The integer translation taking `a` to `b`, by phase correlation (signed, in pixels)."""
+  cross = np.fft.fft2(b) * np.conj(np.fft.fft2(a))
+  peak = np.unravel_index(np.argmax(np.real(np.fft.ifft2(cross / (np.abs(cross) + 1e-9)))), a.shape)
+  return tuple(int((p + n // 2) % n - n // 2) for p, n in zip(peak, a.shape))
+
+
+def _anatomy() -> np.ndarray:
+  """(1, H, W, 1): two bright squares with sharp edges on a textured background, an "anatomy"
+  whose every frequency carries energy (so phase correlation registers it to the pixel)."""
+  img = 0.2 + 0.3 * np.random.default_rng(0).random((H, W))
+  img[4:11, 5:13] += 0.4
+  img[14:21, 16:24] += 0.25
+  return img[None, :, :, None].astype(np.float32)
+
+
+def test_no_model_moves_the_anatomy_so_no_target_moves():
+  # The move_targets question: a perturbation that moved image content would have to move the
+  # masks, landmarks and boxes with it (as the shift suite's elastic warp does through
+  # Task.move_targets). None of the models does, even at its largest budget, so GEOMETRIC is
+  # empty and the targets stay; the docstring says so. Phase correlation finds the translation.
+  x = _anatomy()
+  assert _shift(x[0, ..., 0], np.roll(x[0, ..., 0], (3, -2), axis=(0, 1))) == (3, -2)  # it can fail
+  assert physical.GEOMETRIC == ()
+  assert 'GEOMETRIC` is empty' in physical.__doc__
+  for kind in physical.KINDS:
+    model = physical.make(kind)
+    budget = jnp.full((4,), physical.BUDGETS[kind][-1], jnp.float32)
+    theta = physical.random_parameters(model, jax.random.PRNGKey(3), budget, H, W)
+    out = physical.perturb(model, jnp.repeat(jnp.asarray(x), 4, axis=0), theta,
+                           jax.random.PRNGKey(4))
+    for i in range(4):
+      assert _shift(x[0, ..., 0], np.asarray(out[i, ..., 0])) == (0, 0), (kind, theta[i])
+  # Motion itself, were the whole acquisition moved, would move the anatomy: the test above
+  # holds because the motion comes after the k-space centre.
+  warp = physical.rigid_warp(jnp.array([[0.0, 3.0, -2.0]]), H, W)
+  moved = augment.warp_images(warp, jnp.asarray(x))
+  assert _shift(x[0, ..., 0], np.asarray(moved[0, ..., 0])) == (3, -2)
 
 
 def test_gibbs_truncation_removes_the_high_frequencies():

@@ -42,6 +42,7 @@ def test_the_report_has_each_kinds_curves_worst_case_and_checks(tmp_path):
   assert list(report['kinds']) == ['gamma']
   gamma = report['kinds']['gamma']
   assert gamma['budgets'] == [0.0, 0.2, 0.5] and gamma['unit'] == '|log γ|'
+  assert gamma['moves_targets'] is False  # the targets are scored where they were
   names = ['gamma-pgd-3', 'gamma-random-2', 'worst-case']
   assert list(gamma['curves']) == names
   for name in names:
