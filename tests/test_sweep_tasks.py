@@ -85,24 +85,18 @@ def test_a_lock_is_held_by_one_holder_at_a_time(tmp_path):
 def test_tasks_out_of_order_give_the_sequential_sweeps_summary_bit_for_bit(tmp_path):
   config = _config()
   fan, seq = tmp_path / 'fan', tmp_path / 'seq'
-  kwargs = dict(sat_eps=(0.5,), transfer_from='std', log=lambda s: None)
+  kwargs = dict(methods=('std', 'amat'), transfer_from='std', log=lambda s: None)
   sweep.run_sweep(config, str(fan), plan_only=True, **kwargs)
   names = [r['name'] for r in json.loads((fan / 'sweep.json').read_text())['runs']]
-  assert names == ['std', 'sat_eps0.5', 'amat']
-  # A task whose input is missing waits for it (SAT, started first, --wait) ...
-  waiting = subprocess.Popen(_task(fan, '--run=sat_eps0.5', '--wait=600'), cwd=REPO, env=env(),
+  assert names == ['std', 'amat']
+  # A task whose input is missing is refused without --wait (AMAT, started before STD) ...
+  refused = _run(fan, '--task_index=1')
+  assert refused.returncode == 2 and 'have not finished' in refused.stderr, refused.stderr
+  # ... and with --wait waits for it, then runs.
+  waiting = subprocess.Popen(_task(fan, '--run=amat', '--wait=600'), cwd=REPO, env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  # ... or, without --wait, is refused and goes back to the queue (AMAT, started before STD).
-  queue, refused = ['2', '0'], []
-  while queue:
-    index = queue.pop(0)
-    proc = _run(fan, f'--task_index={index}')
-    if proc.returncode == 2 and 'have not finished' in proc.stderr:
-      refused.append(names[int(index)])
-      queue.append(index)
-      continue
-    assert proc.returncode == 0, proc.stderr[-3000:]
-  assert refused == ['amat']
+  proc = _run(fan, '--task_index=0')
+  assert proc.returncode == 0, proc.stderr[-3000:]
   out, err = waiting.communicate(timeout=600)
   assert waiting.returncode == 0, err[-3000:]
   assert 'waiting up to 600 s for std' in err
