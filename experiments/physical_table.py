@@ -57,7 +57,9 @@ def rows(models, pixel_eps):
       converged = {c['name']: c['passed'] for c in r['checks']}.get('stronger_attack_not_better')
       checks.append(f'{kind} {"—" if converged is None else ("✓" if converged else "✗")}')
     if pixel_eps:
-      curve = (pixel or {}).get('curves', {}).get('worst-case') or []
+      curves = (pixel or {}).get('curves') or {}
+      # The worst case over the attacks; with one attack, its curve.
+      curve = curves.get('worst-case') or next(iter(curves.values()), [])
       key = 'eps_paper' if curve and 'eps_paper' in curve[0] else 'eps'
       for eps in pixel_eps:
         head.append(f'pixel {eps:g}')
