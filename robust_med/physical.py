@@ -66,6 +66,7 @@ from robust_med import attacks, augment
 from robust_med.errors import ConfigError
 
 _TINY = 1e-12
+_DOSE_T = 1e-12
 
 MODALITIES = {
     'mr': ('bias_field', 'motion', 'spike', 'gibbs', 'rician', 'gamma'),
@@ -437,8 +438,11 @@ def dose(quantum: float = 0.01) -> Perturbation:
   def apply(key, x, theta):
     d = _image(jnp.clip(theta[:, 0], 0.0, 0.999))
     var = quantum * jnp.maximum(x, 0.0) * (1.0 / (1.0 - d) - 1.0)
-    safe = jnp.where(var > _TINY, var, 1.0)
-    return x + jnp.where(var > _TINY, jnp.sqrt(safe), 0.0) * _normal(key, x.shape)
+    # The noise's std grows as √d: its derivative at d = 0 is infinite, and a plain safe √ makes
+    # it 0, which left the attack stuck at the identity. √(var + t) − √t (t = 1e-12, a change of
+    # at most 1e-6 in the std) keeps the value and gives a finite gradient there.
+    std = jnp.sqrt(var + _DOSE_T) - math.sqrt(_DOSE_T)
+    return x + std * _normal(key, x.shape)
   return _nonnegative('dose', 'fraction of the dose removed', apply, noise=True, max_budget=0.999)
 
 

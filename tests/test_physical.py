@@ -166,6 +166,19 @@ def test_no_model_moves_the_anatomy_so_no_target_moves():
   assert _shift(x[0, ..., 0], np.asarray(moved[0, ..., 0])) == (3, -2)
 
 
+@pytest.mark.parametrize('kind', physical.KINDS)
+def test_every_model_has_a_finite_nonzero_gradient_at_the_identity(kind):
+  # PGD starts at θ = 0: a zero gradient there leaves the attack at the identity. The dose
+  # model's √d noise had exactly that (its real-data attack never moved; the masking check's
+  # random baseline flagged it).
+  model = physical.make(kind)
+  x = _images()
+  weights = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  g = jax.grad(lambda t: jnp.sum(physical.perturb(model, x, t, jax.random.PRNGKey(2)) * weights))(
+      physical.zeros(model, x))
+  assert np.isfinite(g).all() and float(jnp.max(jnp.abs(g))) > 1e-3, kind
+
+
 def test_gibbs_truncation_removes_the_high_frequencies():
   model = physical.make('gibbs')
   x = _images(4)
