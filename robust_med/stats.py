@@ -160,7 +160,9 @@ def hierarchical_bootstrap_ci(a: np.ndarray, b: np.ndarray, *, n_resamples: int 
     out.append(means[1] - means[0])
   out = np.concatenate(out)
   tail = (1 - confidence) / 2
-  low, high = np.quantile(out, [tail, 1 - tail])
+  # Differences of means of discrete scores (0/1 per seed, thirds over three seeds) that are
+  # exactly 0 come out of floating point as ±2e-16: rounded away, so the interval says 0.
+  low, high = np.round(np.quantile(out, [tail, 1 - tail]), 12)
   return float(low), float(high)
 
 
@@ -205,12 +207,17 @@ def compare_seeded(a, b, *, n_resamples: int = 10000, confidence: float = 0.95,
   return out
 
 
+ZERO_TOLERANCE = 1e-9  # relative: interval bounds closer to 0 than this are 0
+
+
 def resolved(comparison: dict, p_key: str = 'wilcoxon_p_holm', alpha: float = 0.05) -> bool:
   """A difference is resolved when the (Holm-adjusted) Wilcoxon p-value is below `alpha` and
-  the bootstrap interval of the mean difference excludes zero."""
+  the bootstrap interval of the mean difference excludes zero by more than floating-point noise
+  (a bound of 2e-16 is a bound of 0: `ZERO_TOLERANCE`)."""
   p = comparison.get(p_key, comparison.get('wilcoxon_p', float('nan')))
   low, high = comparison['mean_diff_ci']
-  return bool(np.isfinite(p) and p < alpha and (low > 0 or high < 0))
+  tol = ZERO_TOLERANCE * max(1.0, abs(low), abs(high))
+  return bool(np.isfinite(p) and p < alpha and (low > tol or high < -tol))
 
 
 def verdict(name_b: str, name_a: str, comparison: dict, *, what: str, unit: str = '',

@@ -63,6 +63,16 @@ def test_a_known_difference_is_resolved_with_enough_samples_and_the_mde_says_whi
   assert line.endswith('resolved, B better' if resolved else 'not resolved')
 
 
+def test_an_interval_that_touches_zero_by_rounding_is_not_resolved():
+  # BUSI, AMAT − AT+Aug clean: the bootstrap's lower bound, exactly 0 for thirds of 0/1 scores,
+  # came out of floating point as +2.2e-16 and the comparison read "resolved".
+  c = {'mean_diff': 0.124, 'wilcoxon_p_holm': 0.036, 'mean_diff_ci': [2.220446049250313e-16, 0.256]}
+  assert not stats.resolved(c)
+  assert stats.verdict('AMAT', 'AT', c, what='clean').endswith('not resolved')
+  c['mean_diff_ci'] = [1e-4, 0.256]
+  assert stats.resolved(c)
+
+
 def test_holm_on_a_family_of_comparisons():
   p = [0.01, 0.04, 0.03, np.nan]
   np.testing.assert_allclose(stats.holm(p)[:3], [0.03, 0.06, 0.06])
