@@ -544,6 +544,13 @@ def random_parameters(model: Perturbation, key: jax.Array, budget: jax.Array, he
   return model.project(model.sample(key, budget, height, width), budget, height, width)
 
 
+def _keep(theta, value, best_theta, best_loss):
+  """Per sample, θ where its loss `value` beats the best so far: (best θ, best loss, better)."""
+  better = value > best_loss
+  return (jnp.where(better[:, None], theta, best_theta), jnp.where(better, value, best_loss),
+          better)
+
+
 def _ascend(model: Perturbation, loss_fn, x: jax.Array, theta, best_theta, best_loss, keys,
             budget, alpha, clip):
   """One attack step: scores θ, keeps it per sample where it beats the best so far, and ascends
@@ -556,9 +563,7 @@ def _ascend(model: Perturbation, loss_fn, x: jax.Array, theta, best_theta, best_
     return jnp.sum(value), value
 
   (_, value), g = jax.value_and_grad(total, has_aux=True)(theta)
-  better = value > best_loss
-  best_theta = jnp.where(better[:, None], theta, best_theta)
-  best_loss = jnp.where(better, value, best_loss)
+  best_theta, best_loss, better = _keep(theta, value, best_theta, best_loss)
   scale = model.scale(budget, h, w)
   theta = model.project(theta + alpha * scale * _direction(g * scale, model.steps), budget, h, w)
   return theta, best_theta, best_loss, better
@@ -603,10 +608,8 @@ def attack(loss_fn: Callable[[jax.Array], jax.Array], images: jax.Array, model: 
         body, (theta, best_theta, best_keys, best_loss), steps, unroll)
     # The last iterate, scored once more.
     value = loss_fn(perturb(model, images, theta, keys, value_range))
-    better = value > best_loss
-    best_theta = jnp.where(better[:, None], theta, best_theta)
+    best_theta, best_loss, better = _keep(theta, value, best_theta, best_loss)
     best_keys = jnp.where(better[:, None], keys, best_keys)
-    best_loss = jnp.where(better, value, best_loss)
   adversarial = perturb(model, images, best_theta, best_keys, value_range)
   return jax.lax.stop_gradient(adversarial), best_theta
 
