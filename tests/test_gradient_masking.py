@@ -173,6 +173,30 @@ def test_each_check_fails_on_its_own_violation():
                    random=[0.9, 0.85, 0.8], huge=0.0)['monotone_in_eps']
 
 
+def test_square_and_transfer_curves_may_dip_as_eps_grows_but_white_box_curves_may_not():
+  """A random search at a fixed query budget and a perturbation crafted on another model need not
+  get stronger with ε; only the white-box curves and the worst case are held to monotonicity."""
+  def monotone(pgd):
+    curves = {'pgd': curve(pgd), 'square-9': curve([0.9, 0.3, 0.6]),
+              'transfer-pgd': curve([0.9, 0.4, 0.8])}
+    (entry,) = [c for c in gradient_masking.run_checks(
+        metric='m', higher_is_better=True, floor=0.0, clean=0.9, curves=curves, strong='pgd',
+        weak=curve([0.9, 0.6, 0.3])[1:], weak_name='pgd-2',
+        random=curve([0.9, 0.85, 0.8])[1:], huge={'eps': 99.0, 'm': 0.0},
+        gradient_free=curves['square-9'], gradient_free_name='square-9',
+        transfer=curves['transfer-pgd'], transfer_name='transfer-pgd')
+        if c['name'] == 'monotone_in_eps']
+    return entry
+
+  entry = monotone([0.9, 0.2, 0.1])
+  assert entry['passed'] and entry['figures']['not_checked'] == ['square-9', 'transfer-pgd']
+  assert set(entry['figures']['curves']) == {'pgd'}
+  entry = monotone([0.9, 0.1, 0.5])
+  assert not entry['passed']
+  (line,) = gradient_masking.warnings_for([entry])
+  assert 'pgd: +0.4 at ε=2.0' in line and 'square' not in line
+
+
 def test_checks_follow_the_metric_direction():
   # A landmark error in mm: lower is better, the floor is a large error.
   good = check({'pgd': [2.0, 10.0, 30.0]}, weak=[2.0, 8.0, 25.0], random=[2.0, 3.0, 4.0],
