@@ -191,13 +191,15 @@ def compare_seeded(a, b, *, n_resamples: int = 10000, confidence: float = 0.95,
                    seed: int = 0) -> dict:
   """`paired_comparison` of model `b` against model `a` from per-sample values of shape
   (seeds, samples) (one seed: shape (samples,)): the tests and effect size on the per-sample
-  seed means, the mean difference's interval by `hierarchical_bootstrap_ci` (samples and seeds),
+  seed means, the mean difference's interval by `hierarchical_bootstrap_ci` (samples and seeds;
+  'samples_ci' keeps the one over the samples alone, of the seed means),
   and the minimum detectable difference (`minimum_detectable`, α = 1 − confidence, power 0.8)
   from the spread of the per-sample differences."""
   a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
   out = paired_comparison(a.mean(axis=0), b.mean(axis=0), n_resamples=n_resamples,
                           confidence=confidence, seed=seed)
   out['seeds'] = [int(len(a)), int(len(b))]
+  out['samples_ci'] = out['mean_diff_ci']  # over the samples alone, of the seed means
   out['mean_diff_ci'] = list(hierarchical_bootstrap_ci(a, b, n_resamples=n_resamples,
                                                        confidence=confidence, seed=seed))
   diff = b.mean(axis=0) - a.mean(axis=0)

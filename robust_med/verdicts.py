@@ -165,9 +165,19 @@ def mde_line(result: dict) -> str:
   open_ = [c for c in rows if not c['resolved'] and c['mean_diff'] != 0]
   if open_:
     c = max(open_, key=lambda c: abs(c['mean_diff']))
-    line += (f' The largest unresolved difference, {c["mean_diff"]:+.3g} ({c["model"]} − '
-             f'{c["reference"]}, {c["figure"]}), would need about {c["samples_needed"]:.0f} '
-             'samples.')
+    what = (f' The largest unresolved difference, {c["mean_diff"]:+.3g} ({c["model"]} − '
+            f'{c["reference"]}, {c["figure"]}),')
+    p = c.get('wilcoxon_p_holm', c.get('wilcoxon_p', float('nan')))
+    samples_low, samples_high = c.get('samples_ci', (float('nan'),) * 2)
+    if p < 1 - CONFIDENCE and (samples_low > 0 or samples_high < 0):
+      # The samples resolve it; the interval that also resamples each model's seeds does not.
+      low, high = c['mean_diff_ci']
+      line += (f'{what} passes the per-sample test (Holm p = {p:.2g}) and its interval over '
+               f'the samples alone, [{samples_low:+.3g}, {samples_high:+.3g}], excludes 0, but '
+               f'the one over samples and seeds, [{low:+.3g}, {high:+.3g}], does not: the spread '
+               'between seeds keeps it open, so more seeds, not more samples, would settle it.')
+    else:
+      line += f'{what} would need about {c["samples_needed"]:.0f} samples.'
   return line
 
 

@@ -233,3 +233,29 @@ def test_summarize_on_the_command_line_needs_no_config_and_names_missing_runs(tm
   assert 'holds no sweep' in line
   line = error_line(run('robust_med.sweep', f'--workdir={work}'))
   assert '--config is required' in line
+
+
+def _power_line(a, b):
+  """The how-many-samples line of a one-comparison table of `b` against `a` (seeds, samples)."""
+  c = stats.compare_seeded(a, b, n_resamples=2000)
+  c.update(model='B', reference='A', figure='clean', wilcoxon_p_holm=c['wilcoxon_p'],
+           resolved=stats.resolved(c, 'wilcoxon_p'),
+           mde=stats.minimum_detectable(c['diff_sd'], a.shape[1]),
+           samples_needed=stats.samples_needed(c['diff_sd'], c['mean_diff']))
+  return c, verdicts.mde_line({'rows': [c], 'samples': a.shape[1], 'metric': 'm',
+                               'mde_alpha': 0.05})
+
+
+def test_the_power_line_blames_the_seeds_when_the_samples_resolve_but_the_seeds_disagree():
+  rng = np.random.default_rng(0)
+  a = np.tile(rng.uniform(0, 1, 40), (3, 1))
+  # Every seed of B differs from A on every sample in the same direction on average (+0.1), but
+  # B's seeds scatter by ±0.6 around that: the per-sample test resolves it, the seeds do not.
+  b = a + 0.1 + np.array([[-0.6], [0.0], [0.6]]) + rng.normal(0, 0.02, a.shape)
+  c, line = _power_line(a, b)
+  assert c['wilcoxon_p'] < 0.05 and not c['resolved']
+  assert 'more seeds, not more samples' in line and 'would need about' not in line
+  # Seeds that agree and a difference lost in per-sample noise: more samples is the answer.
+  b = a + 0.02 + rng.normal(0, 0.3, (1, 40))
+  c, line = _power_line(a, b)
+  assert not c['resolved'] and 'would need about' in line and 'more seeds' not in line
