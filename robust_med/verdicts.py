@@ -167,15 +167,15 @@ def mde_line(result: dict) -> str:
     c = max(open_, key=lambda c: abs(c['mean_diff']))
     what = (f' The largest unresolved difference, {c["mean_diff"]:+.3g} ({c["model"]} − '
             f'{c["reference"]}, {c["figure"]}),')
-    p = c.get('wilcoxon_p_holm', c.get('wilcoxon_p', float('nan')))
-    samples_low, samples_high = c.get('samples_ci', (float('nan'),) * 2)
-    if p < 1 - CONFIDENCE and (samples_low > 0 or samples_high < 0):
+    if 'samples_ci' in c and stats.resolved({**c, 'mean_diff_ci': c['samples_ci']},
+                                            alpha=1 - CONFIDENCE):
       # The samples resolve it; the interval that also resamples each model's seeds does not.
-      low, high = c['mean_diff_ci']
-      line += (f'{what} passes the per-sample test (Holm p = {p:.2g}) and its interval over '
-               f'the samples alone, [{samples_low:+.3g}, {samples_high:+.3g}], excludes 0, but '
-               f'the one over samples and seeds, [{low:+.3g}, {high:+.3g}], does not: the spread '
-               'between seeds keeps it open, so more seeds, not more samples, would settle it.')
+      (samples_low, samples_high), (low, high) = c['samples_ci'], c['mean_diff_ci']
+      line += (f'{what} passes the per-sample test (Holm p = {c["wilcoxon_p_holm"]:.2g}) and '
+               f'its interval over the samples alone, [{samples_low:+.3g}, '
+               f'{samples_high:+.3g}], excludes 0, but the one over samples and seeds, '
+               f'[{low:+.3g}, {high:+.3g}], does not: the spread between seeds keeps it open, so '
+               'more seeds, not more samples, would settle it.')
     else:
       line += f'{what} would need about {c["samples_needed"]:.0f} samples.'
   return line
